@@ -1,0 +1,117 @@
+"""Quantizing gradients in the backward pass (Banner et al. 2018).
+
+The gradient ``g_l`` with respect to a layer's output is used twice in backpropagation:
+
+1. ``g_{l-1} = g_l · W^T`` (the gradient propagated to the layer below) is computed from ``Q(g_l)``, an 8-bit copy
+   with stochastic rounding over the global range of the tensor;
+2. ``g_W = g_l^T · I_{l-1}`` (the weight gradient) is computed from the high-precision ``g_l``.
+
+This "gradient bifurcation" is done here inside one autograd Function per layer type: the forward is a single
+``linear``/``conv2d`` and the backward calls the two halves of the layer's own backward with different gradients, so
+the cost is that of an ordinary backward plus one quantization of ``g_l``. With ``bifurcate=False`` (ablation) the
+weight gradient also sees ``Q(g_l)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..quantizers.base import Quantizer
+
+__all__ = ["quantize_gradient", "bifurcated_linear", "bifurcated_conv2d"]
+
+
+class _QuantizeGradient(torch.autograd.Function):
+    """Identity in the forward pass; the incoming gradient is replaced by ``Q(gradient)``."""
+
+    @staticmethod
+    def forward(ctx, x, quantizer):
+        ctx.quantizer = quantizer
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.no_grad():
+            return ctx.quantizer(grad), None
+
+
+def quantize_gradient(x: torch.Tensor, quantizer: Optional[Quantizer]) -> torch.Tensor:
+    """Return ``x`` unchanged, but quantize the gradient that flows back through it."""
+    if quantizer is None or not torch.is_grad_enabled() or not x.requires_grad:
+        return x
+    return _QuantizeGradient.apply(x, quantizer)
+
+
+class _BifurcatedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, quantizer, bifurcate: bool):
+        ctx.save_for_backward(x, weight)
+        ctx.quantizer = quantizer
+        ctx.bifurcate = bifurcate
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        with torch.no_grad():
+            grad_q = ctx.quantizer(grad)
+        grad_for_weight = grad if ctx.bifurcate else grad_q
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_q.matmul(weight)
+        flat_g = grad_for_weight.reshape(-1, grad_for_weight.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_w = flat_g.t().matmul(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = flat_g.sum(0)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _BifurcatedConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, quantizer, bifurcate: bool):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.quantizer = quantizer
+        ctx.bifurcate = bifurcate
+        ctx.bias_sizes = None if bias is None else list(bias.shape)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        with torch.no_grad():
+            grad_q = ctx.quantizer(grad)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.bias_sizes is not None
+
+        def conv_backward(g, mask):
+            return torch.ops.aten.convolution_backward(
+                g, x, weight, ctx.bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                mask)
+
+        grad_x = grad_w = grad_b = None
+        if ctx.bifurcate:
+            if need_x:
+                grad_x = conv_backward(grad_q, [True, False, False])[0]
+            if need_w or need_b:
+                _, grad_w, grad_b = conv_backward(grad, [False, need_w, need_b])
+        else:
+            grad_x, grad_w, grad_b = conv_backward(grad_q, [need_x, need_w, need_b])
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def bifurcated_linear(x, weight, bias, quantizer: Quantizer, bifurcate: bool = True) -> torch.Tensor:
+    return _BifurcatedLinear.apply(x, weight, bias, quantizer, bifurcate)
+
+
+def bifurcated_conv2d(x, weight, bias, stride, padding, dilation, groups, quantizer: Quantizer,
+                      bifurcate: bool = True) -> torch.Tensor:
+    """``padding`` must be a pair of ints (callers resolve string padding and non-zero padding modes first)."""
+    return _BifurcatedConv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                                   quantizer, bifurcate)

@@ -1,0 +1,141 @@
+"""Quantized ``Linear`` and ``Conv2d``: ordinary PyTorch layers with quantizer slots.
+
+A layer never looks inside its quantizers; it only applies them to its slots::
+
+    y = layer( Q_input(x), Q_weight(W), Q_bias(b) )        and, in backward, g_l -> Q_grad(g_l) (bifurcated)
+
+Every slot may be ``None`` (left in float). The float parameters keep their names (``weight``, ``bias``), so a float
+``state_dict`` loads into a quantized model and the latent weights are what the optimizer updates.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantizers.base import Quantizer
+from .gradient import bifurcated_conv2d, bifurcated_linear
+
+__all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "SLOTS"]
+
+#: slot name -> attribute holding its quantizer
+SLOTS = {"weight": "weight_quantizer", "input": "input_quantizer", "bias": "bias_quantizer",
+         "grad": "grad_quantizer"}
+
+
+class QuantizedLayer:
+    """Mixin holding the quantizer slots of a layer with a ``weight`` and an optional ``bias``."""
+
+    weight: nn.Parameter
+    bias: Optional[nn.Parameter]
+
+    def _set_slots(self, weight: Optional[Quantizer] = None, input: Optional[Quantizer] = None,
+                   bias: Optional[Quantizer] = None, grad: Optional[Quantizer] = None,
+                   bifurcate: bool = True) -> None:
+        for slot, quantizer in (("weight", weight), ("input", input), ("bias", bias), ("grad", grad)):
+            self.register_module(SLOTS[slot], quantizer)
+        if bias is not None and self.bias is None:
+            raise ValueError("a bias quantizer was given for a layer without bias")
+        self.bifurcate = bool(bifurcate)
+        # weights and biases are known now: data-free initialisation (LSQ step, Uhlich ranges) happens here
+        if weight is not None:
+            weight.maybe_initialize(self.weight)
+        if bias is not None:
+            bias.maybe_initialize(self.bias)
+
+    def quantizers(self) -> dict[str, Quantizer]:
+        """The non-empty slots, by slot name."""
+        found = {}
+        for slot, attribute in SLOTS.items():
+            quantizer = getattr(self, attribute)
+            if quantizer is not None:
+                found[slot] = quantizer
+        return found
+
+    def quantized_weight(self) -> torch.Tensor:
+        q = self.weight_quantizer
+        return self.weight if q is None else q(self.weight)
+
+    def quantized_bias(self) -> Optional[torch.Tensor]:
+        q = self.bias_quantizer
+        return self.bias if q is None or self.bias is None else q(self.bias)
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.input_quantizer
+        return x if q is None else q(x)
+
+    @property
+    def weight_bits(self) -> int:
+        q = self.weight_quantizer
+        return 32 if q is None else q.bits
+
+    @property
+    def input_bits(self) -> int:
+        q = self.input_quantizer
+        return 32 if q is None else q.bits
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.grad_quantizer is not None and not self.bifurcate:
+            text += ", bifurcate=False"
+        return text
+
+
+class QuantLinear(QuantizedLayer, nn.Linear):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_quantizer=None,
+                 input_quantizer=None, bias_quantizer=None, grad_quantizer=None, bifurcate: bool = True,
+                 device=None, dtype=None):
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **slots) -> "QuantLinear":
+        """Wrap an existing ``nn.Linear``; its parameter tensors are reused, not copied."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        layer.weight, layer.bias = linear.weight, linear.bias
+        layer._set_slots(**slots)
+        layer.train(linear.training)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._quantize_input(x)
+        weight, bias = self.quantized_weight(), self.quantized_bias()
+        if self.grad_quantizer is not None and torch.is_grad_enabled():
+            return bifurcated_linear(x, weight, bias, self.grad_quantizer, self.bifurcate)
+        return F.linear(x, weight, bias)
+
+
+class QuantConv2d(QuantizedLayer, nn.Conv2d):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, weight_quantizer=None,
+                 input_quantizer=None, bias_quantizer=None, grad_quantizer=None, bifurcate: bool = True,
+                 device=None, dtype=None):
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                           padding_mode, device=device, dtype=dtype)
+        self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, **slots) -> "QuantConv2d":
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        layer.weight, layer.bias = conv.weight, conv.bias
+        layer._set_slots(**slots)
+        layer.train(conv.training)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._quantize_input(x)
+        weight, bias = self.quantized_weight(), self.quantized_bias()
+        if self.grad_quantizer is None or not torch.is_grad_enabled():
+            return self._conv_forward(x, weight, bias)
+        padding = self.padding
+        if isinstance(padding, str) or self.padding_mode != "zeros":
+            # resolve 'same' and non-zero padding modes into an explicit pad, as nn.Conv2d does internally
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
+        return bifurcated_conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups,
+                                 self.grad_quantizer, self.bifurcate)

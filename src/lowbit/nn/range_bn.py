@@ -1,0 +1,126 @@
+"""Range Batch Normalization (Banner et al. 2018).
+
+Standard BN divides by the batch standard deviation, a sum of squares that needs high precision. Range BN divides
+by a scaled range instead, per channel over the ``n`` values of the batch (``n = B`` for 1d, ``B·H·W`` for 2d)::
+
+    x_hat = (x - mu) / (C(n) * range(x - mu) + eps),     C(n) = 1 / sqrt(2 ln n),   range(z) = max(z) - min(z)
+    y     = gamma * x_hat + beta
+
+For Gaussian input ``0.325 σ <= C(n)·range <= 2 σ`` (paper's bound); in practice ``C(n)·range ≈ 1.7–1.8 σ``, so
+the output is BN's up to a constant factor that gamma absorbs. ``estimator: chunked`` uses the authors' code
+instead: the mean range over 16 chunks of size m, times ``0.5·0.35·(1 + sqrt(π ln 4)) / sqrt(2 ln m)`` (≈ σ).
+Gradients flow through the mean, max and min. Running mean and scale (PyTorch's momentum convention) are used in eval
+mode. An optional ``grad_quantizer`` quantizes the gradient arriving at the output (8-bit stochastic in Banner).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..quantizers.base import Quantizer
+from .gradient import quantize_gradient
+
+__all__ = ["RangeBatchNorm1d", "RangeBatchNorm2d", "range_scale_constant", "ESTIMATORS"]
+
+ESTIMATORS = ("paper", "chunked")
+CHUNKS = 16
+_CHUNK_CONSTANT = 0.5 * 0.35 * (1 + math.sqrt(math.pi * math.log(4)))
+
+
+def range_scale_constant(n: int) -> float:
+    """``C(n) = 1 / sqrt(2 ln n)``."""
+    return 1.0 / math.sqrt(2.0 * math.log(max(n, 2)))
+
+
+class _RangeBatchNorm(nn.Module):
+    _expected_dims: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 estimator: str = "paper", grad_quantizer: Optional[Quantizer] = None, device=None, dtype=None):
+        super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown Range BN estimator {estimator!r}; valid choices: {', '.join(ESTIMATORS)}")
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.estimator = estimator
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, **factory))
+            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_scale", torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.grad_quantizer = grad_quantizer
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, **options) -> "_RangeBatchNorm":
+        """Replace a BatchNorm, keeping gamma, beta and the running mean; the running scale starts at the BN's
+        running standard deviation."""
+        layer = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum if bn.momentum is not None else 0.1,
+                    affine=bn.affine, **options)
+        with torch.no_grad():
+            if bn.affine:
+                layer.weight, layer.bias = bn.weight, bn.bias
+            if bn.track_running_stats and bn.running_mean is not None:
+                layer.running_mean.copy_(bn.running_mean)
+                layer.running_scale.copy_(torch.sqrt(bn.running_var + bn.eps))
+        layer.to(bn.weight.device if bn.affine else bn.running_mean.device)
+        layer.train(bn.training)
+        return layer
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in self._expected_dims:
+            raise ValueError(f"{type(self).__name__} expects a {' or '.join(map(str, self._expected_dims))}-d "
+                             f"input, got shape {tuple(x.shape)}")
+
+    def _batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dims = [0] + list(range(2, x.dim()))
+        n = x.numel() // x.shape[1]
+        mean = x.mean(dim=dims)
+        if self.estimator == "paper" or n < 2 * CHUNKS:
+            spread = x.amax(dim=dims) - x.amin(dim=dims)  # = range(x - mu)
+            return mean, spread * range_scale_constant(n)
+        m = n // CHUNKS
+        per_channel = x.transpose(0, 1).reshape(x.shape[1], -1)
+        chunks = per_channel[:, : m * CHUNKS].reshape(x.shape[1], CHUNKS, m)
+        spread = (chunks.amax(dim=2) - chunks.amin(dim=2)).mean(dim=1)
+        return mean, spread * (_CHUNK_CONSTANT / math.sqrt(2.0 * math.log(m)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.training:
+            mean, scale = self._batch_statistics(x)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_scale.lerp_(scale.detach(), self.momentum)
+                self.num_batches_tracked.add_(1)
+        else:
+            mean, scale = self.running_mean, self.running_scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        inv = 1.0 / (scale + self.eps)
+        if self.affine:
+            inv = inv * self.weight
+        y = (x - mean.reshape(shape)) * inv.reshape(shape)
+        if self.affine:
+            y = y + self.bias.reshape(shape)
+        return quantize_gradient(y, self.grad_quantizer)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, estimator={self.estimator}"
+
+
+class RangeBatchNorm1d(_RangeBatchNorm):
+    _expected_dims = (2, 3)
+
+
+class RangeBatchNorm2d(_RangeBatchNorm):
+    _expected_dims = (4,)

@@ -1,0 +1,165 @@
+"""The quantizer protocol shared by every family, and the integer encoding that export reads.
+
+A quantizer answers one question: *which grid, and how is a value rounded onto it*. It does not know which layer
+or slot it serves (weight, activation, gradient); the layer tells it its ``role`` once, for role-dependent defaults
+such as signedness or initialisation.
+
+Protocol (every quantizer is an ``nn.Module``):
+
+* ``forward(x)``: the fake-quantized tensor (same shape and dtype as ``x``) with the straight-through gradient the
+  paper defines;
+* ``bits``: the bit width as a Python int, inferred from learned parameters where the bit width is not fixed. The
+  model summary, memory budgets, export and plots read this attribute and nothing else;
+* ``bit_width()``: the same number as a tensor; for learned parametrizations it carries a straight-through gradient
+  (``b + sg(ceil(b) - b)``) so that a memory penalty can reach the parameters;
+* ``signed``: whether the grid has negative levels;
+* ``encode(x)``: the integer codes and scale/offset of the deterministic quantization of ``x``
+  (:class:`QuantizedTensor`), with ``encode(x).dequantize() == forward(x)`` in eval mode;
+* ``clip_range()``: the interval a float latent copy should be clipped to (BinaryConnect), or ``None``;
+* ``project_()``: called after every optimizer step to keep learned parameters in their valid box.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+from torch import nn
+
+from ..rounding import NoiseSource, Rounding
+from .codes import QuantizedTensor, bits_for_levels, index_dtype, integer_range
+
+__all__ = ["Quantizer", "QuantizedTensor", "ROLES", "EVAL_MODES", "ROUNDING_OPTION", "EVAL_MODE_OPTION", "bits_option",
+           "ceil_ste", "round_ste", "pow2_ste",
+           "integer_range", "bits_for_levels", "index_dtype"]
+
+ROLES = ("weight", "activation", "gradient", "bias")
+EVAL_MODES = ("deterministic", "float")
+
+# JSON-schema fragments for the recipe options every family shares (each family lists its own in ``OPTIONS``)
+ROUNDING_OPTION = {"enum": ["nearest", "stochastic"],
+                   "description": "round to nearest, or stochastic unbiased rounding (training only)"}
+EVAL_MODE_OPTION = {"enum": list(EVAL_MODES), "default": "deterministic",
+                    "description": "in eval mode: deterministic rounding, or the float values (BinaryConnect-stoch)"}
+
+
+def bits_option(low: int, high: int, default: Optional[int] = None) -> dict:
+    option = {"type": "integer", "minimum": low, "maximum": high, "description": "bit width"}
+    if default is not None:
+        option["default"] = default
+    return option
+
+
+class Quantizer(nn.Module):
+    """Base class: stores role and evaluation mode, owns the noise source and the lazy-initialisation flag."""
+
+    #: name used in recipes (``type: <kind>``); set by each subclass
+    kind: ClassVar[str] = ""
+    #: whether the grid is learned (bits inferred from parameters)
+    learned: ClassVar[bool] = False
+    #: JSON schema of the recipe options (constructor keywords besides ``role`` and ``seed``)
+    OPTIONS: ClassVar[dict] = {}
+
+    def __init__(self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic",
+                 seed: int = 0):
+        super().__init__()
+        if role not in ROLES:
+            raise ValueError(f"unknown quantizer role {role!r}; valid roles: {', '.join(ROLES)}")
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"unknown eval_mode {eval_mode!r}; valid choices: {', '.join(EVAL_MODES)}")
+        self.role = role
+        self.rounding = Rounding.parse(rounding)
+        self.eval_mode = eval_mode
+        self.noise = NoiseSource(seed) if self.rounding is Rounding.STOCHASTIC else None
+        # Data-dependent initialisation (LSQ step, Uhlich ranges) happens once; the flag is a buffer so a loaded
+        # checkpoint is not re-initialised, and mirrored in a Python bool so the hot path does not read a tensor.
+        self.register_buffer("initialized", torch.tensor(False), persistent=True)
+        self._is_initialized = False
+
+    # ----------------------------------------------------------------------------------------------- protocol
+    @property
+    def bits(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def signed(self) -> bool:
+        raise NotImplementedError
+
+    def bit_width(self) -> torch.Tensor:
+        """Bit width as a tensor (differentiable through an STE for learned parametrizations)."""
+        return torch.tensor(float(self.bits))
+
+    def encode(self, x: torch.Tensor) -> QuantizedTensor:
+        raise NotImplementedError
+
+    def clip_range(self) -> Optional[tuple[float, float]]:
+        return None
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clip learned parameters back into their valid box (no-op for fixed grids)."""
+
+    def reset_parameters_from(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation from a representative tensor; families that need it override."""
+
+    # -------------------------------------------------------------------------------------------- helpers
+    @property
+    def stochastic_now(self) -> bool:
+        """Stochastic rounding is used in training only; evaluation is deterministic."""
+        return self.noise is not None and self.training
+
+    @property
+    def passthrough_now(self) -> bool:
+        """True in eval mode when the recipe asks to evaluate with the float (latent) values (BC-stoch)."""
+        return not self.training and self.eval_mode == "float"
+
+    def maybe_initialize(self, x: torch.Tensor) -> None:
+        if not self._is_initialized:
+            with torch.no_grad():
+                self.reset_parameters_from(x.detach())
+            self.initialized.fill_(True)
+            self._is_initialized = True
+
+    def reseed(self, seed: int) -> None:
+        if self.noise is not None:
+            self.noise.reseed(seed)
+
+    def get_extra_state(self):
+        return {"noise": self.noise.state() if self.noise is not None else None}
+
+    def set_extra_state(self, state) -> None:
+        if self.noise is not None and state and state.get("noise") is not None:
+            self.noise.load_state(state["noise"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._is_initialized = bool(self.initialized)
+
+    def extra_repr(self) -> str:
+        parts = [f"role={self.role}", f"bits={self._bits_repr()}"]
+        if self.rounding is Rounding.STOCHASTIC:
+            parts.append("rounding=stochastic")
+        if self.eval_mode != "deterministic":
+            parts.append(f"eval_mode={self.eval_mode}")
+        return ", ".join(parts)
+
+    def _bits_repr(self) -> str:
+        try:
+            return str(self.bits)
+        except Exception:  # learned grids before initialisation
+            return "?"
+
+
+def ceil_ste(x: torch.Tensor) -> torch.Tensor:
+    """``ceil`` in the forward pass, identity gradient (``x + sg(ceil(x) - x)``)."""
+    return x + (torch.ceil(x) - x).detach()
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round`` in the forward pass, identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def pow2_ste(x: torch.Tensor) -> torch.Tensor:
+    """``2 ** round(log2 x)`` with a straight-through round: ``d/dx = pow2(x) / x``."""
+    return torch.exp2(round_ste(torch.log2(x)))

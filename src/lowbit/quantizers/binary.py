@@ -1,0 +1,83 @@
+"""Binary weights {-H, +H} (BinaryConnect, Courbariaux et al. 2015).
+
+* deterministic (``rounding: nearest``): ``Wb = +H if W >= 0 else -H`` (so sign(0) = +1, unlike ``torch.sign``);
+* stochastic (``rounding: stochastic``): ``Wb = +H`` with probability ``hard_sigmoid(W / H)``,
+  ``hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)``, drawn independently per element and per forward pass. This is
+  Li & De's unbiased stochastic rounding on the two-level grid: ``E[Wb] = clip(W, -H, H)``.
+
+Backward: the identity straight-through estimator, ``dC/dW := dC/dWb``, with no ``|W| <= 1`` mask (the mask belongs
+to the later BinaryNet paper). Evaluation: ``eval_mode: deterministic`` uses sign(W) (BC-det), ``eval_mode: float``
+uses the real-valued W (BC-stoch as in the paper's code).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, QuantizedTensor
+
+__all__ = ["BinaryQuantizer"]
+
+
+class _BinarizeSTE(torch.autograd.Function):
+    """Forward ``where(w > threshold, +H, -H)``; backward identity (one kernel each way)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, threshold, scale: float) -> torch.Tensor:
+        if threshold is None:  # deterministic: sign with sign(0) = +1
+            return torch.where(w >= 0, scale, -scale).to(w.dtype)
+        return torch.where(w > threshold, scale, -scale).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None
+
+
+class BinaryQuantizer(Quantizer):
+    kind = "binary"
+    OPTIONS = {
+        "scale": {"type": "number", "exclusiveMinimum": 0, "default": 1.0, "description": "H: the levels are -H, +H"},
+        "rounding": {**ROUNDING_OPTION, "default": "nearest"},
+        "eval_mode": EVAL_MODE_OPTION,
+    }
+
+    def __init__(self, *, scale: float = 1.0, role: str = "weight", rounding: str = "nearest",
+                 eval_mode: str = "deterministic", seed: int = 0):
+        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
+        if not scale > 0:
+            raise ValueError(f"binary scale H must be positive, got {scale}")
+        self.scale = float(scale)
+
+    @property
+    def bits(self) -> int:
+        return 1
+
+    @property
+    def signed(self) -> bool:
+        return True
+
+    def clip_range(self) -> tuple[float, float]:
+        return (-self.scale, self.scale)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.passthrough_now:
+            return w
+        threshold = None
+        if self.stochastic_now:
+            # P(Wb = +H) = P(u < (W/H + 1)/2) = P(W > H(2u - 1)); clipping p to [0, 1] is implicit.
+            u = self.noise.uniform_like(w)
+            threshold = u.mul_(2 * self.scale).sub_(self.scale)
+        return _BinarizeSTE.apply(w, threshold, self.scale)
+
+    def encode(self, w: torch.Tensor) -> QuantizedTensor:
+        w = w.detach()
+        return QuantizedTensor(
+            indices=(w >= 0).to(torch.uint8),
+            bits=1,
+            scale=torch.tensor(self.scale, dtype=w.dtype),
+            zero_point=torch.tensor(0.0, dtype=w.dtype),
+            table=torch.tensor([-1.0, 1.0], dtype=w.dtype),
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scale={self.scale:g}"

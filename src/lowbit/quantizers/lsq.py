@@ -1,0 +1,149 @@
+"""Learned Step Size Quantization (Esser et al., ICLR 2020).
+
+Forward, with one learned step ``s > 0`` per tensor::
+
+    v_bar = round(clip(v / s, -Q_N, Q_P)),   v_hat = v_bar * s
+    signed (weights):      Q_N = 2^(b-1),  Q_P = 2^(b-1) - 1
+    unsigned (post-ReLU):  Q_N = 0,        Q_P = 2^b - 1
+
+Backward (paper eq. 3), times the gradient scale ``g = 1 / sqrt(N * Q_P)``::
+
+    dv_hat/dv = 1 if -Q_N < v/s < Q_P else 0
+    dv_hat/ds = round(v/s) - v/s   if -Q_N < v/s < Q_P
+              = -Q_N               if v/s <= -Q_N
+              = +Q_P               if v/s >= Q_P
+
+``N`` is the number of elements of the quantized tensor: weights ``N_W``; for activations the paper's ``N_F`` is
+ambiguous and lowbit counts the whole activation tensor, batch included (``grad_scale: numel``, as the common
+reimplementations do); ``per_sample`` divides by the batch size instead and ``none`` sets ``g = 1`` (ablation).
+
+Initialisation: ``s = 2 * mean|v| / sqrt(Q_P)`` from the weights, or from the first training batch for activations.
+``signed: auto`` (the default for activations) decides the sign from that first batch: a layer whose input can be
+negative (the network input, or a pre-activation) gets the signed range. ``project_()`` keeps ``s >= 1e-8``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .base import EVAL_MODE_OPTION, Quantizer, bits_option
+from .codes import QuantizedTensor, index_dtype, integer_range
+
+__all__ = ["LSQQuantizer", "GRAD_SCALES"]
+
+GRAD_SCALES = ("numel", "per_sample", "none")
+MIN_STEP = 1e-8
+
+
+class _LSQFunction(torch.autograd.Function):
+    """Fused LSQ forward/backward: the closed-form eq. 3 instead of autograd through clamp/round."""
+
+    @staticmethod
+    def forward(ctx, v, s, q_n: int, q_p: int, g: float):
+        x = v / s
+        q = x.clamp(-q_n, q_p).round_()
+        ctx.save_for_backward(x, q)
+        ctx.q_range = (q_n, q_p)
+        ctx.g = g
+        return q * s
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, q = ctx.saved_tensors
+        q_n, q_p = ctx.q_range
+        inside = (x > -q_n) & (x < q_p)
+        grad_v = torch.where(inside, grad, 0.0)
+        # sum(grad * (q - x·inside)) written as two dot products: no full-size temporary for the step gradient.
+        grad_s = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_v.reshape(-1), x.reshape(-1))
+        return grad_v, (grad_s * ctx.g).reshape(()), None, None, None
+
+
+class LSQQuantizer(Quantizer):
+    kind = "lsq"
+    learned = False  # the step is learned, the bit width is fixed
+    OPTIONS = {
+        "bits": bits_option(2, 8, default=4),
+        "signed": {"enum": [True, False, "auto", None], "default": None,
+                   "description": "auto: decided from the first batch; null: signed for weights, auto for activations"},
+        "grad_scale": {"enum": list(GRAD_SCALES), "default": "numel",
+                       "description": "g = 1/sqrt(N Q_P) with N = numel, numel per sample, or g = 1"},
+        "init_step": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                      "description": "null: 2 mean|v| / sqrt(Q_P) from the first tensor"},
+        "eval_mode": EVAL_MODE_OPTION,
+    }
+
+    def __init__(self, *, bits: int = 4, signed: Union[bool, str, None] = None, grad_scale: str = "numel",
+                 init_step: Optional[float] = None, role: str = "weight", eval_mode: str = "deterministic",
+                 seed: int = 0):
+        super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
+        if grad_scale not in GRAD_SCALES:
+            raise ValueError(f"unknown grad_scale {grad_scale!r}; valid choices: {', '.join(GRAD_SCALES)}")
+        if signed is None:
+            signed = "auto" if role == "activation" else True
+        self._bits = int(bits)
+        self.auto_sign = signed == "auto"
+        self.register_buffer("is_signed", torch.tensor(bool(signed) if not self.auto_sign else False))
+        self.grad_scale = grad_scale
+        self.step = nn.Parameter(torch.tensor(float(init_step) if init_step else 1.0))
+        self._set_range()
+        if init_step:
+            self.initialized.fill_(True)
+            self._is_initialized = True
+
+    def _set_range(self) -> None:
+        self.q_n, self.q_p = integer_range(self._bits, bool(self.is_signed))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._set_range()
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.is_signed)
+
+    def reset_parameters_from(self, x: torch.Tensor) -> None:
+        if self.auto_sign:
+            self.is_signed.fill_(bool(x.min() < 0))
+            self._set_range()
+        self.step.fill_(max(2 * float(x.abs().mean()) / math.sqrt(self.q_p), MIN_STEP))
+
+    def gradient_scale(self, x: torch.Tensor) -> float:
+        if self.grad_scale == "none":
+            return 1.0
+        n = x.numel()
+        if self.grad_scale == "per_sample" and self.role == "activation" and x.dim() > 1:
+            n //= x.shape[0]
+        return 1.0 / math.sqrt(n * self.q_p)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.step.clamp_(min=MIN_STEP)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        self.maybe_initialize(v)
+        if self.passthrough_now:
+            return v
+        return _LSQFunction.apply(v, self.step, self.q_n, self.q_p, self.gradient_scale(v))
+
+    def encode(self, v: torch.Tensor) -> QuantizedTensor:
+        self.maybe_initialize(v)
+        s = self.step.detach()
+        q = torch.round(torch.clamp(v.detach() / s, -self.q_n, self.q_p))
+        return QuantizedTensor(indices=(q + self.q_n).to(index_dtype(self._bits)), bits=self._bits,
+                               scale=s.clone(), zero_point=torch.zeros((), dtype=v.dtype), qmin=-self.q_n)
+
+    def codes(self, v: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``round(clip(v/s, -Q_N, Q_P))`` with the current step (Bin Regularization's bins)."""
+        return torch.round(torch.clamp(v / self.step.detach(), -self.q_n, self.q_p))
+
+    def extra_repr(self) -> str:
+        sign = "auto" if self.auto_sign and not self._is_initialized else self.signed
+        return super().extra_repr() + f", signed={sign}, step={self.step.item():.4g}"

@@ -1,0 +1,158 @@
+"""Asymmetric min-max ``b``-bit quantization (GEMMLOWP; Banner et al. 2018).
+
+For a range ``[m, M]`` (widened to contain 0 so that zero is exactly representable)::
+
+    scale = (M - m) / (2^b - 1),      z = clamp(round(-m / scale), 0, 2^b - 1)     (integer zero point)
+    q     = clamp(round(x / scale) + z, 0, 2^b - 1)          nearest
+    q     = clamp(floor(x / scale + u) + z, 0, 2^b - 1)      stochastic, u ~ U[0, 1)  (gradients)
+    x_hat = (q - z) * scale
+
+which is what ``torch.fake_quantize_per_tensor_affine`` computes for the same scale and zero point. The range comes
+from the tensor itself, reduced according to ``granularity``:
+
+* ``tensor``: min and max of the whole tensor (weights in Banner's older code; gradients: the global range);
+* ``channel``: per output channel (dim 0) for weights (Banner's convNet.pytorch);
+* ``sample``: min and max of each sample, averaged over the batch (Banner's activations). Running estimates,
+  ``running = (1 - momentum)·running + momentum·batch`` (PyTorch's convention; Banner's code weights the new batch by
+  0.9), are used in eval mode.
+
+Backward: identity straight-through estimator, no clipping mask (as in Banner's code).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
+from .codes import QuantizedTensor, index_dtype
+
+__all__ = ["MinMaxQuantizer", "GRANULARITIES"]
+
+GRANULARITIES = ("tensor", "channel", "sample")
+
+
+def affine_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q_max: int,
+                         noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(clamp(round(x / scale) + z, 0, q_max) - z) * scale`` using a handful of in-place kernels.
+
+    ``x * (1 / scale)`` rather than ``x / scale``, as torch's fused kernel does, so both round identically.
+    """
+    y = x * torch.reciprocal(scale)
+    if noise is not None:
+        y.add_(noise).floor_()
+    else:
+        y.round_()
+    return y.add_(zero_point).clamp_(0, q_max).sub_(zero_point).mul_(scale)
+
+
+def affine_params(low: torch.Tensor, high: torch.Tensor, q_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point of the range ``[min(low, 0), max(high, 0)]``."""
+    low = low.clamp(max=0)
+    high = high.clamp(min=0)
+    scale = ((high - low) / q_max).clamp_min(1e-12)
+    zero_point = torch.round(-low / scale).clamp_(0, q_max)
+    return scale, zero_point
+
+
+class _AffineSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, q_max: int, noise):
+        return affine_fake_quantize(x, scale, zero_point, q_max, noise)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+class MinMaxQuantizer(Quantizer):
+    kind = "minmax"
+    OPTIONS = {
+        "bits": bits_option(2, 16, default=8),
+        "granularity": {"enum": list(GRANULARITIES),
+                        "description": "range per tensor, per output channel, or per sample averaged over the batch "
+                                       "(default: sample for activations, tensor otherwise)"},
+        "momentum": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1,
+                     "description": "weight of the new batch in the running range (activations)"},
+        "rounding": {**ROUNDING_OPTION, "description": "default: stochastic for gradients, nearest otherwise"},
+        "eval_mode": EVAL_MODE_OPTION,
+    }
+
+    def __init__(self, *, bits: int = 8, granularity: Optional[str] = None, momentum: float = 0.1,
+                 role: str = "weight", rounding: Optional[str] = None, eval_mode: str = "deterministic",
+                 seed: int = 0):
+        # Banner's defaults by role: per-sample averaged ranges for activations, stochastic rounding for gradients.
+        if granularity is None:
+            granularity = {"activation": "sample"}.get(role, "tensor")
+        if rounding is None:
+            rounding = "stochastic" if role == "gradient" else "nearest"
+        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; valid choices: {', '.join(GRANULARITIES)}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        self._bits = int(bits)
+        self.q_max = 2**self._bits - 1
+        self.granularity = granularity
+        self.momentum = float(momentum)
+        self.register_buffer("running_min", torch.tensor(0.0))
+        self.register_buffer("running_max", torch.tensor(0.0))
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def signed(self) -> bool:
+        # The grid is asymmetric: signed whenever the observed range reaches below zero.
+        return bool(self.running_min < 0) if self.granularity == "sample" else True
+
+    # ------------------------------------------------------------------------------------------- ranges
+    def _observed_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.granularity == "tensor" or x.dim() < 2:
+            return torch.aminmax(x)
+        low, high = torch.aminmax(x.reshape(x.shape[0], -1), dim=1)
+        if self.granularity == "sample":
+            return low.mean(), high.mean()
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return low.reshape(shape), high.reshape(shape)
+
+    @torch.no_grad()
+    def quant_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point for ``x``; in training also updates the running range of activations."""
+        if self.granularity == "sample":
+            if self.training:
+                low, high = self._observed_range(x)
+                if not self._is_initialized:
+                    self.running_min.copy_(low)
+                    self.running_max.copy_(high)
+                    self.initialized.fill_(True)
+                    self._is_initialized = True
+                else:
+                    self.running_min.lerp_(low, self.momentum)
+                    self.running_max.lerp_(high, self.momentum)
+                return affine_params(low, high, self.q_max)
+            if self._is_initialized:
+                return affine_params(self.running_min, self.running_max, self.q_max)
+            # Evaluated before any training batch: fall back to this batch's range rather than a zero range.
+        low, high = self._observed_range(x)
+        return affine_params(low, high, self.q_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.passthrough_now:
+            return x
+        scale, zero_point = self.quant_params(x.detach())
+        noise = self.noise.uniform_like(x) if self.stochastic_now else None
+        return _AffineSTE.apply(x, scale, zero_point, self.q_max, noise)
+
+    def encode(self, x: torch.Tensor) -> QuantizedTensor:
+        x = x.detach()
+        scale, zero_point = self.quant_params(x)
+        q = torch.round(x * torch.reciprocal(scale)).add_(zero_point).clamp_(0, self.q_max)
+        per_channel = self.granularity == "channel" and x.dim() >= 2
+        return QuantizedTensor(indices=q.to(index_dtype(self._bits)), bits=self._bits, scale=scale,
+                               zero_point=zero_point, qmin=0, axis=0 if per_channel else None)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", granularity={self.granularity}"

@@ -1,0 +1,392 @@
+"""Learned-range quantizers with inferred bit widths (Uhlich et al., ICLR 2020).
+
+Uniform grid (paper eq. 1, official-code form)::
+
+    Q_U(x; d, q_max) = d * round(clip(x, -q_max, q_max) / d)      (unsigned: clip to [0, q_max], which is the ReLU)
+
+Power-of-two grid (paper eq. 2; q_min, q_max are powers of two)::
+
+    Q_P(x) = sign(x) * { 0                 if |x| < q_min / sqrt(2)      (only with a zero code)
+                         q_min             if |x| < q_min
+                         2^round(log2|x|)  if q_min <= |x| < q_max
+                         q_max             if |x| >= q_max }
+
+Each grid has three parametrizations by two learned scalars; the third quantity follows from
+``q_max = (2^(b-1) - 1) d`` (signed; ``2^b - 1`` unsigned) or ``q_max = q_min 2^(2^(b-1) - 1)`` (pow2, signed):
+
+=====  ==================  ======================================================
+name   learned             derived
+=====  ==================  ======================================================
+U1     b, d                q_max = d (2^n - 1),            n = round(b) - signed
+U2     b, q_max            d = q_max / (2^n - 1)  (then pow2 if ``pow2_step``)
+U3     d, q_max            b inferred (recommended)
+P1     b, q_max            q_min = q_max 2^-(2^n - 1),     n = round(b) - signed - with_zero
+P2     b, q_min            q_max = q_min 2^(2^n - 1)
+P3     q_min, q_max        b inferred (recommended)
+=====  ==================  ======================================================
+
+``round`` on b and the power-of-two snapping of d, q_min, q_max use straight-through estimators, so the partial
+derivatives are those of the paper's table (e.g. U3: ``dQ/dd = (Q - x)/d`` inside the range and 0 outside,
+``dQ/dq_max = sign(x)`` outside and 0 inside; ``dQ/dx`` = 1 inside, 0 outside).
+
+Bit width, inferred from the quantities actually used (the official code rounds q_max to a multiple of d first)::
+
+    uniform:  b = ceil(log2(round(q_max/d) + 1)) + signed
+    pow2:     b = ceil(log2(log2(q_max/q_min) + 1)) + signed + with_zero
+
+``bit_width()`` returns it with a straight-through ceil so that a memory budget can push d and q_max.
+Parameters are clipped into boxes after every step (``project_``): d in [2^-8, 1], q_max in [2^-8, 127] (weights) or
+[2^-8, 255] (activations), b in [2, 8] (weights) or [1, 8] (activations), and d <= q_max, q_min <= q_max.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .base import EVAL_MODE_OPTION, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
+from .codes import QuantizedTensor, index_dtype
+
+__all__ = ["ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "PARAMETRIZATIONS"]
+
+PARAMETRIZATIONS = {"U1": ("b", "d"), "U2": ("b", "q_max"), "U3": ("d", "q_max"),
+                    "P1": ("b", "q_max"), "P2": ("b", "q_min"), "P3": ("q_min", "q_max")}
+
+D_BOX = (2.0**-8, 1.0)
+QMIN_BOX = (2.0**-15, 256.0)
+QMAX_BOX = {"weight": (2.0**-8, 127.0), "bias": (2.0**-8, 127.0), "activation": (2.0**-8, 255.0)}
+B_BOX = {"weight": (2.0, 8.0), "bias": (2.0, 8.0), "activation": (1.0, 8.0)}
+SQRT_HALF = math.sqrt(0.5)
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    return torch.trunc(x + torch.copysign(torch.full((), 0.5, dtype=x.dtype, device=x.device), x))
+
+
+class _ClipRoundFunction(torch.autograd.Function):
+    """``Q = d * round(clip(x, lo, q_max) / d)`` with closed-form gradients for x, d and q_max (one saved input)."""
+
+    @staticmethod
+    def forward(ctx, x, d, q_max, signed: bool):
+        lo = -q_max if signed else torch.zeros_like(q_max)
+        c = torch.clamp(x, lo, q_max)
+        out = _round_half_away(c / d).mul_(d)
+        ctx.save_for_backward(x, out, d, q_max)
+        ctx.signed = signed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, out, d, q_max = ctx.saved_tensors
+        lo = -q_max if ctx.signed else torch.zeros_like(q_max)
+        c = torch.clamp(x, lo, q_max)
+        inside = c == x
+        grad_x = torch.where(inside, grad, 0.0)
+        flat_g = grad.reshape(-1)
+        # dQ/dd = round(c/d) - c/d = (Q - c)/d everywhere (STE through round)
+        grad_d = (torch.dot(flat_g, out.reshape(-1)) - torch.dot(flat_g, c.reshape(-1))) / d
+        # dQ/dq_max = +1 above the range, -1 below it (signed only)
+        grad_outside = (grad - grad_x).reshape(-1)
+        if ctx.signed:
+            grad_q = torch.dot(grad_outside, torch.sign(x).reshape(-1))
+        else:
+            grad_q = torch.dot(grad_outside, (x > q_max).to(grad.dtype).reshape(-1))
+        return grad_x, grad_d.reshape(d.shape), grad_q.reshape(q_max.shape), None
+
+
+class _Pow2Function(torch.autograd.Function):
+    """Power-of-two quantization with nnabla's gradients: ``|Q|/|x|`` in the rounding region, ``sign(x)`` to the
+    bound that clips (q_min below, q_max above), nothing through the zero region."""
+
+    @staticmethod
+    def forward(ctx, x, q_min, q_max, signed: bool, with_zero: bool):
+        if not signed:
+            x = torch.relu(x)
+        a = x.abs()
+        s = torch.sign(x)
+        p = torch.exp2(_round_half_away(torch.log2(a)))
+        mag = torch.clamp(p, q_min, q_max)
+        if with_zero:
+            mag = torch.where(a < q_min * SQRT_HALF, 0.0, mag)
+        out = s * mag
+        ctx.save_for_backward(x, q_min, q_max)
+        ctx.with_zero = with_zero
+        ctx.signed = signed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, q_min, q_max = ctx.saved_tensors
+        a = x.abs()
+        s = torch.sign(x)
+        low = a < q_min
+        if ctx.with_zero:
+            low = low & (a >= q_min * SQRT_HALF)
+        high = a >= q_max
+        middle = (a >= q_min) & ~high
+        p = torch.exp2(_round_half_away(torch.log2(a)))
+        grad_x = torch.where(middle, grad * p / a.clamp_min(1e-30), 0.0)
+        gs = grad * s
+        grad_qmin = torch.where(low, gs, 0.0).sum()
+        grad_qmax = torch.where(high, gs, 0.0).sum()
+        if not ctx.signed:
+            grad_x = torch.where(x > 0, grad_x, 0.0)
+        return grad_x, grad_qmin.reshape(q_min.shape), grad_qmax.reshape(q_max.shape), None, None
+
+
+class _ParametricBase(Quantizer):
+    learned = True
+
+    def __init__(self, *, parametrization: str, signed: Optional[bool], init_bits: int, role: str,
+                 eval_mode: str, seed: int):
+        super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
+        self.parametrization = parametrization
+        if signed is None:
+            signed = "auto" if role == "activation" else True
+        # "auto": decided from the first tensor (unsigned after a ReLU, as in the paper; signed for the raw input)
+        self.auto_sign = signed == "auto"
+        self._signed = bool(signed) if not self.auto_sign else False
+        self.register_buffer("is_signed", torch.tensor(self._signed))
+        self.init_bits = int(init_bits)
+        box_role = "activation" if role == "activation" else "weight"
+        self.b_box = B_BOX[box_role]
+        self.qmax_box = QMAX_BOX[box_role]
+        first, second = PARAMETRIZATIONS[parametrization]
+        # the two learned scalars, registered under the names the paper uses
+        for name in (first, second):
+            self.register_parameter(name, nn.Parameter(torch.tensor(1.0)))
+        self.learned_names = (first, second)
+
+    @property
+    def signed(self) -> bool:
+        return self._signed
+
+    def _decide_sign(self, x: torch.Tensor) -> None:
+        if self.auto_sign:
+            self._signed = bool(x.min() < 0)
+            self.is_signed.fill_(self._signed)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._signed = bool(self.is_signed)
+
+    @property
+    def bits(self) -> int:
+        with torch.no_grad():
+            return int(round(float(self.bit_width())))
+
+    def _n_bits(self, extra: int = 0) -> torch.Tensor:
+        """``round(clip(b)) - signed - extra`` with a straight-through round."""
+        low, high = self.b_box
+        return round_ste(torch.clamp(self.b, low, high)) - int(self._signed) - extra
+
+    def clip_param_grads_(self) -> None:
+        """Clip the gradients of the learned scalars to ``[-d, d]`` (Uhlich's rule while a memory budget is on)."""
+        bound = float(self.step_value())
+        for name in self.learned_names:
+            p = getattr(self, name)
+            if p.grad is not None:
+                p.grad.clamp_(-bound, bound)
+
+    def step_value(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        params = ", ".join(f"{n}={getattr(self, n).item():.4g}" for n in self.learned_names)
+        return f"{self.parametrization}, " + super().extra_repr() + f", signed={self._signed}, {params}"
+
+
+class ParametricUniformQuantizer(_ParametricBase):
+    kind = "parametric"
+
+    def __init__(self, *, parametrization: str = "U3", signed: Optional[bool] = None, init_bits: int = 4,
+                 pow2_step: bool = True, role: str = "weight", eval_mode: str = "deterministic", seed: int = 0):
+        super().__init__(parametrization=parametrization, signed=signed, init_bits=init_bits, role=role,
+                         eval_mode=eval_mode, seed=seed)
+        self.pow2_step = bool(pow2_step)
+
+    # ---------------------------------------------------------------------------------- derived quantities
+    def _levels_per_side(self, n: torch.Tensor) -> torch.Tensor:
+        return torch.exp2(n) - 1  # 2^n - 1 positive levels
+
+    def _snap(self, d: torch.Tensor) -> torch.Tensor:
+        return pow2_ste(d) if self.pow2_step else d
+
+    def step_and_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (d, q_max) actually used by the forward pass, differentiable w.r.t. the learned scalars."""
+        p = self.parametrization
+        if p == "U1":
+            n = self._n_bits()
+            d = self._snap(torch.clamp(self.d, *D_BOX))
+            return d, d * self._levels_per_side(n)
+        if p == "U2":
+            n = self._n_bits()
+            q_max = torch.clamp(self.q_max, *self.qmax_box)
+            return self._snap(q_max / self._levels_per_side(n)), q_max
+        d = self._snap(torch.clamp(self.d, *D_BOX))
+        return d, torch.maximum(torch.clamp(self.q_max, *self.qmax_box), d)
+
+    def step_value(self) -> torch.Tensor:
+        return self.step_and_range()[0].detach()
+
+    def bit_width(self) -> torch.Tensor:
+        d, q_max = self.step_and_range()
+        return ceil_ste(torch.log2(round_ste(q_max / d) + 1)) + int(self._signed)
+
+    # ------------------------------------------------------------------------------------ initialisation
+    def reset_parameters_from(self, x: torch.Tensor) -> None:
+        self._decide_sign(x)
+        b0 = self.init_bits
+        if self.role == "activation":
+            d0 = 2.0**-3
+            levels = 2**b0 - 1 if not self._signed else 2 ** (b0 - 1) - 1
+        else:
+            levels = 2 ** (b0 - 1) - 1 if self._signed else 2**b0 - 1
+            ratio = max(float(x.abs().max()), 1e-8) / levels
+            d0 = 2.0 ** (math.ceil(math.log2(ratio)) if b0 > 4 else math.floor(math.log2(ratio)))
+            d0 = min(max(d0, D_BOX[0]), D_BOX[1])
+        values = {"b": float(b0), "d": d0, "q_max": d0 * levels}
+        for name in self.learned_names:
+            getattr(self, name).fill_(values[name])
+        self.project_()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if hasattr(self, "b"):
+            self.b.clamp_(*self.b_box)
+        if hasattr(self, "d"):
+            self.d.clamp_(*D_BOX)
+        if hasattr(self, "q_max"):
+            self.q_max.clamp_(*self.qmax_box)
+            if hasattr(self, "d"):
+                self.q_max.copy_(torch.maximum(self.q_max, self.d))
+
+    # ---------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.maybe_initialize(x)
+        if self.passthrough_now:
+            return x
+        d, q_max = self.step_and_range()
+        return _ClipRoundFunction.apply(x, d, q_max, self._signed)
+
+    def encode(self, x: torch.Tensor) -> QuantizedTensor:
+        self.maybe_initialize(x)
+        with torch.no_grad():
+            d, q_max = self.step_and_range()
+            k = int(torch.round(q_max / d))
+            lo = -q_max if self._signed else torch.zeros_like(q_max)
+            q = _round_half_away(torch.clamp(x.detach(), lo, q_max) / d)
+            qmin = -k if self._signed else 0
+            bits = self.bits
+            return QuantizedTensor(indices=(q - qmin).to(index_dtype(bits)), bits=bits, scale=d.clone(),
+                                   zero_point=torch.zeros((), dtype=x.dtype), qmin=qmin)
+
+
+class ParametricPow2Quantizer(_ParametricBase):
+    kind = "parametric"
+
+    def __init__(self, *, parametrization: str = "P3", signed: Optional[bool] = None, init_bits: int = 4,
+                 with_zero: bool = True, role: str = "weight", eval_mode: str = "deterministic", seed: int = 0):
+        super().__init__(parametrization=parametrization, signed=signed, init_bits=init_bits, role=role,
+                         eval_mode=eval_mode, seed=seed)
+        self.with_zero = bool(with_zero)
+
+    def _exponents(self, n: torch.Tensor) -> torch.Tensor:
+        return torch.exp2(n) - 1  # log2(q_max / q_min) for n magnitude bits
+
+    def range_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q_min, q_max), powers of two, differentiable w.r.t. the learned scalars."""
+        p = self.parametrization
+        if p == "P1":
+            q_max = pow2_ste(torch.clamp(self.q_max, *self.qmax_box))
+            return q_max * torch.exp2(-self._exponents(self._n_bits(int(self.with_zero)))), q_max
+        if p == "P2":
+            q_min = pow2_ste(torch.clamp(self.q_min, *QMIN_BOX))
+            return q_min, q_min * torch.exp2(self._exponents(self._n_bits(int(self.with_zero))))
+        q_max = pow2_ste(torch.clamp(self.q_max, *self.qmax_box))
+        q_min = pow2_ste(torch.minimum(torch.clamp(self.q_min, *QMIN_BOX), q_max))
+        return q_min, q_max
+
+    def step_value(self) -> torch.Tensor:
+        return self.range_bounds()[0].detach()
+
+    def bit_width(self) -> torch.Tensor:
+        q_min, q_max = self.range_bounds()
+        return ceil_ste(torch.log2(torch.log2(q_max / q_min) + 1)) + int(self._signed) + int(self.with_zero)
+
+    def reset_parameters_from(self, x: torch.Tensor) -> None:
+        self._decide_sign(x)
+        b0 = self.init_bits
+        n = b0 - int(self._signed) - int(self.with_zero)
+        if self.role == "activation":
+            q_max = 2.0  # pow2 of the uniform activation init 1.875
+        else:
+            q_max = 2.0 ** round(math.log2(max(float(x.abs().max()), 1e-8)))
+        q_max = min(max(q_max, self.qmax_box[0]), self.qmax_box[1])
+        values = {"b": float(b0), "q_max": q_max, "q_min": q_max * 2.0 ** -(2**n - 1)}
+        for name in self.learned_names:
+            getattr(self, name).fill_(values[name])
+        self.project_()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if hasattr(self, "b"):
+            self.b.clamp_(*self.b_box)
+        if hasattr(self, "q_max"):
+            self.q_max.clamp_(*self.qmax_box)
+        if hasattr(self, "q_min"):
+            self.q_min.clamp_(*QMIN_BOX)
+            if hasattr(self, "q_max"):
+                self.q_min.copy_(torch.minimum(self.q_min, self.q_max))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.maybe_initialize(x)
+        if self.passthrough_now:
+            return x
+        q_min, q_max = self.range_bounds()
+        return _Pow2Function.apply(x, q_min, q_max, self._signed, self.with_zero)
+
+    def encode(self, x: torch.Tensor) -> QuantizedTensor:
+        self.maybe_initialize(x)
+        with torch.no_grad():
+            q_min, q_max = self.range_bounds()
+            values = _Pow2Function.apply(x.detach(), q_min, q_max, self._signed, self.with_zero)
+            k = int(round(math.log2(float(q_max / q_min))))
+            magnitudes = [2.0**e for e in range(k + 1)]  # in units of q_min
+            levels = ([-m for m in reversed(magnitudes)] if self._signed else []) + \
+                     ([0.0] if self.with_zero else []) + magnitudes
+            table = torch.tensor(levels, dtype=x.dtype)
+            ratio = values / q_min
+            # index of each value in the sorted table (exact: values are table entries times q_min)
+            indices = torch.searchsorted(table, ratio.reshape(-1).contiguous()).reshape(x.shape)
+            bits = self.bits
+            return QuantizedTensor(indices=indices.to(index_dtype(bits)), bits=bits, scale=q_min.clone(),
+                                   zero_point=torch.zeros((), dtype=x.dtype), table=table)
+
+
+def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBase:
+    """Build the uniform (U1-U3) or power-of-two (P1-P3) learned quantizer named by ``parametrization``."""
+    key = str(parametrization).upper()
+    if key not in PARAMETRIZATIONS:
+        raise ValueError(f"unknown parametrization {parametrization!r}; valid choices: {', '.join(PARAMETRIZATIONS)}")
+    cls = ParametricUniformQuantizer if key.startswith("U") else ParametricPow2Quantizer
+    if cls is ParametricUniformQuantizer and "with_zero" in options:
+        raise ValueError("with_zero applies to the power-of-two parametrizations P1-P3 only")
+    if cls is ParametricPow2Quantizer and "pow2_step" in options:
+        raise ValueError("pow2_step applies to the uniform parametrizations U1-U3 only")
+    return cls(parametrization=key, **options)
+
+
+make_parametric.OPTIONS = {
+    "parametrization": {"enum": list(PARAMETRIZATIONS), "default": "U3",
+                        "description": "U1 (b,d), U2 (b,q_max), U3 (d,q_max), P1 (b,q_max), P2 (b,q_min), P3 (q_min,q_max)"},
+    "signed": {"enum": [True, False, "auto", None], "default": None,
+               "description": "auto: decided from the first tensor; null: signed for weights, auto for activations"},
+    "init_bits": bits_option(2, 8, default=4),
+    "pow2_step": {"type": "boolean", "description": "U1-U3: snap d to a power of two (official code); default true"},
+    "with_zero": {"type": "boolean", "description": "P1-P3: add a zero level (one more bit); default true"},
+    "eval_mode": EVAL_MODE_OPTION,
+}
