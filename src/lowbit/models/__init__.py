@@ -1,0 +1,74 @@
+"""Reference float architectures from the low-bit papers, built from plain PyTorch modules.
+
+Every layer with weights is an ``nn.Linear`` / ``nn.Conv2d`` / ``nn.BatchNorm1d`` /
+``nn.BatchNorm2d`` attribute (possibly inside ``nn.Sequential``) used exactly once in
+``forward``, so quantized replacements can be swapped in by walking ``named_modules()``.
+Activations are ``nn.ReLU`` module instances, likewise used once each.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Callable
+
+from torch import nn
+
+from .cnn import SmallCNN, build_small_cnn
+from .common import check_input_shape
+from .mlp import MLP, build_mlp
+from .resnet import BasicBlock, CifarResNet, PadShortcut, build_resnet8, build_resnet20, build_resnet56
+from .vgg import BCVGG, build_bc_vgg
+
+#: name -> (builder(input_shape, num_classes, **options), one-line description)
+MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "mlp": (build_mlp, "BinaryConnect permutation-invariant MLP: 3x1024 FC-BN-ReLU, BN output (Courbariaux et al. 2015)"),
+    "small-cnn": (build_small_cnn, "2 conv (32, 64) + fc256 CNN for 28x28 / 8x8 inputs"),
+    "bc-vgg": (build_bc_vgg, "BinaryConnect VGG-like CIFAR-10 net: 2x128C3-MP-2x256C3-MP-2x512C3-MP-2x1024FC"),
+    "resnet8": (build_resnet8, "CIFAR ResNet-8 (n=1), a small quick residual net"),
+    "resnet20": (build_resnet20, "CIFAR ResNet-20 (He et al. 2016), 0.27M parameters"),
+    "resnet56": (build_resnet56, "CIFAR ResNet-56 (He et al. 2016), 0.85M parameters"),
+}
+
+
+def _options_of(builder: Callable[..., nn.Module]) -> list[str]:
+    params = inspect.signature(builder).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **options: object) -> nn.Module:
+    """Build model ``name`` (a key of :data:`MODELS`) for ``(C, H, W)`` inputs and ``num_classes`` outputs.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists valid names), bad ``input_shape``
+            or ``num_classes``, an option with an invalid value, or inputs too small for
+            the architecture.
+        TypeError: an option the model does not have (the message lists valid options).
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    shape = check_input_shape(input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    builder, _ = MODELS[key]
+    valid = _options_of(builder)
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise TypeError(
+            f"model {key!r} has no option {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid) if valid else '(none)'}"
+        )
+    return builder(shape, int(num_classes), **options)
+
+
+__all__ = [
+    "BCVGG",
+    "BasicBlock",
+    "CifarResNet",
+    "MLP",
+    "MODELS",
+    "PadShortcut",
+    "SmallCNN",
+    "build_model",
+]

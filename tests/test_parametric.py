@@ -1,0 +1,182 @@
+"""Uhlich et al. 2020: the partial-derivative table of U1/U2/U3, bit-width inference, boxes, power-of-two grids."""
+
+import math
+
+import pytest
+import torch
+
+from lowbit.quantizers import build_quantizer
+from lowbit.quantizers.parametric import make_parametric
+
+LN2 = math.log(2)
+
+
+def make(parametrization, role="weight", **values):
+    options = {k: values.pop(k) for k in ("pow2_step", "with_zero", "signed") if k in values}
+    q = make_parametric(parametrization=parametrization, role=role, **options).double()
+    with torch.no_grad():
+        for name, value in values.items():
+            getattr(q, name).fill_(value)
+    q.initialized.fill_(True)
+    q._is_initialized = True
+    return q
+
+
+def points():
+    # inside the range (avoiding ties and the boundary) and outside it on both sides
+    return torch.tensor([-3.1, -1.13, -0.4, -0.07, 0.0, 0.21, 0.52, 1.38, 2.6, 4.0], dtype=torch.float64)
+
+
+def partials(q, x):
+    """Per-element partial derivatives of Q(x) w.r.t. each learned scalar (autograd, one element at a time)."""
+    grads = {name: [] for name in q.learned_names}
+    for i in range(len(x)):
+        q.zero_grad()
+        q(x)[i].backward()
+        for name in q.learned_names:
+            grads[name].append(getattr(q, name).grad.item())
+    return {name: torch.tensor(v, dtype=torch.float64) for name, v in grads.items()}
+
+
+@pytest.mark.parametrize("pow2_step", [False, True])
+def test_u3_partials_match_the_table(pow2_step):
+    d, q_max = 0.25, 1.75
+    q = make("U3", d=d, q_max=q_max, pow2_step=pow2_step)
+    x = points()
+    with torch.no_grad():
+        out = q(x)
+    inside = x.abs() <= q_max
+    got = partials(q, x)
+    assert torch.allclose(got["d"], torch.where(inside, (out - x) / d, 0.0))
+    assert torch.allclose(got["q_max"], torch.where(inside, 0.0, torch.sign(x)))
+    assert (got["d"].abs() <= 0.5 + 1e-12).all()
+
+
+@pytest.mark.parametrize("pow2_step", [False, True])
+def test_u1_partials_match_the_table(pow2_step):
+    b, d = 4.0, 0.25  # q_max = (2^3 - 1) d = 1.75
+    q = make("U1", b=b, d=d, pow2_step=pow2_step)
+    x = points()
+    with torch.no_grad():
+        out = q(x)
+    inside = x.abs() <= 1.75
+    got = partials(q, x)
+    assert torch.allclose(got["b"], torch.where(inside, 0.0, torch.sign(x) * 2 ** (b - 1) * LN2 * d))
+    assert torch.allclose(got["d"], torch.where(inside, (out - x) / d, torch.sign(x) * (2 ** (b - 1) - 1)))
+
+
+def test_u2_partials_match_the_table():
+    b, q_max = 4.0, 1.75  # d = q_max / 7 = 0.25
+    q = make("U2", b=b, q_max=q_max, pow2_step=False)
+    x = points()
+    with torch.no_grad():
+        out = q(x)
+    inside = x.abs() <= q_max
+    got = partials(q, x)
+    factor = 2 ** (b - 1) * LN2 / (2 ** (b - 1) - 1)
+    assert torch.allclose(got["b"], torch.where(inside, -factor * (out - x), 0.0), atol=1e-12)
+    assert torch.allclose(got["q_max"], torch.where(inside, (out - x) / q_max, torch.sign(x)), atol=1e-12)
+
+
+def test_input_gradient_is_one_inside_and_zero_outside():
+    q = make("U3", d=0.25, q_max=1.75)
+    x = points().requires_grad_()
+    q(x).sum().backward()
+    assert torch.equal(x.grad, (x.detach().abs() <= 1.75).double())
+
+
+def test_unsigned_grid_clips_negative_values_to_zero_like_a_relu():
+    q = make("U3", role="activation", signed=False, d=0.125, q_max=1.875)
+    out = q(torch.tensor([-1.0, 0.3, 5.0], dtype=torch.float64))
+    assert out.tolist() == [0.0, 0.25, 1.875]
+
+
+@pytest.mark.parametrize("signed, expected", [(True, 5), (False, 4)])
+def test_bit_width_inference_example(signed, expected):
+    # d = 2^-3, q_max = 1.875 -> ceil(log2(15 + 1)) = 4 magnitude bits, plus one sign bit when signed
+    q = make("U3", d=2**-3, q_max=1.875, signed=signed)
+    assert q.bits == expected
+
+
+def test_bits_of_u1_and_u2_follow_b():
+    assert make("U1", b=3.0, d=0.5).bits == 3
+    assert make("U2", b=6.0, q_max=2.0, pow2_step=False).bits == 6
+
+
+def test_bit_width_has_a_straight_through_gradient_for_memory_budgets():
+    q = make("U3", d=0.125, q_max=1.875)
+    q.bit_width().backward()
+    # b = ceil(log2(q_max/d + 1)) + 1: d/dq_max = 1/((q_max + d) ln 2) > 0, d/dd = -q_max/(d (q_max + d) ln 2) < 0
+    assert q.q_max.grad.item() == pytest.approx(1 / ((1.875 + 0.125) * LN2))
+    assert q.d.grad.item() == pytest.approx(-1.875 / (0.125 * 2.0 * LN2))
+
+
+def test_pow2_bits_and_levels():
+    q = make("P3", q_min=2**-3, q_max=1.0)  # 4 exponents -> 2 bits, + sign + zero code
+    assert q.bits == 4
+    out = q(torch.linspace(-2, 2, 401, dtype=torch.float64))
+    magnitudes = sorted(set(out.abs().tolist()))
+    assert magnitudes == [0.0, 0.125, 0.25, 0.5, 1.0]
+    without_zero = make("P3", q_min=2**-3, q_max=1.0, with_zero=False)
+    assert without_zero.bits == 3
+    assert 0.0 not in without_zero(torch.linspace(-2, 2, 400, dtype=torch.float64)).tolist()
+
+
+def test_pow2_range_gradients_go_to_the_bound_that_clips():
+    q = make("P3", q_min=2**-3, q_max=1.0)
+    x = torch.tensor([-3.0, -0.11, 0.01, 0.3, 2.0], dtype=torch.float64)
+    got = partials(q, x)
+    assert got["q_max"].tolist() == [-1.0, 0.0, 0.0, 0.0, 1.0]
+    assert got["q_min"].tolist() == [0.0, -1.0, 0.0, 0.0, 0.0]  # 0.01 is in the zero region: no gradient
+
+
+def test_p1_and_p2_derive_the_other_bound_from_b():
+    p1 = make("P1", b=4.0, q_max=1.0)  # n = 4 - 1 (sign) - 1 (zero) = 2 -> q_min = q_max 2^-(2^2 - 1)
+    assert p1.range_bounds()[0].item() == pytest.approx(2**-3)
+    p2 = make("P2", b=4.0, q_min=2**-3)
+    assert p2.range_bounds()[1].item() == pytest.approx(1.0)
+    assert p1.bits == p2.bits == 4
+
+
+def test_parameters_are_projected_into_their_boxes_with_d_below_q_max():
+    q = make("U3", d=0.5, q_max=0.01)
+    q.project_()
+    assert q.q_max.item() >= q.d.item()
+    with torch.no_grad():
+        q.d.fill_(10.0)
+        q.q_max.fill_(1e4)
+    q.project_()
+    assert q.d.item() == 1.0 and q.q_max.item() == 127.0
+
+
+def test_weight_initialisation_follows_the_official_rule():
+    w = torch.randn(100) * 0.3
+    w[0] = 1.3  # max |w| = 1.3 -> d0 = 2^floor(log2(1.3 / 7)) for b0 = 4
+    q = build_quantizer({"type": "parametric", "parametrization": "U3", "init_bits": 4}, role="weight")
+    q(w)
+    assert q.d.item() == 2.0 ** math.floor(math.log2(1.3 / 7))
+    assert q.q_max.item() == pytest.approx(q.d.item() * 7)
+    assert q.bits == 4
+
+
+def test_activation_initialisation_and_sign():
+    q = build_quantizer({"type": "parametric", "parametrization": "U3"}, role="activation")
+    q(torch.rand(4, 8))
+    assert q.d.item() == 0.125 and q.q_max.item() == 1.875 and not q.signed and q.bits == 4
+
+
+def test_gradient_clipping_to_plus_minus_d():
+    q = make("U3", d=0.125, q_max=1.875)
+    q(torch.tensor([100.0, -0.3], dtype=torch.float64)).sum().mul(50).backward()
+    q.clip_param_grads_()
+    assert abs(q.q_max.grad.item()) <= 0.125 and abs(q.d.grad.item()) <= 0.125
+
+
+def test_encoding_round_trips_uniform_and_pow2():
+    w = torch.randn(6, 5, dtype=torch.float64)
+    for parametrization in ("U1", "U2", "U3", "P1", "P2", "P3"):
+        q = build_quantizer({"type": "parametric", "parametrization": parametrization}, role="weight").double()
+        out = q(w)
+        encoded = q.encode(w)
+        assert int(encoded.indices.max()) < 2**encoded.bits
+        assert torch.allclose(encoded.dequantize(), out), parametrization

@@ -1,0 +1,75 @@
+"""Range BatchNorm (Banner et al. 2018): equals BN up to a constant on Gaussian input, worse on heavy tails."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.nn import RangeBatchNorm1d, RangeBatchNorm2d
+from lowbit.nn.range_bn import range_scale_constant
+
+
+def test_c_of_n():
+    assert range_scale_constant(1000) == pytest.approx(1 / math.sqrt(2 * math.log(1000)))
+
+
+@pytest.mark.parametrize("estimator, expected_ratio", [("paper", (0.5, 0.62)), ("chunked", (0.95, 1.15))])
+def test_range_bn_matches_batchnorm_up_to_a_constant_on_gaussian_input(estimator, expected_ratio):
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 12, 12) * torch.linspace(0.5, 4, 8).reshape(1, -1, 1, 1) + 3
+    bn = nn.BatchNorm2d(8, affine=False)(x)
+    rbn = RangeBatchNorm2d(8, affine=False, estimator=estimator)(x)
+    for c in range(8):
+        ratio = (rbn[:, c].std() / bn[:, c].std()).item()
+        assert expected_ratio[0] < ratio < expected_ratio[1]
+        # same up to that constant: the ratio is the same for every element
+        assert torch.allclose(rbn[:, c], bn[:, c] * ratio, atol=1e-4)
+
+
+def test_paper_bound_on_the_scale_for_gaussian_input():
+    # 0.325 sigma <= C(n) range <= 2 sigma
+    torch.manual_seed(0)
+    for n in (200, 5_000, 100_000):
+        x = torch.randn(n, 1) * 2.5
+        bn = RangeBatchNorm1d(1, affine=False)
+        bn(x)
+        scale = bn.running_scale.item()  # first batch from a start of 1: 0.9 * 1 + 0.1 * s
+        s = (scale - 0.9) / 0.1
+        assert 0.325 * 2.5 <= s <= 2 * 2.5
+
+
+def test_heavy_tailed_input_is_normalised_worse_than_gaussian():
+    torch.manual_seed(0)
+    gaussian = torch.randn(4096, 1)
+    laplace = torch.distributions.Laplace(0.0, 1.0).sample((4096, 1))
+    cauchy = torch.distributions.StudentT(1.5).sample((4096, 1))
+
+    def output_std(x):
+        return RangeBatchNorm1d(1, affine=False)(x).std().item()
+
+    # the output std collapses when a few extreme values inflate the range
+    assert output_std(cauchy) < output_std(laplace) < output_std(gaussian)
+
+
+def test_running_statistics_are_used_in_eval():
+    bn = RangeBatchNorm2d(3, momentum=1.0)
+    x = torch.randn(8, 3, 5, 5) + 2
+    train_out = bn(x)
+    bn.eval()
+    assert torch.allclose(bn(x), train_out, atol=1e-5)  # momentum 1: running stats = this batch's
+
+
+def test_conversion_from_batchnorm_keeps_affine_and_running_mean():
+    bn = nn.BatchNorm1d(4)
+    bn(torch.randn(32, 4) * 3 + 1)
+    with torch.no_grad():
+        bn.weight.mul_(2)
+    rbn = RangeBatchNorm1d.from_batchnorm(bn)
+    assert rbn.weight is bn.weight
+    assert torch.equal(rbn.running_mean, bn.running_mean)
+
+
+def test_wrong_input_rank_is_a_clear_error():
+    with pytest.raises(ValueError, match="expects a 4-d input"):
+        RangeBatchNorm2d(3)(torch.randn(2, 3))

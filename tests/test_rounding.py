@@ -1,0 +1,53 @@
+"""Rounding: unbiasedness and variance bound of stochastic rounding (Li & De), ties, reproducible noise."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.rounding import NoiseSource, derive_seed, round_half_away, stochastic_round
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(min_value=-50, max_value=50, allow_nan=False, allow_infinity=False))
+def test_stochastic_round_is_unbiased_with_variance_at_most_a_quarter(value):
+    x = torch.full((200_000,), value, dtype=torch.float64)
+    rounded = stochastic_round(x, NoiseSource(seed=1))
+    frac = value - torch.floor(torch.tensor(value, dtype=torch.float64)).item()
+    # only the two neighbours of x are ever chosen
+    assert set(torch.unique(rounded).tolist()) <= {float(torch.floor(x[0])), float(torch.floor(x[0]) + 1)}
+    # E = x within 5 standard errors; Var = p(1-p) <= 1/4
+    std_err = max((frac * (1 - frac) / x.numel()) ** 0.5, 1e-12)
+    assert abs(rounded.mean().item() - value) <= 5 * std_err + 1e-12
+    assert rounded.var(unbiased=False).item() <= 0.25 + 1e-3
+    assert abs(rounded.var(unbiased=False).item() - frac * (1 - frac)) < 5e-3
+
+
+def test_stochastic_round_probability_of_rounding_up_is_the_fraction():
+    x = torch.full((100_000,), 2.3)
+    up = (stochastic_round(x, NoiseSource(seed=0)) == 3).float().mean().item()
+    assert abs(up - 0.3) < 0.01
+
+
+def test_round_half_away_from_zero_at_ties():
+    x = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49, -0.49])
+    assert round_half_away(x).tolist() == [-3, -2, -1, 1, 2, 3, 0, 0]
+    # torch.round differs at ties (half to even): this is why the Li & De / Uhlich quantizers use half-away
+    assert torch.round(x).tolist()[:3] == [-2, -2, -0]
+
+
+def test_same_seed_same_noise_and_state_round_trips():
+    a, b = NoiseSource(seed=7), NoiseSource(seed=7)
+    x = torch.zeros(1000)
+    assert torch.equal(a.uniform_like(x), b.uniform_like(x))
+    assert not torch.equal(NoiseSource(seed=8).uniform_like(x), NoiseSource(seed=7).uniform_like(x))
+    state = a.state()
+    expected = a.uniform_like(x)
+    resumed = NoiseSource(seed=0)
+    resumed.load_state(state)
+    assert torch.equal(resumed.uniform_like(x), expected)
+
+
+def test_derived_seeds_are_stable_and_distinct():
+    assert derive_seed(0, "fc1", "weight") == derive_seed(0, "fc1", "weight")
+    assert derive_seed(0, "fc1", "weight") != derive_seed(0, "fc2", "weight")
+    assert derive_seed(0, "fc1", "weight") != derive_seed(1, "fc1", "weight")
