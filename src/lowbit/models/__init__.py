@@ -36,6 +36,12 @@ def _options_of(builder: Callable[..., nn.Module]) -> list[str]:
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword options model ``name`` accepts (empty for an unknown name)."""
+    entry = MODELS.get(name.strip().lower() if isinstance(name, str) else name)
+    return _options_of(entry[0]) if entry else []
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **options: object) -> nn.Module:
     """Build model ``name`` (a key of :data:`MODELS`) for ``(C, H, W)`` inputs and ``num_classes`` outputs.
 
@@ -71,4 +77,5 @@ __all__ = [
     "PadShortcut",
     "SmallCNN",
     "build_model",
+    "model_options",
 ]

@@ -29,6 +29,7 @@ class SmallCNN(nn.Module):
         channels: tuple[int, int] = (32, 64),
         fc: int = 256,
         fc_bn: bool = True,
+        output_bn: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = input_shape
@@ -48,7 +49,9 @@ class SmallCNN(nn.Module):
         head: list[nn.Module] = [nn.Linear(flat, fc, bias=not fc_bn)]
         if fc_bn:
             head.append(nn.BatchNorm1d(fc))
-        head += [nn.ReLU(), nn.Linear(fc, num_classes)]
+        head += [nn.ReLU(), nn.Linear(fc, num_classes, bias=not output_bn)]
+        if output_bn:  # BinaryConnect's BN'd output: keeps binary-weight logits at a trainable scale
+            head.append(nn.BatchNorm1d(num_classes))
         self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,9 +65,11 @@ def build_small_cnn(
     channels: tuple[int, int] = (32, 64),
     fc: int = 256,
     fc_bn: bool = True,
+    output_bn: bool = False,
 ) -> SmallCNN:
     """Options: ``channels`` of the two convs ((32, 64)), ``fc`` hidden units (256),
-    ``fc_bn`` BatchNorm1d after the hidden fc (True). Needs H, W >= 4."""
+    ``fc_bn`` BatchNorm1d after the hidden fc (True), ``output_bn`` BatchNorm1d on the
+    logits (False; BinaryConnect's L2-SVM output). Needs H, W >= 4."""
     try:
         c1, c2 = channels
     except (TypeError, ValueError):
@@ -73,4 +78,5 @@ def build_small_cnn(
     _, h, w = input_shape
     if _pooled(h, 2) < 1 or _pooled(w, 2) < 1:
         raise ValueError(f"small-cnn pools twice by 2 and needs inputs of at least 4×4, got {h}×{w}")
-    return SmallCNN(input_shape, num_classes, channels=channels, fc=check_int("fc", fc), fc_bn=check_bool("fc_bn", fc_bn))
+    return SmallCNN(input_shape, num_classes, channels=channels, fc=check_int("fc", fc), fc_bn=check_bool("fc_bn", fc_bn),
+                    output_bn=check_bool("output_bn", output_bn))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import kaiming_init
+from .common import check_bool, kaiming_init
 
 SHORTCUTS = ("A", "B")
 STAGE_CHANNELS = (16, 32, 64)
@@ -78,7 +78,8 @@ class CifarResNet(nn.Module):
     fc keeps PyTorch's default init.
     """
 
-    def __init__(self, n: int, input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A") -> None:
+    def __init__(self, n: int, input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A",
+                 output_bn: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(input_shape[0], STAGE_CHANNELS[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_CHANNELS[0])
@@ -95,25 +96,29 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(prev, num_classes)
+        self.fc = nn.Linear(prev, num_classes, bias=not output_bn)
+        # optional BN on the logits (BinaryConnect's L2-SVM output), for binary-weight training
+        self.out_bn = nn.BatchNorm1d(num_classes) if output_bn else nn.Identity()
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.flatten(self.pool(x)))
+        return self.out_bn(self.fc(self.flatten(self.pool(x))))
 
 
 def _resnet_builder(n: int):
-    def build(input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A") -> CifarResNet:
+    def build(input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A",
+              output_bn: bool = False) -> CifarResNet:
         if shortcut not in SHORTCUTS:
             raise ValueError(f"option shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
-        return CifarResNet(n, input_shape, num_classes, shortcut=shortcut)
+        return CifarResNet(n, input_shape, num_classes, shortcut=shortcut, output_bn=check_bool("output_bn", output_bn))
 
     build.__name__ = f"build_resnet{6 * n + 2}"
     build.__doc__ = (
         f"ResNet-{6 * n + 2} (n = {n}). Option ``shortcut``: \"A\" (parameter-free zero padding, "
-        f"default) or \"B\" (1×1 conv + BN projection where the shape changes)."
+        f"default) or \"B\" (1×1 conv + BN projection where the shape changes); ``output_bn`` adds a "
+        f"BatchNorm1d on the logits (default False)."
     )
     return build
 

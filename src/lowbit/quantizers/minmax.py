@@ -34,36 +34,49 @@ GRANULARITIES = ("tensor", "channel", "sample")
 
 
 def affine_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q_max: int,
-                         noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         noise: Optional[torch.Tensor] = None, integer_zero: bool = True) -> torch.Tensor:
     """``(clamp(round(x / scale) + z, 0, q_max) - z) * scale`` using a handful of in-place kernels.
 
-    ``x * (1 / scale)`` rather than ``x / scale``, as torch's fused kernel does, so both round identically.
+    ``x * (1 / scale)`` rather than ``x / scale``, as torch's fused kernel does, so both round identically. With a
+    real-valued zero point (``integer_zero=False``) the offset is added before rounding: ``q = round((x - m)/Δ)``.
     """
     y = x * torch.reciprocal(scale)
+    if not integer_zero:
+        y.add_(zero_point)
     if noise is not None:
         y.add_(noise).floor_()
     else:
         y.round_()
-    return y.add_(zero_point).clamp_(0, q_max).sub_(zero_point).mul_(scale)
+    if integer_zero:
+        y.add_(zero_point)
+    return y.clamp_(0, q_max).sub_(zero_point).mul_(scale)
 
 
-def affine_params(low: torch.Tensor, high: torch.Tensor, q_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero point of the range ``[min(low, 0), max(high, 0)]``."""
+def affine_params(low: torch.Tensor, high: torch.Tensor, q_max: int,
+                  integer_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the range ``[min(low, 0), max(high, 0)]``.
+
+    With ``integer_zero`` the zero point is rounded (GEMMLOWP: zero is exactly representable, and the grid may shift
+    by up to half a step); otherwise it is ``-m / Δ`` and the grid spans exactly ``[m, M]`` (Banner's code), which
+    keeps stochastic rounding unbiased up to the extremes of the tensor.
+    """
     low = low.clamp(max=0)
     high = high.clamp(min=0)
     scale = ((high - low) / q_max).clamp_min(1e-12)
-    zero_point = torch.round(-low / scale).clamp_(0, q_max)
+    zero_point = -low / scale
+    if integer_zero:
+        zero_point = torch.round(zero_point).clamp_(0, q_max)
     return scale, zero_point
 
 
 class _AffineSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, q_max: int, noise):
-        return affine_fake_quantize(x, scale, zero_point, q_max, noise)
+    def forward(ctx, x, scale, zero_point, q_max: int, noise, integer_zero: bool):
+        return affine_fake_quantize(x, scale, zero_point, q_max, noise, integer_zero)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 class MinMaxQuantizer(Quantizer):
@@ -76,17 +89,22 @@ class MinMaxQuantizer(Quantizer):
         "momentum": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1,
                      "description": "weight of the new batch in the running range (activations)"},
         "rounding": {**ROUNDING_OPTION, "description": "default: stochastic for gradients, nearest otherwise"},
+        "zero_point": {"enum": ["integer", "exact"],
+                       "description": "integer (GEMMLOWP, exportable; default) or exact -m/scale (unbiased stochastic "
+                                      "rounding over the whole range; default for gradients)"},
         "eval_mode": EVAL_MODE_OPTION,
     }
 
     def __init__(self, *, bits: int = 8, granularity: Optional[str] = None, momentum: float = 0.1,
-                 role: str = "weight", rounding: Optional[str] = None, eval_mode: str = "deterministic",
-                 seed: int = 0):
+                 role: str = "weight", rounding: Optional[str] = None, zero_point: Optional[str] = None,
+                 eval_mode: str = "deterministic", seed: int = 0):
         # Banner's defaults by role: per-sample averaged ranges for activations, stochastic rounding for gradients.
         if granularity is None:
             granularity = {"activation": "sample"}.get(role, "tensor")
         if rounding is None:
             rounding = "stochastic" if role == "gradient" else "nearest"
+        if zero_point is None:
+            zero_point = "exact" if role == "gradient" else "integer"
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; valid choices: {', '.join(GRANULARITIES)}")
@@ -96,6 +114,9 @@ class MinMaxQuantizer(Quantizer):
         self.q_max = 2**self._bits - 1
         self.granularity = granularity
         self.momentum = float(momentum)
+        if zero_point not in ("integer", "exact"):
+            raise ValueError(f"unknown zero_point {zero_point!r}; valid choices: integer, exact")
+        self.integer_zero = zero_point == "integer"
         self.register_buffer("running_min", torch.tensor(0.0))
         self.register_buffer("running_max", torch.tensor(0.0))
 
@@ -132,23 +153,25 @@ class MinMaxQuantizer(Quantizer):
                 else:
                     self.running_min.lerp_(low, self.momentum)
                     self.running_max.lerp_(high, self.momentum)
-                return affine_params(low, high, self.q_max)
+                return affine_params(low, high, self.q_max, self.integer_zero)
             if self._is_initialized:
-                return affine_params(self.running_min, self.running_max, self.q_max)
+                return affine_params(self.running_min, self.running_max, self.q_max, self.integer_zero)
             # Evaluated before any training batch: fall back to this batch's range rather than a zero range.
         low, high = self._observed_range(x)
-        return affine_params(low, high, self.q_max)
+        return affine_params(low, high, self.q_max, self.integer_zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.passthrough_now:
             return x
         scale, zero_point = self.quant_params(x.detach())
         noise = self.noise.uniform_like(x) if self.stochastic_now else None
-        return _AffineSTE.apply(x, scale, zero_point, self.q_max, noise)
+        return _AffineSTE.apply(x, scale, zero_point, self.q_max, noise, self.integer_zero)
 
     def encode(self, x: torch.Tensor) -> QuantizedTensor:
         x = x.detach()
         scale, zero_point = self.quant_params(x)
+        if not self.integer_zero:
+            raise ValueError("encode() needs an integer zero point; build the quantizer with zero_point: integer")
         q = torch.round(x * torch.reciprocal(scale)).add_(zero_point).clamp_(0, self.q_max)
         per_channel = self.granularity == "channel" and x.dim() >= 2
         return QuantizedTensor(indices=q.to(index_dtype(self._bits)), bits=self._bits, scale=scale,

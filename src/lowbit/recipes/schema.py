@@ -155,6 +155,8 @@ def recipe_schema() -> dict:
                      "description": "latent: clip weights to the quantizer's range after each step"},
             "lr_scale": {"enum": ["none", "glorot"], "default": "none",
                          "description": "BinaryConnect's per-layer step scale 1/sqrt(1.5/(fan_in+fan_out))"},
+            "init": {"enum": ["keep", "uniform"], "default": "keep",
+                     "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H))"},
         },
         "default": {},
     }
@@ -189,8 +191,9 @@ def recipe_schema() -> dict:
             "paper": {"type": "string"},
             "extends": {"type": "string", "description": "name or path of a recipe this one modifies"},
             "model": {"anyOf": [{"type": "string"}, {
-                "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}],
-                "description": "default model (the command line can override it)"},
+                "type": "object", "properties": {"name": {"type": "string"}}}],
+                "description": "default model name and/or model options (e.g. output_bn: true); the command line "
+                               "can override the name, options the chosen model lacks are ignored"},
             "data": {"type": "string", "description": "default dataset"},
             "quantize": {**quantize, "default": {}},
             "train": train,

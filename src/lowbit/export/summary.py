@@ -1,0 +1,143 @@
+"""Model summary: per-layer bit widths, parameters, memory and MACs, with totals and compression (as Larq's).
+
+Everything is read from the quantizers' ``bits`` attribute; nothing is re-derived from a recipe. Memory counts every
+parameter at the bit width it is stored with at inference: quantized weights (and biases) at their quantizer's bits,
+everything else (biases of float slots, BatchNorm, quantizer scalars) at 32 bits. MACs come from one forward pass
+of a single example (multiply-accumulates per sample); BOPs are ``MACs x weight bits x input bits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..convert import quantizers_of
+from ..nn.layers import QuantizedLayer
+
+__all__ = ["LayerRow", "ModelSummary", "model_summary"]
+
+KB = 8 * 1024
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    weight_bits: Optional[int]
+    input_bits: Optional[int]
+    params: int
+    memory_kb: float
+    macs: int
+
+    @property
+    def bops(self) -> int:
+        return self.macs * (self.weight_bits or 32) * (self.input_bits or 32)
+
+
+@dataclass
+class ModelSummary:
+    rows: list[LayerRow]
+    other_params: int
+    total_params: int
+    memory_kb: float
+    float_memory_kb: float
+    macs: int
+    bops: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compression(self) -> float:
+        return self.float_memory_kb / self.memory_kb if self.memory_kb else float("inf")
+
+    def per_layer_bits(self) -> dict[str, dict[str, Optional[int]]]:
+        return {r.name: {"weight": r.weight_bits, "input": r.input_bits} for r in self.rows}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["compression"] = self.compression
+        return data
+
+    def format(self) -> str:
+        header = f"{'layer':<28} {'type':<12} {'w bits':>6} {'a bits':>6} {'params':>10} {'KB':>10} {'MACs':>12}"
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            wb = "-" if r.weight_bits is None else str(r.weight_bits)
+            ab = "-" if r.input_bits is None else str(r.input_bits)
+            lines.append(f"{r.name:<28.28} {r.kind:<12} {wb:>6} {ab:>6} {r.params:>10,} {r.memory_kb:>10.2f} "
+                         f"{r.macs:>12,}")
+        lines.append(f"{'other parameters (32-bit)':<28} {'':<12} {'':>6} {'':>6} {self.other_params:>10,} "
+                     f"{self.other_params * 32 / KB:>10.2f}")
+        lines.append("-" * len(header))
+        lines.append(f"total parameters: {self.total_params:,}   MACs per sample: {self.macs:,}   "
+                     f"BOPs: {self.bops:,}")
+        lines.append(f"model size: {self.memory_kb:.2f} KB (float32: {self.float_memory_kb:.2f} KB, "
+                     f"{self.compression:.1f}x smaller)")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _macs_per_sample(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        per_output = kh * kw * module.in_channels // module.groups
+        return int(output[0].numel() * per_output)
+    if isinstance(module, nn.Linear):
+        return int(output[0].numel() // module.out_features * module.in_features * module.out_features)
+    return 0
+
+
+def model_summary(model: nn.Module, input_shape: Optional[tuple[int, ...]] = None,
+                  example: Optional[torch.Tensor] = None) -> ModelSummary:
+    """Summarise ``model``; with ``input_shape`` (C, H, W) or an ``example`` batch the MACs are measured by one
+    forward pass in eval mode (an example from the data also initialises data-dependent quantizers sensibly)."""
+    if example is not None:
+        input_shape = tuple(example.shape[1:])
+    macs: dict[str, int] = {}
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if input_shape is not None:
+        hooks = [m.register_forward_hook(lambda mod, _i, out, _n=name: macs.__setitem__(_n, _macs_per_sample(mod, out)))
+                 for name, m in layers]
+        was_training = model.training
+        try:
+            model.eval()
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            with torch.no_grad():
+                sample = example[:1].to(device) if example is not None else torch.zeros(
+                    (1,) + tuple(input_shape), device=device)
+                model(sample)
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+
+    rows, counted = [], set()
+    memory_bits = 0.0
+    for name, module in layers:
+        quantized = isinstance(module, QuantizedLayer)
+        w_bits = module.weight_quantizer.bits if quantized and module.weight_quantizer is not None else None
+        a_bits = module.input_quantizer.bits if quantized and module.input_quantizer is not None else None
+        b_bits = module.bias_quantizer.bits if quantized and module.bias_quantizer is not None else None
+        params = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+        bits = module.weight.numel() * (w_bits or 32)
+        if module.bias is not None:
+            bits += module.bias.numel() * (b_bits or 32)
+        memory_bits += bits
+        counted.update({id(module.weight), id(module.bias)})
+        kind = type(module).__name__
+        rows.append(LayerRow(name, kind, w_bits, a_bits, params, bits / KB, macs.get(name, 0)))
+
+    quantizer_params = {id(p) for q in quantizers_of(model) for p in q.parameters(recurse=False)}
+    other = sum(p.numel() for p in model.parameters() if id(p) not in counted and id(p) not in quantizer_params)
+    quantizer_scalars = sum(p.numel() for p in model.parameters() if id(p) in quantizer_params)
+    other += quantizer_scalars
+    memory_bits += other * 32
+    total = sum(r.params for r in rows) + other
+    notes = []
+    if input_shape is None:
+        notes.append("(MACs not measured: give an input shape)")
+    return ModelSummary(rows=rows, other_params=other, total_params=total, memory_kb=memory_bits / KB,
+                        float_memory_kb=total * 32 / KB, macs=sum(r.macs for r in rows),
+                        bops=sum(r.bops for r in rows), notes=notes)

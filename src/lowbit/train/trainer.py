@@ -1,0 +1,445 @@
+"""The training loop: optional float pre-training, quantization by recipe, training with the recipe's update policy,
+losses and regularizers, per-epoch validation, atomic checkpoints, resume, and the run's metrics.
+
+Python use::
+
+    from lowbit.train import TrainConfig, run
+    result = run(TrainConfig(recipe="lsq-w4a4", data="digits", epochs=3, out="runs/lsq"))
+
+or, with your own float model and data splits, ``Trainer(config, model=my_model, splits=my_splits).fit()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..convert import quantize
+from ..data import BatchLoader, DatasetSplits, load_dataset
+from ..export.summary import model_summary
+from ..models import build_model, model_options
+from ..recipes import Recipe, load_recipe
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .losses import get_loss
+from .policies import UpdatePolicy, build_optimizer, parameter_groups
+from .progress import Progress
+from .regularizers import MemoryBudget, build_regularizers
+from .schedule import build_scheduler
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
+
+DEFAULT_MODELS = {"digits": "small-cnn", "fashion-mnist": "small-cnn", "mnist": "small-cnn",
+                  "cifar10": "resnet20", "cifar100": "resnet20", "svhn": "resnet20"}
+
+
+def default_model_for(dataset: str) -> str:
+    return DEFAULT_MODELS.get(dataset, "small-cnn")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``None`` fields fall back to the recipe, then to the dataset's defaults."""
+
+    recipe: Union[str, dict, Recipe] = "lsq-w4a4"
+    data: Optional[str] = None
+    data_dir: Optional[str] = None
+    model: Optional[str] = None
+    model_options: dict = field(default_factory=dict)
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    seed: int = 0
+    out: Optional[str] = None
+    resume: bool = False
+    changes: dict = field(default_factory=dict)  # dotted recipe paths -> values (the CLI's --set)
+    device: str = "cpu"
+    progress: Optional[bool] = None  # None: a bar on a terminal, plain lines otherwise
+    val_fraction: float = 0.1
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    pretrain_epochs: Optional[int] = None
+    quiet: bool = False
+
+
+@dataclass
+class RunResult:
+    metrics: dict
+    model: nn.Module
+    out: Optional[Path]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.metrics[key]
+
+
+def resolve_recipe(config: TrainConfig) -> Recipe:
+    """The recipe with the config's overrides applied (validated again, so bad values get recipe errors)."""
+    recipe = load_recipe(config.recipe)
+    changes = dict(config.changes)
+    if config.epochs is not None:
+        changes["train.epochs"] = config.epochs
+    if config.batch_size is not None:
+        changes["train.batch_size"] = config.batch_size
+    if config.lr is not None:
+        changes["train.optimizer.lr"] = config.lr
+    if config.pretrain_epochs is not None:
+        changes["train.pretrain"] = None if config.pretrain_epochs == 0 else {
+            **(recipe.train.get("pretrain") or {}), "epochs": config.pretrain_epochs}
+    return recipe.with_changes(changes) if changes else recipe
+
+
+def _model_choice(recipe: Recipe, config: TrainConfig, dataset: str) -> tuple[str, dict, list[str]]:
+    """Model name and options: command line, then recipe, then the dataset's default. Recipe options that the
+    chosen model does not have are dropped (and reported): they describe the method's preferred architecture."""
+    spec = recipe.data.get("model")
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
+    name = config.model or spec.pop("name", None) or default_model_for(dataset)
+    spec.pop("name", None)
+    accepted = model_options(name)
+    options = {k: v for k, v in spec.items() if k in accepted}
+    dropped = [k for k in spec if k not in accepted]
+    options.update(config.model_options)
+    return name, options, dropped
+
+
+class Trainer:
+    """One training run. ``fit()`` returns a :class:`RunResult`; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, *, model: Optional[nn.Module] = None,
+                 splits: Optional[DatasetSplits] = None, log: Optional[Callable[[str], None]] = None):
+        self.config = config
+        self.recipe = resolve_recipe(config)
+        self.train_spec = self.recipe.train
+        self.device = torch.device(config.device)
+        self.log = log or ((lambda _msg: None) if config.quiet else (lambda msg: print(msg, flush=True)))
+        dataset = config.data or self.recipe.data.get("data") or "digits"
+        self.splits = splits if splits is not None else load_dataset(
+            dataset, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
+            train_subset=config.train_subset, test_subset=config.test_subset)
+        if model is None:
+            name, options, dropped = _model_choice(self.recipe, config, self.splits.name)
+            if dropped:
+                self.log(f"note: model {name!r} has no option {', '.join(dropped)} (from the recipe); ignored")
+            torch.manual_seed(config.seed)
+            model = build_model(name, self.splits.input_shape, self.splits.num_classes, **options)
+            self.model_spec = {"name": name, "options": options, "input_shape": list(self.splits.input_shape),
+                               "num_classes": self.splits.num_classes}
+        else:
+            self.model_spec = {"name": None, "options": {}, "input_shape": list(self.splits.input_shape),
+                               "num_classes": self.splits.num_classes}
+        self.model = model.to(self.device)
+        self.out = Path(config.out) if config.out else None
+        self.loss_fn = get_loss(self.train_spec["loss"])
+        self.history: list[dict] = []
+        self.best: dict = {}
+        self.progress = Progress(enabled=config.progress, quiet=config.quiet)
+
+    # ------------------------------------------------------------------------------------------- data
+    def _loader(self, split, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None) -> BatchLoader:
+        return BatchLoader(split, batch_size or self.train_spec["batch_size"], shuffle=train, seed=self.config.seed,
+                           epoch=epoch, normalize=(self.splits.mean, self.splits.std),
+                           augment=self.splits.augment if train else "none")
+
+    def _example_batch(self) -> torch.Tensor:
+        x, _ = next(iter(self._loader(self.splits.train, train=False, batch_size=8)))
+        return x.to(self.device)
+
+    # ------------------------------------------------------------------------------------------- phases
+    def _phases(self) -> list[tuple[str, int]]:
+        phases = []
+        pretrain = self.train_spec.get("pretrain")
+        if pretrain and pretrain.get("epochs", 0) > 0:
+            phases.append(("pretrain", pretrain["epochs"]))
+        phases.append(("train", self.train_spec["epochs"]))
+        return phases
+
+    def _quantize(self) -> None:
+        self.model = quantize(self.model, self.recipe, seed=self.config.seed, inplace=True).to(self.device)
+
+    def _setup_phase(self, phase: str, epochs: int) -> None:
+        spec = dict(self.train_spec["optimizer"])
+        if phase == "pretrain":
+            spec["lr"] = self.train_spec["pretrain"].get("lr") or spec["lr"]
+            self.policy = UpdatePolicy(self.model, "latent", clip=False)
+            self.regularizers = []
+        else:
+            self.policy = UpdatePolicy.from_recipe(self.model, self.train_spec["policy"])
+            self.regularizers = build_regularizers(self.train_spec["regularizers"])
+            for reg in self.regularizers:
+                if isinstance(reg, MemoryBudget):
+                    reg.bind(self.model, self._example_batch())
+        self.optimizer = build_optimizer(parameter_groups(self.model, spec, self.policy), spec)
+        self.scheduler = build_scheduler(self.optimizer, self.train_spec["schedule"], epochs)
+        self.phase, self.phase_epochs = phase, epochs
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        loader = self._loader(self.splits.train, train=True, epoch=self._data_epoch(epoch))
+        active = [r for r in self.regularizers if r.active(epoch)]
+        total_loss = correct = seen = 0
+        reg_total = 0.0
+        started = time.perf_counter()
+        bar = self.progress.bar(len(loader), f"{self.phase} {epoch + 1}/{self.phase_epochs}")
+        for step, (x, y) in enumerate(loader):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+            reg = sum((r.penalty(self.model) for r in active), torch.zeros((), device=self.device))
+            objective = loss + reg
+            if not torch.isfinite(objective):
+                bar.close()
+                raise TrainingDiverged(self._divergence_message(objective, epoch, step))
+            self.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            for r in active:
+                if isinstance(r, MemoryBudget):
+                    r.after_backward(self.model)
+            if self.train_spec.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_spec["grad_clip"])
+            self.optimizer.step()
+            self.policy.after_step()
+            n = y.numel()
+            total_loss += loss.item() * n
+            reg_total += float(reg.detach()) * n
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += n
+            bar.update(loss=total_loss / seen, acc=correct / seen,
+                       throughput=seen / max(time.perf_counter() - started, 1e-9))
+        bar.close()
+        elapsed = time.perf_counter() - started
+        record = {"loss": total_loss / seen, "train_acc": correct / seen, "train_time_s": elapsed,
+                  "samples_per_s": seen / elapsed}
+        if active:
+            record["regularizer"] = reg_total / seen
+        return record
+
+    def _data_epoch(self, epoch: int) -> int:
+        # pre-training and training see different shuffles, each a pure function of (seed, phase, epoch)
+        return epoch + (10_000 if self.phase == "train" else 0)
+
+    def _divergence_message(self, value: torch.Tensor, epoch: int, step: int) -> str:
+        kept = (f"the last good checkpoint {self.out / 'last.pt'} is kept (resume with --resume after fixing the "
+                f"cause)") if self.out and (self.out / "last.pt").exists() else "no checkpoint had been written yet"
+        return (f"the loss became {float(value.detach())} in {self.phase} epoch {epoch + 1}, step {step + 1}; {kept}. "
+                f"Try a smaller learning rate (--lr), gradient clipping (--set train.grad_clip=1.0), or check the "
+                f"input data")
+
+    @torch.no_grad()
+    def evaluate(self, split) -> dict:
+        """Accuracy and loss on a split in eval mode (BC-stoch evaluates with its float weights here)."""
+        if len(split) == 0:
+            return {"acc": float("nan"), "loss": float("nan")}
+        self.model.eval()
+        correct = seen = 0
+        total_loss = 0.0
+        for x, y in self._loader(split, train=False, batch_size=512):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.model(x)
+            total_loss += self.loss_fn(logits, y).item() * y.numel()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += y.numel()
+        return {"acc": correct / seen, "loss": total_loss / seen}
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _payload(self, epoch: int) -> dict:
+        return {
+            "lowbit_version": __version__,
+            "phase": self.phase,
+            "epoch": epoch,
+            "model_spec": self.model_spec,
+            "data": {"name": self.splits.name, "data_dir": self.config.data_dir, "mean": list(self.splits.mean),
+                     "std": list(self.splits.std), "input_shape": list(self.splits.input_shape),
+                     "num_classes": self.splits.num_classes, "val_fraction": self.config.val_fraction,
+                     "train_subset": self.config.train_subset, "test_subset": self.config.test_subset},
+            "recipe": self.recipe.to_dict(),
+            "quantized": self.phase == "train",
+            "seed": self.config.seed,
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "rng": capture_rng(),
+            "history": self.history,
+            "best": self.best,
+        }
+
+    def _save(self, epoch: int, is_best: bool) -> None:
+        if self.out is None:
+            return
+        payload = self._payload(epoch)
+        save_checkpoint(self.out / "last.pt", payload)
+        if is_best:
+            save_checkpoint(self.out / "best.pt", payload)
+
+    def _try_resume(self) -> Optional[dict]:
+        if not self.config.resume or self.out is None:
+            return None
+        path = self.out / "last.pt"
+        if not path.exists():
+            self.log(f"no checkpoint at {path}: starting from scratch")
+            return None
+        state = load_checkpoint(path)
+        if state.get("seed") != self.config.seed or state.get("recipe", {}).get("name") != self.recipe.name:
+            raise ValueError(f"{path} was written by a run with recipe {state['recipe'].get('name')!r} and seed "
+                             f"{state.get('seed')}; resume with the same --recipe and --seed, or use another --out")
+        return state
+
+    # -------------------------------------------------------------------------------------------- fit
+    def fit(self) -> RunResult:
+        started = time.perf_counter()
+        torch.manual_seed(self.config.seed)
+        resume = self._try_resume()
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if resume is None:
+                (self.out / "log.jsonl").write_text("")
+        self.log(f"lowbit {__version__}: recipe {self.recipe.name} on {self.splits.name} "
+                 f"({len(self.splits.train)} train / {len(self.splits.val)} val / {len(self.splits.test)} test), "
+                 f"model {self.model_spec['name'] or type(self.model).__name__}, seed {self.config.seed}")
+        for phase, epochs in self._phases():
+            if phase == "train":
+                self._quantize()
+            start_epoch = 0
+            if resume is not None:
+                if resume["phase"] == "pretrain" and phase == "train":
+                    resume = None  # pre-training had finished; nothing more to restore
+                elif resume["phase"] == "train" and phase == "pretrain":
+                    continue  # pre-training was done before the checkpoint
+            self._setup_phase(phase, epochs)
+            if resume is not None and resume["phase"] == phase:
+                self.model.load_state_dict(resume["model_state"])
+                self.optimizer.load_state_dict(resume["optimizer_state"])
+                self.scheduler.load_state_dict(resume["scheduler_state"])
+                restore_rng(resume["rng"])
+                self.history, self.best = resume["history"], resume["best"]
+                start_epoch = resume["epoch"] + 1
+                self.log(f"resumed from {resume['path']} after {phase} epoch {start_epoch}")
+                resume = None
+            elif start_epoch == 0:
+                self.policy.start()
+            for epoch in range(start_epoch, epochs):
+                self._run_epoch(epoch)
+            if epochs == 0 and phase == "train":
+                self._evaluate_only()
+        return self._finish(time.perf_counter() - started)
+
+    def _run_epoch(self, epoch: int) -> None:
+        record = {"phase": self.phase, "epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(self._train_epoch(epoch))
+        self.scheduler.step()
+        val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test)
+        record.update({"val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"]})
+        for reg in self.regularizers:
+            record.update(reg.describe(self.model))
+        if self.phase == "train":
+            record["bits"] = {name: bits for name, bits in model_summary(self.model).per_layer_bits().items()}
+        eligible = all(r.satisfied(self.model) for r in self.regularizers if isinstance(r, MemoryBudget))
+        # best = highest validation accuracy, ties broken by lower validation loss (small validation sets tie often)
+        is_best = self.phase == "train" and eligible and (
+            not self.best or (record["val_acc"], -record["val_loss"]) > (self.best["val_acc"],
+                                                                         -self.best.get("val_loss", math.inf)))
+        if is_best:
+            self.best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "val_loss": record["val_loss"],
+                         "test_acc": record["test_acc"]}
+        self.history.append(record)
+        self._save(epoch, is_best)
+        if self.out is not None:
+            with open(self.out / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+        self.log(self._epoch_line(record))
+
+    def _evaluate_only(self) -> None:
+        val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test)
+        record = {"phase": "train", "epoch": 0, "val_acc": val["acc"], "test_acc": test["acc"]}
+        self.best = {"epoch": 0, "val_acc": val["acc"], "test_acc": test["acc"]}
+        self.history.append(record)
+        self._save(0, True)
+
+    def _epoch_line(self, r: dict) -> str:
+        extra = ""
+        if "weight_kb" in r:
+            extra += f"  weights {r['weight_kb']:.2f} KB"
+        if "br_near_level" in r:
+            extra += f"  near-level {100 * r['br_near_level']:.1f}%"
+        return (f"{r['phase']:>8} epoch {r['epoch']:>3}  loss {r['loss']:.4f}  train {100 * r['train_acc']:.2f}%  "
+                f"val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
+                f"{r['samples_per_s']:.0f} samples/s{extra}")
+
+    def _finish(self, wall_time: float) -> RunResult:
+        summary = model_summary(self.model, tuple(self.splits.input_shape))
+        final = self.history[-1] if self.history else {}
+        metrics = {
+            "recipe": self.recipe.name,
+            "dataset": self.splits.name,
+            "model": self.model_spec["name"] or type(self.model).__name__,
+            "seed": self.config.seed,
+            "epochs": self.train_spec["epochs"],
+            "test_accuracy": final.get("test_acc"),
+            "val_accuracy": final.get("val_acc"),
+            "best_epoch": self.best.get("epoch"),
+            "best_val_accuracy": self.best.get("val_acc"),
+            "best_test_accuracy": self.best.get("test_acc"),
+            "model_size_kb": summary.memory_kb,
+            "float_size_kb": summary.float_memory_kb,
+            "compression": summary.compression,
+            "bits": summary.per_layer_bits(),
+            "wall_time_s": wall_time,
+            "train_time_s": sum(r.get("train_time_s", 0.0) for r in self.history),
+            "lowbit_version": __version__,
+            "torch_version": torch.__version__,
+            "recipe_resolved": self.recipe.to_dict(),
+        }
+        if self.out is not None:
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_jsonable))
+        self.log(f"test accuracy {100 * (metrics['test_accuracy'] or 0):.2f}% (best-val epoch "
+                 f"{metrics['best_epoch']}: {100 * (metrics['best_test_accuracy'] or 0):.2f}%)  model size "
+                 f"{metrics['model_size_kb']:.2f} KB (float32 {metrics['float_size_kb']:.2f} KB, "
+                 f"{metrics['compression']:.1f}x smaller)  {wall_time:.1f} s")
+        return RunResult(metrics=metrics, model=self.model, out=self.out)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (torch.Tensor,)):
+        return value.tolist()
+    return str(value)
+
+
+def run(config: TrainConfig, **kwargs) -> RunResult:
+    """Train as ``config`` says and return the metrics, the trained model and the output directory."""
+    return Trainer(config, **kwargs).fit()
+
+
+def config_from_checkpoint(state: dict) -> TrainConfig:
+    data = state["data"]
+    return TrainConfig(recipe=state["recipe"], data=data["name"], data_dir=data["data_dir"],
+                       model=state["model_spec"]["name"], model_options=state["model_spec"]["options"],
+                       seed=state["seed"], val_fraction=data["val_fraction"], train_subset=data["train_subset"],
+                       test_subset=data["test_subset"], quiet=True)
+
+
+def restore_model(state: dict, model: Optional[nn.Module] = None) -> nn.Module:
+    """Rebuild the trained model of a checkpoint (``model``: your float model, for runs of a custom model)."""
+    spec = state["model_spec"]
+    if model is None:
+        if spec["name"] is None:
+            raise ValueError("this checkpoint holds a custom model: pass your float model, "
+                             "lowbit.train.restore_model(state, model=MyNet())")
+        model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"])
+    if state.get("quantized", True):
+        model = quantize(model, state["recipe"], seed=state["seed"], inplace=True)
+    model.load_state_dict(state["model_state"])
+    return model.eval()
+

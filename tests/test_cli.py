@@ -1,0 +1,62 @@
+"""The command line: the main job, eval/summary/plot/recipes, and one-line errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lowbit.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lowbit.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_then_eval_summary_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "bc-det", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "model size" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == "bc-det" and metrics["epochs"] == 2
+
+    assert main(["eval", str(out), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["best_test_accuracy"])
+
+    assert main(["summary", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "QuantConv2d" in table and "x smaller" in table
+
+    assert main(["plot", str(out)]) == 0
+    for name in ("curves.png", "bits.png", "weights.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_summary_of_a_recipe_and_recipe_listing(capsys):
+    assert main(["summary", "mp-u3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["compression"] > 4 and summary["macs"] > 0
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert "bc-stoch" in listing and "Courbariaux" in listing
+    assert main(["recipes", "--schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "lowbit recipe"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["train", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+    (["train", "--epochs", "-3"], "must be >= 0"),
+    (["train", "--set", "quantize.weight.bits=99"], "quantize.weight.bits"),
+    (["eval", "/nonexistent/run"], "does not exist"),
+])
+def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(args, fragment):
+    result = run_cli(*args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and fragment in error_lines[0]
