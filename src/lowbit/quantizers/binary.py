@@ -20,13 +20,13 @@ __all__ = ["BinaryQuantizer"]
 
 
 class _BinarizeSTE(torch.autograd.Function):
-    """Forward ``where(w > threshold, +H, -H)``; backward identity (one kernel each way)."""
+    """Forward ``+H where w > threshold else -H`` as ``copysign(H, w - threshold)``; backward identity."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, threshold, scale: float) -> torch.Tensor:
-        if threshold is None:  # deterministic: sign with sign(0) = +1
-            return torch.where(w >= 0, scale, -scale).to(w.dtype)
-        return torch.where(w > threshold, scale, -scale).to(w.dtype)
+        # deterministic: threshold 0 with sign(0) = +1; adding +0.0 turns -0.0 into +0.0 before copysign
+        shifted = w.add(0.0) if threshold is None else w - threshold
+        return torch.copysign(torch.tensor(scale, dtype=w.dtype, device=w.device), shifted)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -65,8 +65,7 @@ class BinaryQuantizer(Quantizer):
         threshold = None
         if self.stochastic_now:
             # P(Wb = +H) = P(u < (W/H + 1)/2) = P(W > H(2u - 1)); clipping p to [0, 1] is implicit.
-            u = self.noise.uniform_like(w)
-            threshold = u.mul_(2 * self.scale).sub_(self.scale)
+            threshold = self.noise.uniform_like(w).mul_(2 * self.scale).sub_(self.scale)
         return _BinarizeSTE.apply(w, threshold, self.scale)
 
     def encode(self, w: torch.Tensor) -> QuantizedTensor:

@@ -30,6 +30,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..rounding import outside_mask
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 
@@ -55,8 +56,8 @@ class _LSQFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, q = ctx.saved_tensors
         q_n, q_p = ctx.q_range
-        inside = (x > -q_n) & (x < q_p)
-        grad_v = torch.where(inside, grad, 0.0)
+        # the STE mask is 1 inside [-Q_N, Q_P]; the boundary points themselves (a measure-zero set) count as inside
+        grad_v = grad * (1.0 - outside_mask(x, -q_n, q_p))
         # sum(grad * (q - x·inside)) written as two dot products: no full-size temporary for the step gradient.
         grad_s = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_v.reshape(-1), x.reshape(-1))
         return grad_v, (grad_s * ctx.g).reshape(()), None, None, None

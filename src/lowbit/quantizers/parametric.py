@@ -47,6 +47,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..rounding import round_half_away
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
 
@@ -62,10 +63,6 @@ B_BOX = {"weight": (2.0, 8.0), "bias": (2.0, 8.0), "activation": (1.0, 8.0)}
 SQRT_HALF = math.sqrt(0.5)
 
 
-def _round_half_away(x: torch.Tensor) -> torch.Tensor:
-    return torch.trunc(x + torch.copysign(torch.full((), 0.5, dtype=x.dtype, device=x.device), x))
-
-
 class _ClipRoundFunction(torch.autograd.Function):
     """``Q = d * round(clip(x, lo, q_max) / d)`` with closed-form gradients for x, d and q_max (one saved input)."""
 
@@ -73,7 +70,7 @@ class _ClipRoundFunction(torch.autograd.Function):
     def forward(ctx, x, d, q_max, signed: bool):
         lo = -q_max if signed else torch.zeros_like(q_max)
         c = torch.clamp(x, lo, q_max)
-        out = _round_half_away(c / d).mul_(d)
+        out = round_half_away(c / d).mul_(d)
         ctx.save_for_backward(x, out, d, q_max)
         ctx.signed = signed
         return out
@@ -83,8 +80,8 @@ class _ClipRoundFunction(torch.autograd.Function):
         x, out, d, q_max = ctx.saved_tensors
         lo = -q_max if ctx.signed else torch.zeros_like(q_max)
         c = torch.clamp(x, lo, q_max)
-        inside = c == x
-        grad_x = torch.where(inside, grad, 0.0)
+        outside = (x - c).abs_().sign_()  # 1 outside the range, 0 inside (float kernels, no bool mask)
+        grad_x = grad - grad * outside
         flat_g = grad.reshape(-1)
         # dQ/dd = round(c/d) - c/d = (Q - c)/d everywhere (STE through round)
         grad_d = (torch.dot(flat_g, out.reshape(-1)) - torch.dot(flat_g, c.reshape(-1))) / d
@@ -107,7 +104,7 @@ class _Pow2Function(torch.autograd.Function):
             x = torch.relu(x)
         a = x.abs()
         s = torch.sign(x)
-        p = torch.exp2(_round_half_away(torch.log2(a)))
+        p = torch.exp2(round_half_away(torch.log2(a)))
         mag = torch.clamp(p, q_min, q_max)
         if with_zero:
             mag = torch.where(a < q_min * SQRT_HALF, 0.0, mag)
@@ -127,7 +124,7 @@ class _Pow2Function(torch.autograd.Function):
             low = low & (a >= q_min * SQRT_HALF)
         high = a >= q_max
         middle = (a >= q_min) & ~high
-        p = torch.exp2(_round_half_away(torch.log2(a)))
+        p = torch.exp2(round_half_away(torch.log2(a)))
         grad_x = torch.where(middle, grad * p / a.clamp_min(1e-30), 0.0)
         gs = grad * s
         grad_qmin = torch.where(low, gs, 0.0).sum()
@@ -278,7 +275,7 @@ class ParametricUniformQuantizer(_ParametricBase):
             d, q_max = self.step_and_range()
             k = int(torch.round(q_max / d))
             lo = -q_max if self._signed else torch.zeros_like(q_max)
-            q = _round_half_away(torch.clamp(x.detach(), lo, q_max) / d)
+            q = round_half_away(torch.clamp(x.detach(), lo, q_max) / d)
             qmin = -k if self._signed else 0
             bits = self.bits
             return QuantizedTensor(indices=(q - qmin).to(index_dtype(bits)), bits=bits, scale=d.clone(),

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from ..rounding import round_half_away
 from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 
@@ -30,10 +31,8 @@ class _UniformSTE(torch.autograd.Function):
         y = x / step
         y.clamp_(-q_n, q_p)
         if noise is not None:
-            y.add_(noise).floor_()
-        else:
-            y.add_(torch.copysign(torch.full((), 0.5, dtype=y.dtype, device=y.device), y)).trunc_()
-        return y.mul_(step)
+            return y.add_(noise).floor_().mul_(step)
+        return round_half_away(y).mul_(step)
 
     @staticmethod
     def backward(ctx, grad):
