@@ -180,3 +180,13 @@ def test_encoding_round_trips_uniform_and_pow2():
         encoded = q.encode(w)
         assert int(encoded.indices.max()) < 2**encoded.bits
         assert torch.allclose(encoded.dequantize(), out), parametrization
+
+
+def test_frozen_scalars_get_no_gradient_and_keep_their_value():
+    q = build_quantizer({"type": "parametric", "parametrization": "U2", "init_bits": 2, "frozen": ["b"]},
+                        role="weight")
+    q(torch.randn(100)).sum().backward()
+    assert q.b.grad is None and q.q_max.grad is not None
+    assert q.bits == 2
+    with pytest.raises(ValueError, match="cannot freeze b"):
+        build_quantizer({"type": "parametric", "parametrization": "U3", "frozen": ["b"]}, role="weight")

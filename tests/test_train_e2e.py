@@ -107,3 +107,16 @@ def test_python_api_trains_a_user_model():
                      model=model).fit()
     assert result["test_accuracy"] > 0.5
     assert result["model"] == "MLP"
+
+
+def test_fine_tuning_starts_from_a_float_checkpoint(tmp_path):
+    float_run = run(TrainConfig(recipe="fp32", data="digits", epochs=2, out=str(tmp_path / "float"), quiet=True))
+    tuned = Trainer(TrainConfig(recipe="lsq-w4a4", data="digits", epochs=0, init_from=str(tmp_path / "float"),
+                                quiet=True))
+    float_weights = float_run.model.state_dict()
+    for name, value in tuned.model.state_dict().items():
+        assert torch.equal(value, float_weights[name])
+    assert tuned.recipe.train["pretrain"] is None  # the given float model replaces pre-training
+    with pytest.raises(ValueError, match="needs a float checkpoint"):
+        quantized = run(TrainConfig(recipe="bc-det", data="digits", epochs=1, out=str(tmp_path / "q"), quiet=True))
+        Trainer(TrainConfig(recipe="lsq-w4a4", data="digits", init_from=str(quantized.out), quiet=True))

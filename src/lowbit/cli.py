@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_non_negative_int, help="training epochs after quantization")
     train.add_argument("--pretrain-epochs", type=_non_negative_int, help="float pre-training epochs "
                                                                          "(0 disables the recipe's pre-training)")
+    train.add_argument("--init-from", metavar="CHECKPOINT", help="start from the float weights of this checkpoint "
+                                                                  "(an fp32 run) instead of the recipe's pre-training")
     train.add_argument("--batch-size", type=_positive_int)
     train.add_argument("--lr", type=_positive_float, help="learning rate")
     train.add_argument("--seed", type=_non_negative_int, default=0)
@@ -116,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_options=dict(args.model_option), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, out=args.out, resume=args.resume, changes=dict(args.changes), device=args.device,
         progress=False if args.no_progress else None, train_subset=args.train_subset,
-        test_subset=args.test_subset, pretrain_epochs=args.pretrain_epochs, quiet=args.quiet)
+        test_subset=args.test_subset, pretrain_epochs=args.pretrain_epochs, init_from=args.init_from,
+        quiet=args.quiet)
     result = run(config)
     if args.quiet:
         m = result.metrics

@@ -138,7 +138,7 @@ class _ParametricBase(Quantizer):
     learned = True
 
     def __init__(self, *, parametrization: str, signed: Optional[bool], init_bits: int, role: str,
-                 eval_mode: str, seed: int):
+                 eval_mode: str, seed: int, frozen: tuple[str, ...] = ()):
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         self.parametrization = parametrization
         if signed is None:
@@ -153,8 +153,12 @@ class _ParametricBase(Quantizer):
         self.qmax_box = QMAX_BOX[box_role]
         first, second = PARAMETRIZATIONS[parametrization]
         # the two learned scalars, registered under the names the paper uses
+        unknown = [name for name in frozen if name not in (first, second)]
+        if unknown:
+            raise ValueError(f"{parametrization} learns {first} and {second}; cannot freeze {', '.join(unknown)}")
         for name in (first, second):
-            self.register_parameter(name, nn.Parameter(torch.tensor(1.0)))
+            # frozen scalars keep their initial value: e.g. U2 with b frozen is a homogeneous net with learned q_max
+            self.register_parameter(name, nn.Parameter(torch.tensor(1.0), requires_grad=name not in frozen))
         self.learned_names = (first, second)
 
     @property
@@ -200,9 +204,10 @@ class ParametricUniformQuantizer(_ParametricBase):
     kind = "parametric"
 
     def __init__(self, *, parametrization: str = "U3", signed: Optional[bool] = None, init_bits: int = 4,
-                 pow2_step: bool = True, role: str = "weight", eval_mode: str = "deterministic", seed: int = 0):
+                 pow2_step: bool = True, frozen: tuple[str, ...] = (), role: str = "weight",
+                 eval_mode: str = "deterministic", seed: int = 0):
         super().__init__(parametrization=parametrization, signed=signed, init_bits=init_bits, role=role,
-                         eval_mode=eval_mode, seed=seed)
+                         eval_mode=eval_mode, seed=seed, frozen=tuple(frozen))
         self.pow2_step = bool(pow2_step)
 
     # ---------------------------------------------------------------------------------- derived quantities
@@ -286,9 +291,10 @@ class ParametricPow2Quantizer(_ParametricBase):
     kind = "parametric"
 
     def __init__(self, *, parametrization: str = "P3", signed: Optional[bool] = None, init_bits: int = 4,
-                 with_zero: bool = True, role: str = "weight", eval_mode: str = "deterministic", seed: int = 0):
+                 with_zero: bool = True, frozen: tuple[str, ...] = (), role: str = "weight",
+                 eval_mode: str = "deterministic", seed: int = 0):
         super().__init__(parametrization=parametrization, signed=signed, init_bits=init_bits, role=role,
-                         eval_mode=eval_mode, seed=seed)
+                         eval_mode=eval_mode, seed=seed, frozen=tuple(frozen))
         self.with_zero = bool(with_zero)
 
     def _exponents(self, n: torch.Tensor) -> torch.Tensor:
@@ -385,5 +391,7 @@ make_parametric.OPTIONS = {
     "init_bits": bits_option(2, 8, default=4),
     "pow2_step": {"type": "boolean", "description": "U1-U3: snap d to a power of two (official code); default true"},
     "with_zero": {"type": "boolean", "description": "P1-P3: add a zero level (one more bit); default true"},
+    "frozen": {"type": "array", "items": {"enum": ["b", "d", "q_max", "q_min"]}, "uniqueItems": True, "default": [],
+               "description": "learned scalars kept at their initial value (e.g. [b]: fixed bit width)"},
     "eval_mode": EVAL_MODE_OPTION,
 }

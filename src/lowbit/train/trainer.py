@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import __version__
 from ..convert import quantize
+from ..convert import quantizers_of as quantizers_in
 from ..data import BatchLoader, DatasetSplits, load_dataset
 from ..export.summary import model_summary
 from ..models import build_model, model_options
@@ -70,6 +71,7 @@ class TrainConfig:
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     pretrain_epochs: Optional[int] = None
+    init_from: Optional[str] = None  # a float checkpoint (run dir or .pt) to start from instead of pre-training
     quiet: bool = False
 
 
@@ -93,7 +95,9 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
         changes["train.batch_size"] = config.batch_size
     if config.lr is not None:
         changes["train.optimizer.lr"] = config.lr
-    if config.pretrain_epochs is not None:
+    if config.init_from is not None:
+        changes["train.pretrain"] = None  # the float starting point is given
+    elif config.pretrain_epochs is not None:
         changes["train.pretrain"] = None if config.pretrain_epochs == 0 else {
             **(recipe.train.get("pretrain") or {}), "epochs": config.pretrain_epochs}
     return recipe.with_changes(changes) if changes else recipe
@@ -138,12 +142,27 @@ class Trainer:
         else:
             self.model_spec = {"name": None, "options": {}, "input_shape": list(self.splits.input_shape),
                                "num_classes": self.splits.num_classes}
+        if config.init_from is not None:
+            self._load_float_start(model, config.init_from)
         self.model = model.to(self.device)
         self.out = Path(config.out) if config.out else None
         self.loss_fn = get_loss(self.train_spec["loss"])
         self.history: list[dict] = []
         self.best: dict = {}
         self.progress = Progress(enabled=config.progress, quiet=config.quiet)
+
+    def _load_float_start(self, model: nn.Module, source: str) -> None:
+        state = load_checkpoint(source if not Path(source).is_dir() else Path(source) / "last.pt")
+        if state.get("quantized", True):
+            raise ValueError(f"--init-from needs a float checkpoint (an fp32 run or a pre-training phase); "
+                             f"{state['path']} holds a quantized model (recipe {state['recipe'].get('name')!r})")
+        spec = state["model_spec"]
+        if self.model_spec["name"] is not None and (spec["name"], spec["options"]) != (
+                self.model_spec["name"], self.model_spec["options"]):
+            raise ValueError(f"--init-from {state['path']} holds model {spec['name']!r} {spec['options']}, "
+                             f"but this run builds {self.model_spec['name']!r} {self.model_spec['options']}")
+        model.load_state_dict(state["model_state"])
+        self.log(f"starting from the float weights of {state['path']}")
 
     # ------------------------------------------------------------------------------------------- data
     def _loader(self, split, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None) -> BatchLoader:
@@ -264,7 +283,7 @@ class Trainer:
                      "num_classes": self.splits.num_classes, "val_fraction": self.config.val_fraction,
                      "train_subset": self.config.train_subset, "test_subset": self.config.test_subset},
             "recipe": self.recipe.to_dict(),
-            "quantized": self.phase == "train",
+            "quantized": self.phase == "train" and any(True for _ in quantizers_in(self.model)),
             "seed": self.config.seed,
             "model_state": self.model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
@@ -438,7 +457,7 @@ def restore_model(state: dict, model: Optional[nn.Module] = None) -> nn.Module:
             raise ValueError("this checkpoint holds a custom model: pass your float model, "
                              "lowbit.train.restore_model(state, model=MyNet())")
         model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"])
-    if state.get("quantized", True):
+    if state.get("phase", "train") == "train":  # the recipe's module swaps (a no-op for fp32)
         model = quantize(model, state["recipe"], seed=state["seed"], inplace=True)
     model.load_state_dict(state["model_state"])
     return model.eval()
