@@ -4,8 +4,9 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .losses import squared_hinge
 from .policies import PolicyOptimizer, UpdatePolicy, glorot_lr_scale
 from .regularizers import BinRegularizer, MemoryBudget, bin_regularization
+from .step import StepOutput, TrainingStep
 from .trainer import RunResult, TrainConfig, Trainer, TrainingDiverged, restore_model, run
 
 __all__ = ["TrainConfig", "Trainer", "RunResult", "TrainingDiverged", "run", "restore_model", "UpdatePolicy",
            "PolicyOptimizer", "glorot_lr_scale", "BinRegularizer", "MemoryBudget", "bin_regularization",
-           "squared_hinge", "load_checkpoint", "save_checkpoint", "CheckpointError"]
+           "squared_hinge", "TrainingStep", "StepOutput", "load_checkpoint", "save_checkpoint", "CheckpointError"]

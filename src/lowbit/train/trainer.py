@@ -30,10 +30,10 @@ from ..models import build_model, model_options
 from ..recipes import Recipe, load_recipe
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .losses import get_loss
-from .policies import UpdatePolicy, build_optimizer, parameter_groups
 from .progress import Progress
-from .regularizers import MemoryBudget, build_regularizers
+from .regularizers import MemoryBudget
 from .schedule import build_scheduler
+from .step import NonFiniteLoss, TrainingStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
 
@@ -190,15 +190,9 @@ class Trainer:
         spec = dict(self.train_spec["optimizer"])
         if phase == "pretrain":
             spec["lr"] = self.train_spec["pretrain"].get("lr") or spec["lr"]
-            self.policy = UpdatePolicy(self.model, "latent", clip=False)
-            self.regularizers = []
-        else:
-            self.policy = UpdatePolicy.from_recipe(self.model, self.train_spec["policy"])
-            self.regularizers = build_regularizers(self.train_spec["regularizers"])
-            for reg in self.regularizers:
-                if isinstance(reg, MemoryBudget):
-                    reg.bind(self.model, self._example_batch())
-        self.optimizer = build_optimizer(parameter_groups(self.model, spec, self.policy), spec)
+        self.step = TrainingStep.from_recipe(self.model, self.recipe, self._example_batch(), optimizer_spec=spec,
+                                             pretrain=phase == "pretrain", loss_fn=self.loss_fn)
+        self.optimizer, self.policy, self.regularizers = self.step.optimizer, self.step.policy, self.step.regularizers
         self.scheduler = build_scheduler(self.optimizer, self.train_spec["schedule"], epochs)
         self.phase, self.phase_epochs = phase, epochs
 
@@ -206,33 +200,22 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         self.model.train()
         loader = self._loader(self.splits.train, train=True, epoch=self._data_epoch(epoch))
-        active = [r for r in self.regularizers if r.active(epoch)]
+        self.step.set_epoch(epoch)
         total_loss = correct = seen = 0
         reg_total = 0.0
         started = time.perf_counter()
         bar = self.progress.bar(len(loader), f"{self.phase} {epoch + 1}/{self.phase_epochs}")
         for step, (x, y) in enumerate(loader):
             x, y = x.to(self.device), y.to(self.device)
-            logits = self.model(x)
-            loss = self.loss_fn(logits, y)
-            reg = sum((r.penalty(self.model) for r in active), torch.zeros((), device=self.device))
-            objective = loss + reg
-            if not torch.isfinite(objective):
+            try:
+                out = self.step(x, y)
+            except NonFiniteLoss as error:
                 bar.close()
-                raise TrainingDiverged(self._divergence_message(objective, epoch, step))
-            self.optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            for r in active:
-                if isinstance(r, MemoryBudget):
-                    r.after_backward(self.model)
-            if self.train_spec.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_spec["grad_clip"])
-            self.optimizer.step()
-            self.policy.after_step()
+                raise TrainingDiverged(self._divergence_message(error.value, epoch, step)) from None
             n = y.numel()
-            total_loss += loss.item() * n
-            reg_total += float(reg.detach()) * n
-            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += out.loss.item() * n
+            reg_total += out.regularizer.item() * n
+            correct += (out.logits.argmax(1) == y).sum().item()
             seen += n
             bar.update(loss=total_loss / seen, acc=correct / seen,
                        throughput=seen / max(time.perf_counter() - started, 1e-9))
@@ -240,7 +223,7 @@ class Trainer:
         elapsed = time.perf_counter() - started
         record = {"loss": total_loss / seen, "train_acc": correct / seen, "train_time_s": elapsed,
                   "samples_per_s": seen / elapsed}
-        if active:
+        if self.step.active:
             record["regularizer"] = reg_total / seen
         return record
 
@@ -248,10 +231,10 @@ class Trainer:
         # pre-training and training see different shuffles, each a pure function of (seed, phase, epoch)
         return epoch + (10_000 if self.phase == "train" else 0)
 
-    def _divergence_message(self, value: torch.Tensor, epoch: int, step: int) -> str:
+    def _divergence_message(self, value: float, epoch: int, step: int) -> str:
         kept = (f"the last good checkpoint {self.out / 'last.pt'} is kept (resume with --resume after fixing the "
                 f"cause)") if self.out and (self.out / "last.pt").exists() else "no checkpoint had been written yet"
-        return (f"the loss became {float(value.detach())} in {self.phase} epoch {epoch + 1}, step {step + 1}; {kept}. "
+        return (f"the loss became {value} in {self.phase} epoch {epoch + 1}, step {step + 1}; {kept}. "
                 f"Try a smaller learning rate (--lr), gradient clipping (--set train.grad_clip=1.0), or check the "
                 f"input data")
 

@@ -1,0 +1,291 @@
+"""Cost of quantization-aware training: median milliseconds per training step, as a ratio to float32 in the same run.
+
+Model (the peers' reference setting): conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc256-ReLU, fc10 on 1×28×28 inputs,
+batch 128, Adam, cross-entropy. A step is what the trainer does: forward, loss (plus regularizers), backward,
+optimizer step, and the recipe's update policy (e.g. SR-ADAM's stochastic rounding back onto the grid).
+
+One process, all configurations interleaved round by round (so load and frequency changes hit all of them alike),
+the first steps of each configuration excluded as warm-up. Peers (Brevitas, torch.ao) are measured on the same model
+and data when installed (``pip install -e ".[bench]"``).
+
+    python benchmarks/overhead.py [--rounds 3] [--steps 20] [--warmup 30] [--compile]
+
+Writes docs/results/overhead.json and docs/results/overhead.md (``--tag`` suffixes the file names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from timing import stable_allocator
+from torch import nn
+
+import lowbit
+from lowbit.models import build_model
+from lowbit.train import TrainingStep
+
+LOWBIT_RECIPES = ["lsq-w8a8", "lsq-w4a4", "bc-det", "bc-stoch", "sr-adam", "banner-w8a8g8", "mp-u3"]
+TARGETS = {"lsq-w8a8": 1.15, "lsq-w4a4": 1.15, "bc-det": 1.05, "bc-stoch": 1.15, "sr-adam": 1.15,
+           "banner-w8a8g8": 1.5, "mp-u3": 1.25}
+# which peers do "the same kind of quantization" as each lowbit recipe
+KIND = {"lsq-w8a8": "int8 W+A", "lsq-w4a4": "int8 W+A", "banner-w8a8g8": "int8 W+A", "mp-u3": "int8 W+A",
+        "bc-det": "binary W", "bc-stoch": "binary W", "sr-adam": "binary W"}
+
+
+def float_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("small-cnn", (1, 28, 28), 10, fc_bn=False)
+
+
+def data(batch: int, batches: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Real Fashion-MNIST batches when installed (value statistics matter for range-based quantizers)."""
+    try:
+        from lowbit.data import BatchLoader, load_dataset
+
+        splits = load_dataset("fashion-mnist", train_subset=batch * batches)
+        loader = BatchLoader(splits.train, batch, shuffle=True, normalize=(splits.mean, splits.std), drop_last=True)
+        return list(loader)[:batches]
+    except Exception:  # no dataset: synthetic data of the same shape
+        gen = torch.Generator().manual_seed(0)
+        return [(torch.randn(batch, 1, 28, 28, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
+                for _ in range(batches)]
+
+
+class Config:
+    """A named training step over a fixed list of batches."""
+
+    def __init__(self, name: str, kind: str, step: Callable[[torch.Tensor, torch.Tensor], object]):
+        self.name, self.kind, self.step = name, kind, step
+        self.samples: list[float] = []
+        self.position = 0
+
+    def run(self, batches, count: int, record: bool) -> None:
+        for _ in range(count):
+            x, y = batches[self.position % len(batches)]
+            self.position += 1
+            start = time.perf_counter()
+            self.step(x, y)
+            if record:
+                self.samples.append(time.perf_counter() - start)
+
+
+def plain_step(model: nn.Module, lr: float = 1e-3) -> Callable:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def lowbit_step(recipe_name: str, example: torch.Tensor, compile_model: bool) -> Callable:
+    recipe = lowbit.load_recipe(recipe_name)
+    model = lowbit.quantize(float_model(), recipe)
+    model.train()
+    model(example)  # data-dependent initialisation, as the trainer's first batch does
+    runner = TrainingStep.from_recipe(model, recipe, example, optimizer_spec={**recipe.train["optimizer"],
+                                                                              "type": "adam", "lr": 1e-3})
+    runner.policy.start()
+    if compile_model:
+        runner.model = torch.compile(model)
+    return lambda x, y: runner(x, y)
+
+
+# ------------------------------------------------------------------------------------------------ peers
+def brevitas_models() -> dict[str, nn.Module]:
+    try:
+        import brevitas.nn as qnn
+        from brevitas.quant import (Int8ActPerTensorFloat, Int8WeightPerTensorFloat, SignedBinaryWeightPerTensorConst,
+                                    Uint8ActPerTensorFloat)
+    except ImportError:
+        return {}
+
+    def cnn(weight_quant, act: bool) -> nn.Module:
+        torch.manual_seed(0)
+        relu = (lambda: qnn.QuantReLU(act_quant=Uint8ActPerTensorFloat, return_quant_tensor=False)) if act else nn.ReLU
+        layers = [qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, return_quant_tensor=False)] if act else []
+        layers += [
+            qnn.QuantConv2d(1, 32, 3, padding=1, bias=False, weight_quant=weight_quant), nn.BatchNorm2d(32), relu(),
+            nn.MaxPool2d(2),
+            qnn.QuantConv2d(32, 64, 3, padding=1, bias=False, weight_quant=weight_quant), nn.BatchNorm2d(64), relu(),
+            nn.MaxPool2d(2), nn.Flatten(),
+            qnn.QuantLinear(64 * 7 * 7, 256, bias=True, weight_quant=weight_quant), relu(),
+            qnn.QuantLinear(256, 10, bias=True, weight_quant=weight_quant),
+        ]
+        return nn.Sequential(*layers)
+
+    return {"Brevitas int8 W+A": cnn(Int8WeightPerTensorFloat, act=True),
+            "Brevitas binary W": cnn(SignedBinaryWeightPerTensorConst, act=False)}
+
+
+def torch_ao_models() -> dict[str, nn.Module]:
+    from torch.ao import quantization as tq
+    from torch.ao.quantization import _learnable_fake_quantize as lfq
+
+    models = {}
+    qat = float_model()
+    qat.train()
+    qat.qconfig = tq.get_default_qat_qconfig("fbgemm")
+    models["torch.ao QAT (fbgemm)"] = tq.prepare_qat(qat, inplace=False)
+
+    learnable = float_model()
+    learnable.train()
+    act = lfq._LearnableFakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                               dtype=torch.quint8, scale=0.1, zero_point=0.0,
+                                               use_grad_scaling=True)
+    weight = lfq._LearnableFakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=-128,
+                                                  quant_max=127, dtype=torch.qint8, scale=0.1, zero_point=0.0,
+                                                  qscheme=torch.per_tensor_symmetric, use_grad_scaling=True)
+    learnable.qconfig = tq.QConfig(activation=act, weight=weight)
+    models["torch.ao learnable fake-quant (LSQ)"] = tq.prepare_qat(learnable, inplace=False)
+    return models
+
+
+class MinimalSTE(nn.Module):
+    """The unfused reference: ``w + (round(w / s) * s - w).detach()`` on weights and activations, 8 bits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.register_forward_pre_hook(self._quantize_input)
+                torch.nn.utils.parametrize.register_parametrization(module, "weight", _STEWeight())
+
+    @staticmethod
+    def _quantize_input(module, inputs):
+        (x,) = inputs
+        scale = x.detach().abs().max().clamp_min(1e-8) / 127
+        return (x + (torch.round(x / scale).clamp(-128, 127) * scale - x).detach(),)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class _STEWeight(nn.Module):
+    def forward(self, w):
+        scale = w.detach().abs().max().clamp_min(1e-8) / 127
+        return w + (torch.round(w / scale).clamp(-128, 127) * scale - w).detach()
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration and round")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps per configuration before round 1")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recipes", default=",".join(LOWBIT_RECIPES))
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd float32 and lowbit")
+    parser.add_argument("--out", default="docs/results")
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
+    args = parser.parse_args(argv)
+
+    allocator = stable_allocator()
+    torch.set_num_threads(args.threads)
+    batches = data(args.batch)
+    example = batches[0][0]
+    recipes = [r for r in args.recipes.split(",") if r]
+
+    configs = [Config("float32", "float", plain_step(float_model()))]
+    for name in recipes:
+        configs.append(Config(f"lowbit {name}", KIND.get(name, "other"), lowbit_step(name, example, False)))
+    if args.compile:
+        compiled_float = torch.compile(float_model())
+        configs.append(Config("float32 (compiled)", "float", plain_step(compiled_float)))
+        for name in recipes:
+            configs.append(Config(f"lowbit {name} (compiled)", KIND.get(name, "other"),
+                                  lowbit_step(name, example, True)))
+    if not args.no_peers:
+        for name, model in brevitas_models().items():
+            configs.append(Config(name, "int8 W+A" if "int8" in name else "binary W", plain_step(model)))
+        for name, model in torch_ao_models().items():
+            configs.append(Config(name, "int8 W+A", plain_step(model)))
+        configs.append(Config("minimal unfused STE (int8 W+A)", "int8 W+A", plain_step(MinimalSTE(float_model()))))
+
+    for config in configs:
+        started = time.perf_counter()
+        config.run(batches, args.warmup, record=False)
+        print(f"warm-up {config.name:<42} {time.perf_counter() - started:6.1f} s", flush=True)
+    for round_index in range(args.rounds):
+        for config in configs:
+            config.run(batches, args.steps, record=True)
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+
+    reference = {"float": statistics.median(configs[0].samples)}
+    compiled_float = next((c for c in configs if c.name == "float32 (compiled)"), None)
+    rows = []
+    for config in configs:
+        ms = 1000 * statistics.median(config.samples)
+        base = compiled_float if config.name.endswith("(compiled)") and compiled_float else configs[0]
+        ratio = statistics.median(config.samples) / statistics.median(base.samples)
+        recipe = config.name.removeprefix("lowbit ").removesuffix(" (compiled)")
+        rows.append({"config": config.name, "kind": config.kind, "ms_per_step": ms, "ratio": ratio,
+                     "reference": base.name, "target": TARGETS.get(recipe) if config.name.startswith("lowbit") else None,
+                     "per_round_ms": [1000 * statistics.median(config.samples[i * args.steps:(i + 1) * args.steps])
+                                      for i in range(args.rounds)]})
+    peers = [r for r in rows if not r["config"].startswith(("lowbit", "float32"))]
+    for row in rows:
+        if row["config"].startswith("lowbit"):
+            same_kind = [p["ratio"] for p in peers if p["kind"] == row["kind"]]
+            row["faster_than_peers"] = all(row["ratio"] < r for r in same_kind) if same_kind else None
+            row["meets_target"] = row["target"] is None or row["ratio"] <= row["target"]
+
+    print()
+    print(f"{'configuration':<42} {'ms/step':>8} {'x float':>8} {'target':>7}  per round (ms)")
+    for row in rows:
+        target = f"<={row['target']:.2f}" if row["target"] else ""
+        rounds = " ".join(f"{v:.1f}" for v in row["per_round_ms"])
+        print(f"{row['config']:<42} {row['ms_per_step']:8.1f} {row['ratio']:8.2f} {target:>7}  {rounds}")
+
+    result = {"command": "python benchmarks/overhead.py" + (" --compile" if args.compile else ""),
+              "batch": args.batch, "threads": args.threads, "rounds": args.rounds, "steps_per_round": args.steps,
+              "warmup_steps": args.warmup, "stable_allocator": allocator, "torch": torch.__version__,
+              "machine": platform.machine(), "cpu_count": torch.get_num_threads(), "rows": rows,
+              "reference_float_ms": 1000 * reference["float"]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = f"-{args.tag}" if args.tag else ""
+    (out / f"overhead{suffix}.json").write_text(json.dumps(result, indent=2))
+    (out / f"overhead{suffix}.md").write_text(markdown(result))
+    print(f"wrote {out / f'overhead{suffix}.json'} and {out / f'overhead{suffix}.md'}")
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# Training-step overhead of quantization",
+        "",
+        f"Small CNN (conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc256, fc10), batch {result['batch']}, "
+        f"{result['threads']} threads, torch {result['torch']}; median ms per training step over "
+        f"{result['rounds']} interleaved rounds of {result['steps_per_round']} steps after "
+        f"{result['warmup_steps']} warm-up steps per configuration. Ratios are to float32 in the same process "
+        f"(compiled rows to compiled float32). Generated by `{result['command']}`.",
+        "",
+        "| configuration | kind | ms/step | × float32 | target | meets target | faster than same-kind peers |",
+        "| --- | --- | ---: | ---: | ---: | :---: | :---: |",
+    ]
+    for row in result["rows"]:
+        target = f"≤ {row['target']:.2f}" if row.get("target") else ""
+        meets = {True: "yes", False: "**no**", None: ""}[row.get("meets_target")]
+        faster = {True: "yes", False: "**no**", None: ""}[row.get("faster_than_peers")]
+        lines.append(f"| {row['config']} | {row['kind']} | {row['ms_per_step']:.1f} | {row['ratio']:.2f} | "
+                     f"{target} | {meets} | {faster} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""One training step of a (quantized) model, shared by the trainer and the speed benchmarks.
+
+``step(x, y)``: forward, task loss plus the active regularizers, backward, the memory budget's gradient clipping,
+optional gradient-norm clipping, optimizer step, then the update policy (clipping latent weights, rounding
+on-grid weights back onto the grid, keeping quantizer parameters in their boxes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..recipes import Recipe, load_recipe
+from .losses import get_loss
+from .policies import UpdatePolicy, build_optimizer, parameter_groups
+from .regularizers import MemoryBudget, build_regularizers
+
+__all__ = ["TrainingStep", "StepOutput", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The objective became NaN or infinite; raised before the optimizer touches the weights."""
+
+    def __init__(self, value: float):
+        super().__init__(f"the loss became {value}")
+        self.value = value
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # task loss (detached)
+    regularizer: torch.Tensor  # sum of the active regularizers (detached)
+    logits: torch.Tensor  # detached
+
+
+class TrainingStep:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: UpdatePolicy,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 regularizers: Sequence = (), grad_clip: Optional[float] = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.policy = policy
+        self.loss_fn = loss_fn
+        self.regularizers = list(regularizers)
+        self.grad_clip = grad_clip
+        self.active = list(self.regularizers)
+        self._budgets = [r for r in self.regularizers if isinstance(r, MemoryBudget)]
+
+    @classmethod
+    def from_recipe(cls, model: nn.Module, recipe, example: Optional[torch.Tensor] = None, *,
+                    optimizer_spec: Optional[dict] = None, pretrain: bool = False,
+                    loss_fn: Optional[Callable] = None) -> "TrainingStep":
+        """The step the recipe's ``train`` section describes, for an already converted ``model``.
+
+        ``example`` (a batch) is needed by memory budgets, which measure activation sizes once. With ``pretrain``
+        the step is the recipe's float pre-training step: no policy, no regularizers.
+        """
+        recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
+        train = recipe.train
+        spec = dict(optimizer_spec or train["optimizer"])
+        if pretrain:
+            policy, regularizers = UpdatePolicy(model, "latent", clip=False), []
+        else:
+            policy = UpdatePolicy.from_recipe(model, train["policy"])
+            regularizers = build_regularizers(train["regularizers"])
+            for reg in regularizers:
+                if isinstance(reg, MemoryBudget):
+                    if example is None:
+                        raise ValueError("a memory budget needs an example batch to measure activation sizes")
+                    reg.bind(model, example)
+        optimizer = build_optimizer(parameter_groups(model, spec, policy), spec)
+        return cls(model, optimizer, policy, loss_fn or get_loss(train["loss"]), regularizers, train.get("grad_clip"))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Staged regularizers (Bin Regularization's start epoch) switch on here."""
+        self.active = [r for r in self.regularizers if r.active(epoch)]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        objective = loss
+        regularizer = torch.zeros((), device=loss.device)
+        for reg in self.active:
+            regularizer = regularizer + reg.penalty(self.model)
+        if self.active:
+            objective = loss + regularizer
+        if not torch.isfinite(objective):
+            raise NonFiniteLoss(float(objective.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        for budget in self._budgets:
+            if budget in self.active:
+                budget.after_backward(self.model)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.policy.after_step()
+        return StepOutput(loss.detach(), regularizer.detach(), logits.detach())
