@@ -50,7 +50,7 @@ def data(batch: int, batches: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]
     try:
         from lowbit.data import BatchLoader, load_dataset
 
-        splits = load_dataset("fashion-mnist", train_subset=batch * batches)
+        splits = load_dataset("fashion-mnist", train_subset=batch * batches, val_fraction=0.0)
         loader = BatchLoader(splits.train, batch, shuffle=True, normalize=(splits.mean, splits.std), drop_last=True)
         return list(loader)[:batches]
     except Exception:  # no dataset: synthetic data of the same shape

@@ -51,7 +51,8 @@ def test_first_and_last_layer_overrides():
     layers = list(lowbit.quantized_layers(quantized))
     bits = [layer.weight_bits for _, layer in layers]
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {2}
-    assert layers[0][1].input_bits == 8 and layers[1][1].input_bits == 2
+    assert layers[0][1].input_quantizer is None  # the network input is 8-bit image data already
+    assert layers[1][1].input_bits == 2 and layers[-1][1].input_bits == 8
 
 
 def test_glob_override_and_float_layers():
