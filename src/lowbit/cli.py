@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="changes", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                        help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)")
     train.add_argument("--device", default="cpu")
+    train.add_argument("--compile", action="store_true", help="torch.compile the training step (slower start, "
+                                                              "faster steps on long runs)")
     train.add_argument("--train-subset", type=_positive_int, help="use only this many training samples")
     train.add_argument("--test-subset", type=_positive_int, help="use only this many test samples")
     train.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -119,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, out=args.out, resume=args.resume, changes=dict(args.changes), device=args.device,
         progress=False if args.no_progress else None, train_subset=args.train_subset,
         test_subset=args.test_subset, pretrain_epochs=args.pretrain_epochs, init_from=args.init_from,
-        quiet=args.quiet)
+        compile=args.compile, quiet=args.quiet)
     result = run(config)
     if args.quiet:
         m = result.metrics

@@ -87,7 +87,14 @@ class NoiseSource:
         return gen
 
     def uniform_like(self, x: torch.Tensor) -> torch.Tensor:
-        """``u ~ U[0, 1)`` with the shape, dtype and device of ``x``."""
+        """``u ~ U[0, 1)`` with the shape, dtype and device of ``x``.
+
+        Inside ``torch.compile`` the noise comes from torch's global generator instead (seeded by the trainer from
+        the run's seed): a Generator object would split the compiled graph at every stochastic quantizer, while
+        the compiler's own random numbers fuse into the surrounding kernels.
+        """
+        if torch.compiler.is_compiling():
+            return torch.rand_like(x)
         return torch.rand(x.shape, generator=self.generator(x.device), dtype=x.dtype, device=x.device)
 
     def state(self) -> dict:

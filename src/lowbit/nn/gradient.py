@@ -57,8 +57,9 @@ class _BifurcatedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
+        quantize = ctx.needs_input_grad[0] or not ctx.bifurcate
         with torch.no_grad():
-            grad_q = ctx.quantizer(grad)
+            grad_q = ctx.quantizer(grad) if quantize else grad
         grad_for_weight = grad if ctx.bifurcate else grad_q
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -85,8 +86,6 @@ class _BifurcatedConv2d(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        with torch.no_grad():
-            grad_q = ctx.quantizer(grad)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.bias_sizes is not None
 
@@ -95,13 +94,15 @@ class _BifurcatedConv2d(torch.autograd.Function):
                 g, x, weight, ctx.bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                 mask)
 
-        grad_x = grad_w = grad_b = None
         if ctx.bifurcate:
-            if need_x:
-                grad_x = conv_backward(grad_q, [True, False, False])[0]
-            if need_w or need_b:
-                _, grad_w, grad_b = conv_backward(grad, [False, need_w, need_b])
+            grad_x = None
+            if need_x:  # not for the first layer: nothing is propagated, so nothing is quantized
+                with torch.no_grad():
+                    grad_x = conv_backward(ctx.quantizer(grad), [True, False, False])[0]
+            _, grad_w, grad_b = conv_backward(grad, [False, need_w, need_b])
         else:
+            with torch.no_grad():
+                grad_q = ctx.quantizer(grad)
             grad_x, grad_w, grad_b = conv_backward(grad_q, [need_x, need_w, need_b])
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 

@@ -40,6 +40,9 @@ class QuantizedLayer:
         if bias is not None and self.bias is None:
             raise ValueError("a bias quantizer was given for a layer without bias")
         self.bifurcate = bool(bifurcate)
+        # set by the grid update policy (R / SR): the stored weights are already on the quantizer's grid, so the
+        # forward pass uses them as they are (quantizing again is the identity, but costs time and, for SR, noise)
+        self.weights_on_grid = False
         # weights and biases are known now: data-free initialisation (LSQ step, Uhlich ranges) happens here
         if weight is not None:
             weight.maybe_initialize(self.weight)
@@ -57,7 +60,7 @@ class QuantizedLayer:
 
     def quantized_weight(self) -> torch.Tensor:
         q = self.weight_quantizer
-        return self.weight if q is None else q(self.weight)
+        return self.weight if q is None or self.weights_on_grid else q(self.weight)
 
     def quantized_bias(self) -> Optional[torch.Tensor]:
         q = self.bias_quantizer

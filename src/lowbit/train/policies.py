@@ -51,8 +51,10 @@ class UpdatePolicy:
         self.lr_scale = lr_scale
         self.init = init
         self.model = model
-        self._weighted = [(layer.weight, layer.weight_quantizer) for _, layer in quantized_layers(model)
-                          if layer.weight_quantizer is not None]
+        layers = [layer for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
+        self._weighted = [(layer.weight, layer.weight_quantizer) for layer in layers]
+        for layer in layers:
+            layer.weights_on_grid = kind == "grid"
         self._clip_ranges = [(w, q.clip_range()) for w, q in self._weighted] if clip and kind == "latent" else []
         self._quantizers = quantizers_of(model)
 
