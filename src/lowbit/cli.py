@@ -179,8 +179,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     recipes = list_recipes()
     width = max(len(r.name) for r in recipes)
     for recipe in recipes:
-        print(f"{recipe.name:<{width}}  {recipe.summary}")
-        print(f"{'':<{width}}  [{recipe.paper}]")
+        print(f"{recipe.name:<{width}}  {recipe.summary} [{recipe.paper}]")
     return 0
 
 
