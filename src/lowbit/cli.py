@@ -239,6 +239,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in message[1:]:
             print(f"lowbit:   {line.strip()}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into head, less, ...: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("lowbit: interrupted; resume a training run with the same command and --resume", file=sys.stderr)
         return 130
