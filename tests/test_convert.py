@@ -137,3 +137,9 @@ def test_custom_module_tree_with_functional_ops():
     quantized = lowbit.quantize(Net(), "lsq-w4a4")
     assert isinstance(quantized.branches["b"][0], QuantLinear)
     quantized(torch.randn(3, 4)).sum().backward()
+
+
+def test_first_and_last_overrides_compose_on_a_one_layer_model():
+    quantized = lowbit.quantize(nn.Sequential(nn.Linear(4, 3)), "lsq-w4a4")
+    layer = quantized[0]
+    assert layer.weight_bits == 8 and layer.input_bits == 8  # 'last' re-adds the input that 'first' removed

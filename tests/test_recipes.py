@@ -97,3 +97,8 @@ def test_defaults_are_filled_and_with_changes_revalidates():
 def test_schema_is_plain_json():
     schema = recipe_schema()
     assert json.loads(json.dumps(schema)) == schema
+
+
+def test_partial_override_needs_a_recipe_quantizer_to_modify():
+    check_error({"name": "x", "quantize": {"overrides": [{"match": "first", "input": {"bits": 8}}]}},
+                "quantize.overrides[0].input", "add a type")

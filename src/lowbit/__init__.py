@@ -8,10 +8,11 @@ Uhlich's learned mixed precision — each a YAML recipe::
 """
 
 from .convert import quantize, quantized_layers, quantizers_of
+from .export.packed import load_packed
 from .export.summary import model_summary
 from .recipes import Recipe, RecipeError, list_recipes, load_recipe
 
 __version__ = "0.1.0"
 
-__all__ = ["quantize", "quantized_layers", "quantizers_of", "model_summary", "load_recipe", "list_recipes", "Recipe", "RecipeError",
+__all__ = ["quantize", "quantized_layers", "quantizers_of", "model_summary", "load_packed", "load_recipe", "list_recipes", "Recipe", "RecipeError",
            "__version__"]

@@ -1,4 +1,4 @@
-"""The ``lowbit`` command line: train, eval, recipes, summary, plot.
+"""The ``lowbit`` command line: train, eval, recipes, summary, plot, export.
 
 Bad input exits with status 2 and one line on stderr (``lowbit: error: ...``), never a traceback.
 """
@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import yaml
 
 from . import __version__
+from .export.command import add_export_parser, cmd_export
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--data", default=None, help="dataset that fixes the input shape (default: digits)")
     summary.add_argument("--data-dir")
     summary.add_argument("--json", action="store_true")
+
+    add_export_parser(sub)
 
     plot = sub.add_parser("plot", help="write PNG figures of a run (curves, bit widths, weight histograms)")
     plot.add_argument("run_dir")
@@ -215,7 +218,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "summary": cmd_summary, "plot": cmd_plot}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "summary": cmd_summary, "plot": cmd_plot,
+            "export": cmd_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -62,7 +62,7 @@ def layer_plan(model: nn.Module, recipe: Union[Recipe, str, dict]) -> dict[str, 
             keep_float = override.get("float", False)
             for slot in SLOT_NAMES:
                 if slot in override:
-                    slots[slot] = effective_slot(slots[slot], override[slot])
+                    slots[slot] = effective_slot(slots[slot], override[slot], spec.get(slot))
             if "bifurcate" in override:
                 slots["bifurcate"] = override["bifurcate"]
         quantized = any(slots[slot] is not None for slot in SLOT_NAMES)

@@ -181,10 +181,13 @@ def _report(source: str, problems: list[str]) -> str:
     return head
 
 
-def effective_slot(base: Optional[dict], change: Any) -> Optional[dict]:
-    """A slot spec after an override: ``null`` removes it, a mapping merges (or replaces on a new ``type``)."""
+def effective_slot(current: Optional[dict], change: Any, recipe_spec: Optional[dict] = None) -> Optional[dict]:
+    """A slot spec after an override: ``null`` removes it; a mapping with a new ``type`` replaces it; a partial
+    mapping merges into the current spec, or into the recipe's spec for the slot when an earlier override removed
+    it (so ``first`` and ``last`` overrides compose on a one-layer model)."""
     if change is None:
         return None
+    base = current if current is not None else recipe_spec
     if base is None or ("type" in change and change["type"] != base.get("type")):
         return dict(change)
     return merge(base, change)
@@ -198,6 +201,9 @@ def _check_overrides(data: dict, source: str) -> None:
             if slot not in override or override[slot] is None:
                 continue
             merged = effective_slot(quantize.get(slot), override[slot])
+            if merged is not None and "type" not in merged:
+                raise RecipeError(f"invalid recipe {source}: quantize.overrides[{i}].{slot}: options without a "
+                                  f"'type', and the recipe has no {slot} quantizer to apply them to; add a type")
             errors = validation_errors(merged, spec_schema)
             if errors:
                 raise RecipeError(_report(source, [explain(e, f"quantize.overrides[{i}].{slot}") for e in errors]))

@@ -1,0 +1,13 @@
+"""Errors raised when a model or file cannot be exported or loaded (one-line messages; the CLI prints them)."""
+
+from __future__ import annotations
+
+__all__ = ["ExportError", "PackedFileError"]
+
+
+class ExportError(ValueError):
+    """A model or checkpoint that cannot be exported as asked; the message says why and what to do instead."""
+
+
+class PackedFileError(ExportError):
+    """A file that is not a readable lowbit packed model (foreign, corrupt, other format version, wrong model)."""

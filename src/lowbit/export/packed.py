@@ -1,0 +1,334 @@
+"""The packed model file: integer codes bit-packed at their own bit width, everything else in float32, one file.
+
+The file is a `safetensors <https://github.com/huggingface/safetensors>`_ file (8-byte little-endian header length,
+JSON header, raw tensor bytes), so any safetensors reader can list it. Its tensors:
+
+* ``codes/<param>``: ``uint8``, the codes of a quantized weight or bias, :func:`~lowbit.export.bitpack.pack_bits`
+  at the tensor's bit width (``⌈n·b/8⌉`` bytes for ``n`` codes of ``b`` bits);
+* ``params/<param>/scale`` (``zero_point``, ``table``): per-channel quantization parameters (single values are
+  written in the JSON header instead);
+* ``state/<key>``: every other entry of the model's ``state_dict`` in its own dtype (float32 for BatchNorm, biases of
+  float slots, activation-quantizer steps and ranges, ...), except the replaced weight/bias quantizers and the
+  random-generator state of stochastic rounding (training only).
+
+The safetensors metadata holds one JSON document under ``"lowbit"`` (see :data:`FORMAT`, :data:`VERSION`): lowbit
+version, model spec, resolved recipe, seed, data normalisation, notes, and per quantized tensor its layer, slot,
+shape, bits, ``qmin``, lookup ``table``, ``axis`` and ``scale``/``zero_point`` (shape and values; float32 values
+written as JSON numbers round-trip exactly). Decoding follows :class:`~lowbit.quantizers.codes.QuantizedTensor`::
+
+    q = table[code] if table else code + qmin,        x = scale · (q − zero_point)
+
+:func:`load_packed` rebuilds the architecture, quantizes it with the stored recipe, loads the float state, writes the
+decoded values into the weights and puts :class:`~lowbit.export.frozen.FrozenCodes` in the weight/bias slots, so
+the eval outputs equal the trained model's bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..nn.layers import SLOTS, QuantizedLayer
+from .bitpack import pack_bits, unpack_bits
+from .encode import EncodedSlot, encode_model
+from .errors import ExportError, PackedFileError
+from .frozen import FrozenCodes
+
+__all__ = ["save_packed", "load_packed", "read_packed_header", "packed_info", "PackedInfo", "FORMAT", "VERSION",
+           "is_packed_file"]
+
+FORMAT = "lowbit-packed"
+VERSION = 1
+CODES, STATE, PARAMS = "codes/", "state/", "params/"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class PackedInfo:
+    """Sizes of a packed file, in bytes, and what an all-float32 file would take."""
+
+    path: str
+    file_bytes: int
+    header_bytes: int  # safetensors length prefix + JSON header (tensor index and lowbit metadata)
+    code_bytes: int  # the bit-packed codes
+    param_bytes: int  # per-channel scales / zero points / tables stored as tensors
+    float_bytes: int  # the float state (and tensors kept as float)
+    code_bits: int  # Σ n·b over the packed tensors: the ideal size of the codes, in bits
+    quantized_params: int  # values stored as codes
+    float32_bytes: int  # every stored tensor at 32 bits per value
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def weight_compression(self) -> float:
+        """float32 size of the packed tensors / size of their codes (≈ 32 / bits)."""
+        return 4 * self.quantized_params / self.code_bytes if self.code_bytes else float("nan")
+
+    @property
+    def compression(self) -> float:
+        """float32 size of the whole model / file size."""
+        return self.float32_bytes / self.file_bytes
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "weight_compression": self.weight_compression, "compression": self.compression}
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+def _array_entry(tensor: torch.Tensor, key: str, tensors: dict[str, torch.Tensor]) -> dict:
+    """A scale, zero point or table: one value inline in the JSON, longer arrays (per-channel) as a tensor ``key``
+    (4 bytes a value instead of ~20 characters of JSON)."""
+    t = tensor.detach().cpu()
+    entry = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+    if t.numel() == 1:
+        entry["values"] = t.reshape(-1).tolist()
+    else:
+        entry["tensor"] = key
+        tensors[key] = t.reshape(-1).contiguous().clone()
+    return entry
+
+
+def _code_entry(slot: EncodedSlot, tensor: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict:
+    entry: dict[str, Any] = {"layer": slot.layer, "slot": slot.slot, "shape": list(tensor.shape),
+                             "dtype": str(tensor.dtype).removeprefix("torch."), "bits": int(slot.quantizer.bits),
+                             "signed": bool(slot.quantizer.signed), "quantizer": type(slot.quantizer).__name__}
+    codes = slot.codes
+    if codes is None:
+        entry["stored"] = "float"
+        return entry
+    key = PARAMS + slot.param_name
+    entry.update({"stored": "codes", "bits": int(codes.bits), "qmin": int(codes.qmin), "axis": codes.axis,
+                  "scale": _array_entry(codes.scale, key + "/scale", tensors),
+                  "zero_point": _array_entry(codes.zero_point, key + "/zero_point", tensors),
+                  "table": None if codes.table is None else _array_entry(codes.table, key + "/table", tensors)})
+    return entry
+
+
+def _state_to_store(model: nn.Module, encoded: list[EncodedSlot]) -> dict[str, torch.Tensor]:
+    replaced = {slot.param_name for slot in encoded}
+    prefixes = tuple(slot.quantizer_prefix for slot in encoded)
+    state = {}
+    for key, value in model.state_dict().items():
+        # the random-generator state of stochastic rounding is for training only; it is not a tensor either
+        if key in replaced or key.startswith(prefixes) or key.endswith("_extra_state"):
+            continue
+        if isinstance(value, torch.Tensor):
+            state[key] = value.detach().cpu().contiguous().clone()
+    return state
+
+
+def save_packed(model: nn.Module, path: Union[str, os.PathLike], *, recipe: Union[dict, Any], seed: int = 0,
+                model_spec: Optional[dict] = None, data: Optional[dict] = None,
+                source: Optional[dict] = None) -> PackedInfo:
+    """Write the quantized ``model`` to ``path`` as a packed file and return its sizes.
+
+    ``recipe`` (a :class:`~lowbit.recipes.Recipe` or its resolved dict) and ``seed`` are those the model was quantized
+    with: :func:`load_packed` rebuilds the quantized architecture from them. ``model_spec`` (``{name, options,
+    input_shape, num_classes}``) lets it rebuild a lowbit reference model by itself; without it (or with ``name:
+    None``) the user passes the float model to :func:`load_packed`. ``data`` (name, mean, std) documents the input
+    normalisation the model expects.
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    if not any(isinstance(m, QuantizedLayer) for m in model.modules()):
+        raise ExportError("the model has no quantized layers, so there are no integer codes to pack; quantize it "
+                          "with a recipe (lowbit.quantize or lowbit train --recipe lsq-w4a4) first")
+    encoded = encode_model(model)
+    if not encoded:
+        raise ExportError("no layer of the model quantizes its weights, so there are no integer codes to pack; "
+                          "use a recipe with a weight quantizer")
+    recipe_dict = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, dict] = {}
+    for slot in encoded:
+        tensor = getattr(model.get_submodule(slot.layer), slot.slot)
+        entries[slot.param_name] = _code_entry(slot, tensor, tensors)
+        if slot.codes is None:
+            tensors[STATE + slot.param_name] = slot.values.detach().cpu().contiguous().clone()
+        else:
+            packed = pack_bits(slot.codes.indices.cpu().numpy(), slot.codes.bits)
+            tensors[CODES + slot.param_name] = torch.from_numpy(packed.copy())
+    state = _state_to_store(model, encoded)
+    tensors.update({STATE + key: value for key, value in state.items()})
+    header = {
+        "format": FORMAT, "version": VERSION, "lowbit_version": __version__,
+        "model_spec": model_spec, "recipe": recipe_dict, "seed": int(seed), "data": data, "source": source,
+        "notes": [slot.note for slot in encoded if slot.note],
+        "quantized": entries, "state": sorted(state),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"lowbit": json.dumps(header, separators=(",", ":"))})
+    umask = os.umask(0)  # safetensors writes 0600; give the file the usual permissions
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return packed_info(path)
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+def _raw_header(path: Path) -> dict:
+    """The safetensors JSON header (tensor index + metadata), read without loading the tensors."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ValueError("file shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(os.path.getsize(path) - 8, 100 << 20):
+                raise ValueError("header length out of range")
+            return json.loads(f.read(length))
+    except FileNotFoundError:
+        raise PackedFileError(f"packed file {str(path)!r} does not exist") from None
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        raise PackedFileError(f"{str(path)!r} is not a lowbit packed file ({error})") from None
+
+
+def is_packed_file(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a file carrying lowbit packed metadata (any version)."""
+    try:
+        return "lowbit" in (_raw_header(Path(path)).get("__metadata__") or {})
+    except PackedFileError:
+        return False
+
+
+def read_packed_header(path: Union[str, os.PathLike]) -> dict:
+    """The lowbit JSON header of a packed file, after checking its format tag and version."""
+    path = Path(path)
+    if path.is_dir():
+        raise PackedFileError(f"{str(path)!r} is a directory, not a packed file")
+    raw = _raw_header(path)
+    try:
+        header = json.loads((raw.get("__metadata__") or {})["lowbit"])
+    except (KeyError, TypeError, ValueError):
+        raise PackedFileError(f"{str(path)!r} is a safetensors file without lowbit metadata, not a lowbit packed "
+                              f"file; write one with 'lowbit export CHECKPOINT --format packed'") from None
+    if header.get("format") != FORMAT:
+        raise PackedFileError(f"{str(path)!r} is not a lowbit packed file (format {header.get('format')!r})")
+    if header.get("version") != VERSION:
+        raise PackedFileError(f"packed file {str(path)!r} has format version {header.get('version')}, this lowbit "
+                              f"reads version {VERSION}; export it again from its checkpoint, or use the lowbit "
+                              f"release that wrote it ({header.get('lowbit_version', 'unknown')})")
+    return header
+
+
+def packed_info(path: Union[str, os.PathLike]) -> PackedInfo:
+    """Sizes of a packed file (see :class:`PackedInfo`)."""
+    path = Path(path)
+    header = read_packed_header(path)
+    raw = _raw_header(path)
+    with open(path, "rb") as f:
+        header_bytes = 8 + struct.unpack("<Q", f.read(8))[0]
+    code_bytes = param_bytes = float_bytes = code_bits = quantized = float32_bytes = 0
+    for key, info in raw.items():
+        if key == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        numel = int(np.prod(info["shape"], dtype=np.int64))
+        if key.startswith(CODES):
+            code_bytes += end - start
+        elif key.startswith(PARAMS):
+            param_bytes += end - start
+        else:
+            float_bytes += end - start
+            float32_bytes += 4 * numel
+    for entry in header["quantized"].values():
+        if entry["stored"] == "codes":  # tensors kept as float were counted with the state above
+            numel = int(np.prod(entry["shape"], dtype=np.int64))
+            quantized += numel
+            code_bits += numel * entry["bits"]
+            float32_bytes += 4 * numel
+    return PackedInfo(path=str(path), file_bytes=path.stat().st_size, header_bytes=header_bytes,
+                      code_bytes=code_bytes, param_bytes=param_bytes, float_bytes=float_bytes, code_bits=code_bits,
+                      quantized_params=quantized, float32_bytes=float32_bytes, notes=list(header.get("notes", [])))
+
+
+def _tensor(entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "tensor" in entry:
+        return tensors[entry["tensor"]].reshape(entry["shape"])
+    dtype = _DTYPES.get(entry["dtype"], torch.float32)
+    return torch.tensor(entry["values"], dtype=dtype).reshape(entry["shape"])
+
+
+def _decode(entry: dict, packed: torch.Tensor, tensors: dict[str, torch.Tensor]):
+    from ..quantizers.codes import QuantizedTensor, index_dtype
+
+    shape = entry["shape"]
+    count = int(np.prod(shape, dtype=np.int64))
+    codes = unpack_bits(packed.numpy(), entry["bits"], count)
+    indices = torch.from_numpy(codes.astype(np.int64)).to(index_dtype(entry["bits"])).reshape(shape)
+    table = None if entry["table"] is None else _tensor(entry["table"], tensors)
+    return QuantizedTensor(indices=indices, bits=entry["bits"], scale=_tensor(entry["scale"], tensors),
+                           zero_point=_tensor(entry["zero_point"], tensors), qmin=entry["qmin"], table=table,
+                           axis=entry["axis"])
+
+
+def _float_model(header: dict, model: Optional[nn.Module], path: Path) -> nn.Module:
+    if model is not None:
+        return model
+    spec = header.get("model_spec") or {}
+    if spec.get("name") is None:
+        raise PackedFileError(f"{str(path)!r} holds a custom model: pass your float model, "
+                              f"lowbit.load_packed({str(path)!r}, model=MyNet())")
+    from ..models import build_model
+
+    return build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec.get("options", {}))
+
+
+def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None) -> nn.Module:
+    """Rebuild the quantized model stored in a packed file, in eval mode.
+
+    ``model``: the float model to quantize, required for a custom architecture (the file then has no model name);
+    it is copied, not changed. The result's eval outputs equal those of the model that was saved, bit for bit.
+    """
+    from safetensors.torch import load_file
+
+    from ..convert import quantize
+
+    path = Path(path)
+    header = read_packed_header(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for truncated files
+        raise PackedFileError(f"packed file {str(path)!r} cannot be read ({error}); it may be truncated") from None
+    qmodel = quantize(_float_model(header, model, path), header["recipe"], seed=header["seed"])
+    allowed_missing = set()
+    for name, entry in header["quantized"].items():
+        try:
+            layer = qmodel.get_submodule(entry["layer"])
+            target = getattr(layer, entry["slot"])
+        except AttributeError:
+            raise PackedFileError(f"{str(path)!r} does not fit this model: it has no quantized tensor {name!r}") \
+                from None
+        if not isinstance(layer, QuantizedLayer) or target is None or list(target.shape) != entry["shape"]:
+            raise PackedFileError(f"{str(path)!r} does not fit this model: {name!r} should be a quantized tensor of "
+                                  f"shape {entry['shape']}")
+        if entry["stored"] == "codes":
+            codes = _decode(entry, tensors[CODES + name], tensors)
+            values = codes.dequantize().reshape(entry["shape"])
+        else:
+            codes, values = None, tensors[STATE + name]
+        with torch.no_grad():
+            target.copy_(values.to(target.dtype))
+        attribute = SLOTS[entry["slot"]]
+        role = "bias" if entry["slot"] == "bias" else "weight"
+        setattr(layer, attribute, FrozenCodes(codes, bits=entry["bits"], signed=entry["signed"], role=role))
+        allowed_missing.add(name)
+        prefix = (entry["layer"] + "." if entry["layer"] else "") + attribute + "."
+        allowed_missing.update(k for k in qmodel.state_dict() if k.startswith(prefix))
+    state = {key: tensors[STATE + key] for key in header["state"]}
+    result = qmodel.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in allowed_missing and not k.endswith("_extra_state")]
+    if result.unexpected_keys or missing:
+        raise PackedFileError(f"{str(path)!r} does not fit this model: unexpected {result.unexpected_keys[:3]}, "
+                              f"missing {missing[:3]}")
+    return qmodel.eval()
