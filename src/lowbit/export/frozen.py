@@ -29,16 +29,7 @@ class FrozenCodes(Quantizer):
         self.codes = codes
         self._bits = int(bits)
         self._signed = bool(signed)
-        self.initialized.fill_(True)
-        self._is_initialized = True
-
-    @property
-    def bits(self) -> int:
-        return self._bits
-
-    @property
-    def signed(self) -> bool:
-        return self._signed
+        self.mark_initialized()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x  # the parameter holds the decoded codes already

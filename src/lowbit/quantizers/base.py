@@ -77,13 +77,18 @@ class Quantizer(nn.Module):
         self._is_initialized = False
 
     # ----------------------------------------------------------------------------------------------- protocol
+    # Fixed-width families set ``_bits`` and ``_signed`` in their constructor; learned parametrizations override
+    # ``bits`` to infer it from their parameters.
+    _bits: int
+    _signed: bool
+
     @property
     def bits(self) -> int:
-        raise NotImplementedError
+        return self._bits
 
     @property
     def signed(self) -> bool:
-        raise NotImplementedError
+        return self._signed
 
     def bit_width(self) -> torch.Tensor:
         """Bit width as a tensor (differentiable through an STE for learned parametrizations)."""
@@ -117,8 +122,12 @@ class Quantizer(nn.Module):
         if not self._is_initialized:
             with torch.no_grad():
                 self.reset_parameters_from(x.detach())
-            self.initialized.fill_(True)
-            self._is_initialized = True
+            self.mark_initialized()
+
+    def mark_initialized(self) -> None:
+        """Record that the data-dependent parameters are set (given explicitly, or from a first tensor)."""
+        self.initialized.fill_(True)
+        self._is_initialized = True
 
     def reseed(self, seed: int) -> None:
         if self.noise is not None:

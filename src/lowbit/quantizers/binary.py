@@ -47,14 +47,7 @@ class BinaryQuantizer(Quantizer):
         if not scale > 0:
             raise ValueError(f"binary scale H must be positive, got {scale}")
         self.scale = float(scale)
-
-    @property
-    def bits(self) -> int:
-        return 1
-
-    @property
-    def signed(self) -> bool:
-        return True
+        self._bits, self._signed = 1, True
 
     def clip_range(self) -> tuple[float, float]:
         return (-self.scale, self.scale)

@@ -92,8 +92,7 @@ class LSQQuantizer(Quantizer):
         self.step = nn.Parameter(torch.tensor(float(init_step) if init_step else 1.0))
         self._set_range()
         if init_step:
-            self.initialized.fill_(True)
-            self._is_initialized = True
+            self.mark_initialized()
 
     def _set_range(self) -> None:
         self.q_n, self.q_p = integer_range(self._bits, bool(self.is_signed))
@@ -101,10 +100,6 @@ class LSQQuantizer(Quantizer):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._set_range()
-
-    @property
-    def bits(self) -> int:
-        return self._bits
 
     @property
     def signed(self) -> bool:

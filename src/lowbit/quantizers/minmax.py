@@ -121,10 +121,6 @@ class MinMaxQuantizer(Quantizer):
         self.register_buffer("running_max", torch.tensor(0.0))
 
     @property
-    def bits(self) -> int:
-        return self._bits
-
-    @property
     def signed(self) -> bool:
         # The grid is asymmetric: signed whenever the observed range reaches below zero.
         return bool(self.running_min < 0) if self.granularity == "sample" else True
@@ -148,8 +144,7 @@ class MinMaxQuantizer(Quantizer):
                 if not self._is_initialized:
                     self.running_min.copy_(low)
                     self.running_max.copy_(high)
-                    self.initialized.fill_(True)
-                    self._is_initialized = True
+                    self.mark_initialized()
                 else:
                     self.running_min.lerp_(low, self.momentum)
                     self.running_max.lerp_(high, self.momentum)

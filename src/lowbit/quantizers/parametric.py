@@ -161,10 +161,6 @@ class _ParametricBase(Quantizer):
             self.register_parameter(name, nn.Parameter(torch.tensor(1.0), requires_grad=name not in frozen))
         self.learned_names = (first, second)
 
-    @property
-    def signed(self) -> bool:
-        return self._signed
-
     def _decide_sign(self, x: torch.Tensor) -> None:
         if self.auto_sign:
             self._signed = bool(x.min() < 0)

@@ -65,16 +65,7 @@ class UniformQuantizer(Quantizer):
         if step is not None:
             if not step > 0:
                 raise ValueError(f"uniform step must be positive, got {step}")
-            self.initialized.fill_(True)
-            self._is_initialized = True
-
-    @property
-    def bits(self) -> int:
-        return self._bits
-
-    @property
-    def signed(self) -> bool:
-        return self._signed
+            self.mark_initialized()
 
     def clip_range(self) -> tuple[float, float]:
         step = float(self.step)
