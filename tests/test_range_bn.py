@@ -73,3 +73,35 @@ def test_conversion_from_batchnorm_keeps_affine_and_running_mean():
 def test_wrong_input_rank_is_a_clear_error():
     with pytest.raises(ValueError, match="expects a 4-d input"):
         RangeBatchNorm2d(3)(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 5, 5), (16, 6), (8, 3, 7)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_closed_form_backward_equals_autograd_through_mean_max_and_min(shape, affine):
+    torch.manual_seed(0)
+    cls = RangeBatchNorm2d if len(shape) == 4 else RangeBatchNorm1d
+    bn = cls(shape[1], affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-1, 1)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(*shape, dtype=torch.float64)
+    y = bn(x)
+    y.backward(upstream)
+    fused = [x.grad.clone()] + ([bn.weight.grad.clone(), bn.bias.grad.clone()] if affine else [])
+    # reference: the formula written with autograd ops (gradients through mean, amax and amin)
+    x.grad = None
+    params = [p.detach().clone().requires_grad_() for p in (bn.weight, bn.bias)] if affine else []
+    dims = [0] + list(range(2, x.dim()))
+    n = x.numel() // shape[1]
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    mean = x.mean(dims)
+    sigma = (x.amax(dims) - x.amin(dims)) / math.sqrt(2 * math.log(n)) + bn.eps
+    reference = (x - mean.reshape(view)) / sigma.reshape(view)
+    if affine:
+        reference = reference * params[0].reshape(view) + params[1].reshape(view)
+    reference.backward(upstream)
+    assert torch.allclose(y, reference)
+    for got, expected in zip(fused, [x.grad] + [p.grad for p in params]):
+        assert torch.allclose(got, expected, atol=1e-12)

@@ -51,3 +51,18 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "fc1", "weight") == derive_seed(0, "fc1", "weight")
     assert derive_seed(0, "fc1", "weight") != derive_seed(0, "fc2", "weight")
     assert derive_seed(0, "fc1", "weight") != derive_seed(1, "fc1", "weight")
+
+
+def test_split_12_bit_noise_is_uniform_independent_and_nearly_unbiased():
+    source = NoiseSource(seed=3, resolution_bits=12)
+    u = source.uniform_like(torch.zeros(400_001))
+    assert u.shape == (400_001,) and 0 < u.min() and u.max() < 1
+    levels = torch.round(u * 4096 - 0.5)
+    assert torch.equal(levels, u * 4096 - 0.5)  # on the 12-bit grid (j + 1/2) / 4096
+    assert abs(u.mean().item() - 0.5) < 2e-3 and abs(u.var().item() - 1 / 12) < 2e-3
+    half = 200_001  # u[i] and u[half + i] are the high and low bits of the same 24-bit draw: independent
+    assert abs(torch.corrcoef(torch.stack([u[:half - 1], u[half:2 * half - 1]]))[0, 1].item()) < 0.01
+    # stochastic rounding with it: P(up) within 2^-13 of the fraction
+    x = torch.full((400_000,), 7.3)
+    up = (stochastic_round(x, NoiseSource(seed=1, resolution_bits=12)) == 8).float().mean().item()
+    assert abs(up - 0.3) < 0.005
