@@ -14,6 +14,7 @@ import yaml
 
 from . import __version__
 from .export.command import add_export_parser, cmd_export
+from .reproduce.command import add_reproduce_parser, cmd_reproduce
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true")
 
     add_export_parser(sub)
+    add_reproduce_parser(sub)
 
     plot = sub.add_parser("plot", help="write PNG figures of a run (curves, bit widths, weight histograms)")
     plot.add_argument("run_dir")
@@ -219,7 +221,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "summary": cmd_summary, "plot": cmd_plot,
-            "export": cmd_export}
+            "export": cmd_export, "reproduce": cmd_reproduce}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -249,7 +251,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("lowbit: interrupted; resume a training run with the same command and --resume", file=sys.stderr)
+        hint = ("run the same command again: finished runs are skipped" if args.command == "reproduce"
+                else "resume a training run with the same command and --resume")
+        print(f"lowbit: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

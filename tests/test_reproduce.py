@@ -1,0 +1,217 @@
+"""The reproduction suite: a smoke run of the whole pipeline, and the claims of its two analytic checks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lowbit.recipes import load_recipe
+from lowbit.reproduce import claims as C
+from lowbit.reproduce.command import build_parser, cmd_reproduce
+from lowbit.reproduce.experiments import MODES, TABLE_KEYS, build_tables, cells_of, mode_named
+from lowbit.reproduce.gradients import autograd_partials, closed_form_partials, gradient_magnitudes
+from lowbit.reproduce.results import CellStats
+from lowbit.reproduce.runner import plan_jobs, raw_path
+from lowbit.reproduce.toy import run_toy
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_cell_is_a_valid_recipe(mode):
+    for cell in cells_of(build_tables(MODES[mode])).values():
+        load_recipe(cell.recipe).with_changes(cell.changes)  # raises RecipeError on a bad change
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_cells_of_a_table_share_data_and_epochs(mode):
+    for table in build_tables(MODES[mode]):
+        trained = [c for c in table.cells if not c.id.startswith("shared/")]
+        assert len({(c.data, c.epochs, c.train_subset, c.test_subset) for c in trained}) == 1, table.key
+
+
+def test_fine_tuning_cells_start_from_the_shared_float_model_of_their_seed():
+    tables = build_tables(MODES["full"])
+    jobs = plan_jobs(tables, MODES["full"])
+    position = {(j.cell.id, j.seed): i for i, j in enumerate(jobs)}
+    for job in jobs:
+        if job.parent is not None:
+            assert job.parent.id == "shared/float-cnn"
+            assert position[(job.parent.id, job.seed)] < position[(job.cell.id, job.seed)]
+    assert len(jobs) == len(set(position))  # the shared float cell runs once per seed, not once per table
+
+
+def test_fingerprint_changes_with_the_configuration():
+    cell = build_tables(MODES["quick"], ["bc"])[0].cells[0]
+    from dataclasses import replace
+
+    assert cell.fingerprint() == replace(cell).fingerprint()
+    assert cell.fingerprint() != replace(cell, epochs=cell.epochs + 1).fingerprint()
+    assert cell.fingerprint() != replace(cell, revision=cell.revision + 1).fingerprint()
+    # a child's fingerprint follows its parent's: a re-run float model invalidates the fine-tunes
+    table = build_tables(MODES["quick"], ["lsq"])[0]
+    parent, child = table.cells[0], table.cells[1]
+    assert child.fingerprint(parent) != child.fingerprint(replace(parent, epochs=parent.epochs + 1))
+
+
+# ------------------------------------------------------------------------------------------------ smoke run
+def _reproduce(tmp_path, *extra):
+    args = build_parser().parse_args(["--smoke", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"),
+                                      *extra])
+    return cmd_reproduce(args)
+
+
+def test_smoke_run_writes_page_raw_json_and_figures_and_resumes(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    started = time.perf_counter()
+    try:
+        assert _reproduce(tmp_path) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert time.perf_counter() - started < 60
+    mode = mode_named("smoke")
+    out = tmp_path / "results"
+    for job in plan_jobs(build_tables(mode), mode):
+        record = json.loads(raw_path(out, mode, job.cell.id, job.seed).read_text())
+        assert record["fingerprint"] == job.cell.fingerprint(job.parent)
+        assert record["diverged"] or 0 <= record["result"]["final_test_acc"] <= 1
+        assert record["history"] and record["timing"]["wall_s"] > 0
+    page = (out / "smoke" / "README.md").read_text()
+    for table in build_tables(mode):
+        assert table.title in page
+    assert "**Verdict:" in page and "smoke" in page
+    summary = json.loads((out / "smoke" / "summary.json").read_text())
+    assert set(summary["tables"]) == set(TABLE_KEYS)
+    assert (out / "smoke" / "figures" / "lide_toy.png").stat().st_size > 1000
+    assert (out / "smoke" / "figures" / "uhlich_gradients.png").stat().st_size > 1000
+    assert (out / "README.md").exists()
+    # a second invocation finds every run cached and trains nothing
+    capsys.readouterr()
+    try:
+        assert _reproduce(tmp_path) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert " 0 to run" in capsys.readouterr().out
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    assert _reproduce(tmp_path, "--dry-run", "--only", "bc") == 0
+    text = capsys.readouterr().out
+    assert "bc/mlp/bc-det" in text and "estimated" in text
+    assert not (tmp_path / "results").exists()
+
+
+def test_lowbit_cli_has_the_reproduce_command(tmp_path, capsys):
+    from lowbit.cli import main
+
+    assert main(["reproduce", "--smoke", "--dry-run", "--only", "lide", "--out", str(tmp_path / "r")]) == 0
+    assert "lide/bc-adam" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--only", "nonsense"])
+    assert "valid tables: bc, lide, lsq, banner, uhlich" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ convex toy
+@pytest.fixture(scope="module")
+def toy():
+    return run_toy(steps=20_000, seed=0)
+
+
+def test_r_freezes_at_small_lr(toy):
+    for lr, gap in zip(toy["lrs"], toy["gaps"]["R"]):
+        if lr <= 1e-2:
+            assert gap == pytest.approx(toy["init_gap"], rel=1e-9)
+
+
+def test_sr_floor_does_not_shrink_with_lr(toy):
+    sr = dict(zip(toy["lrs"], toy["gaps"]["SR"]))
+    assert min(sr[1e-3], sr[3e-4]) > 0.5 * min(sr[1e-1], sr[3e-2], sr[1e-2])
+    assert min(sr.values()) > 2 * toy["rounded_ls_gap"]  # an O(Δ) floor well above the best grid point
+
+
+def test_bc_stoch_float_copy_converges_and_its_rounding_reaches_the_grid_point(toy):
+    copy = dict(zip(toy["lrs"], toy["gaps"]["BC-stoch float copy"]))
+    deployed = dict(zip(toy["lrs"], toy["gaps"]["BC-stoch"]))
+    assert copy[1e-3] < 0.005
+    assert deployed[1e-3] == pytest.approx(toy["rounded_ls_gap"], rel=0.1)
+    # deterministic rounding inside BC biases the float copy
+    assert dict(zip(toy["lrs"], toy["gaps"]["BC-det float copy"]))[1e-3] > 10 * copy[1e-3]
+
+
+def test_toy_checks_pass_on_the_toy(toy):
+    assert all(c.passed for c in C.toy_checks(toy))
+
+
+# ---------------------------------------------------------------------------------------- gradient magnitudes
+def test_u3_partials_are_bounded():
+    grads = gradient_magnitudes(n=20_000)
+    assert max(grads["max"]["U3/d"]) <= 0.5 + 1e-12
+    assert max(grads["max"]["U3/q_max"]) <= 1.0
+    assert max(grads["mean"]["U3/d"]) <= 0.25 + 0.01  # |Q - x| / d is ~ uniform on [0, 1/2] inside
+
+
+def test_u1_step_partial_outside_grows_like_2_pow_b_minus_1():
+    grads = gradient_magnitudes(n=20_000)
+    assert grads["max"]["U1/d"] == pytest.approx([2 ** (b - 1) - 1 for b in grads["bits"]])
+
+
+@pytest.mark.parametrize("parametrization", ["U1", "U2", "U3"])
+@pytest.mark.parametrize("bits", [3, 5])
+def test_closed_form_partials_match_the_library_autograd(parametrization, bits):
+    x = torch.tensor(np.random.default_rng(bits).standard_normal(24) * 1.7)
+    library = autograd_partials(x, bits, parametrization)
+    table = closed_form_partials(x.numpy(), bits)
+    for name, values in library.items():
+        np.testing.assert_allclose(values, table[(parametrization, name)], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------- verdicts
+def _stats(errors, test_n=1000):
+    return CellStats(cell=None, errors=list(errors), test_n=test_n)
+
+
+def test_verdict_rules():
+    yes, no = C.Check("a", "r", "o", True), C.Check("b", "r", "o", False)
+    assert C.verdict([yes, yes]) == "supported"
+    assert C.verdict([yes, no]) == "partly"
+    assert C.verdict([no, C.Check("c", "r", "o", None)]) == "not supported"
+    assert C.verdict([C.Check("c", "r", "o", None)]) == "no data"
+
+
+def test_ordering_checks_need_a_difference_beyond_noise():
+    clear = C.lower("a beats b", _stats([1.0, 1.1, 0.9]), _stats([5.0, 5.2, 4.8]), "a", "b")
+    assert clear.passed and clear.outcome == "pass"
+    noisy = C.lower("a beats b", _stats([1.0, 3.0, 2.0]), _stats([2.2, 1.0, 3.2]), "a", "b")
+    assert noisy.passed is False and noisy.outcome.startswith("inconclusive")
+    wrong = C.lower("a beats b", _stats([5.0, 5.2, 4.8]), _stats([1.0, 1.1, 0.9]), "a", "b")
+    assert wrong.outcome == "fail"
+    assert C.lower("x", None, _stats([1.0]), "a", "b").passed is None
+
+
+def test_one_seed_uses_the_binomial_noise_of_the_test_set():
+    one = _stats([10.0], test_n=5000)
+    assert one.se == pytest.approx(100 * (0.1 * 0.9 / 5000) ** 0.5)
+    # three identical seeds are not more certain than their pooled test images
+    assert _stats([10.0, 10.0, 10.0], test_n=5000).se == pytest.approx(100 * (0.1 * 0.9 / 15000) ** 0.5)
+
+
+def test_tolerance_checks_are_decided_on_the_means():
+    assert C.close("a ≈ b", _stats([1.0]), _stats([1.4]), "a", "b", 1.0).passed
+    assert not C.not_worse("a ≤ b + 0.5", _stats([3.0]), _stats([2.0]), "a", "b", 0.5).passed
+
+
+def test_training_loss_check_needs_every_seed_and_an_effect_size():
+    def stats(losses):
+        s = CellStats(cell=None)
+        s.records = [{"seed": k, "history": [{"phase": "train", "loss": 9.0}, {"phase": "train", "loss": v}]}
+                     for k, v in enumerate(losses)]
+        return s
+
+    base = stats([0.05, 0.05, 0.06])
+    assert C.higher_training_loss("c", base, stats([0.25, 0.42, 0.20]), "A", "B").passed is True
+    assert C.higher_training_loss("c", base, stats([0.25, 0.04, 0.20]), "A", "B").passed is False  # one seed better
+    assert C.higher_training_loss("c", base, stats([0.06, 0.06, 0.07]), "A", "B").passed is False  # too small
+    assert C.higher_training_loss("c", base, stats([]), "A", "B").passed is None
