@@ -337,7 +337,8 @@ def write_report(out: Path, mode: Mode, tables: list, analyses: Optional[dict] =
                   "the full run on Fashion-MNIST over 3 seeds (`lowbit reproduce`) is the one to quote.", ""]
     lines += [f"- **Mode**: {mode.name} — {mode.description}.",
               f"- **Command**: `{command or _default_command(mode)}` (the same as "
-              f"`{(command or _default_command(mode)).replace('lowbit reproduce', 'python benchmarks/reproduce.py')}`).",
+              f"`{(command or _default_command(mode)).replace('lowbit reproduce', 'python benchmarks/reproduce.py')}`"
+              ").",
               f"- **Compute**: {runs} training runs, {format_duration(wall)} of wall time in the runs "
               f"({format_duration(cpu)} CPU), torch threads: {_threads(present, all_stats)}"
               + (f"; last invocation {format_duration(run_info['wall_s'])} end to end" if run_info else "") + ".",
@@ -363,7 +364,8 @@ def write_report(out: Path, mode: Mode, tables: list, analyses: Optional[dict] =
                         "within_noise": c.within_noise} for c in checks]}
     lines += [render_table(["paper", "authors", "verdict", "checks passed"], summary_rows), ""]
     lines += ["## Settings", "", "The same data, epochs and schedule for every cell of a table. `train / val / test` "
-              "are the images used (validation = 10 % of the training pool, stratified; subsets are seeded by the run's "
+              "are the images used (validation = 10 % of the training pool, stratified; subsets are seeded by the "
+              "run's "
               "seed). Runs that fine-tune start from the float model of the same seed.", ""]
     lines += [_settings_table(present, all_stats, mode), ""]
     lines += sections
