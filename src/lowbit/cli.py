@@ -13,38 +13,12 @@ from typing import Optional, Sequence
 import yaml
 
 from . import __version__
+from .argtypes import non_negative_int, positive_float, positive_int
 from .export.command import add_export_parser, cmd_export
 from .reproduce.command import add_reproduce_parser, cmd_reproduce
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be >= 1, got 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _assignment(text: str) -> tuple[str, object]:
@@ -71,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32)")
     train.add_argument("--model-option", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                        help="model option, e.g. hidden=512 (repeatable)")
-    train.add_argument("--epochs", type=_non_negative_int, help="training epochs after quantization")
-    train.add_argument("--pretrain-epochs", type=_non_negative_int, help="float pre-training epochs "
+    train.add_argument("--epochs", type=non_negative_int, help="training epochs after quantization")
+    train.add_argument("--pretrain-epochs", type=non_negative_int, help="float pre-training epochs "
                                                                          "(0 disables the recipe's pre-training)")
     train.add_argument("--init-from", metavar="CHECKPOINT", help="start from the float weights of this checkpoint "
                                                                   "(an fp32 run) instead of the recipe's pre-training")
-    train.add_argument("--batch-size", type=_positive_int)
-    train.add_argument("--lr", type=_positive_float, help="learning rate")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--batch-size", type=positive_int)
+    train.add_argument("--lr", type=positive_float, help="learning rate")
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.add_argument("--set", dest="changes", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
@@ -86,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--compile", action="store_true", help="torch.compile the training step (slower start, "
                                                               "faster steps on long runs)")
-    train.add_argument("--train-subset", type=_positive_int, help="use only this many training samples")
-    train.add_argument("--test-subset", type=_positive_int, help="use only this many test samples")
+    train.add_argument("--train-subset", type=positive_int, help="use only this many training samples")
+    train.add_argument("--test-subset", type=positive_int, help="use only this many test samples")
     train.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     train.add_argument("--quiet", action="store_true", help="print only the final line")
 

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..argtypes import positive_int
+
 __all__ = ["add_reproduce_parser", "cmd_reproduce", "build_parser", "main"]
 
 DESCRIPTION = ("Run the five papers' comparisons (BinaryConnect, Li & De, LSQ + Bin Regularization, Banner 8-bit "
@@ -35,16 +37,6 @@ def _table_list(text: str) -> list:
     return keys
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="mode", const="quick",
@@ -55,7 +47,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--only", type=_table_list, metavar="TABLE[,TABLE]",
                         help="run only these tables: bc, lide, lsq, banner, uhlich (the page shows every table "
                              "with results)")
-    parser.add_argument("--seeds", type=_positive, help="seeds 0..N-1 (default: 3 full, 1 quick)")
+    parser.add_argument("--seeds", type=positive_int, help="seeds 0..N-1 (default: 3 full, 1 quick)")
     parser.add_argument("--out", default="docs/results", help="results root; the mode's page, figures and raw JSON "
                                                               "go to OUT/<mode>/ (default: docs/results)")
     parser.add_argument("--work", default="runs/reproduce", help="checkpoints and training logs "
@@ -67,7 +59,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.set_defaults(fresh=False)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate; run nothing")
     parser.add_argument("--report-only", action="store_true", help="regenerate the page from the raw JSON")
-    parser.add_argument("--threads", type=_positive, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine more threads were slower)")
     return parser
 

@@ -8,7 +8,7 @@
   weights to their quantization level in units of the step ``s``, the fraction within ``0.05 s`` of a level, and
   a histogram of ``w / s``.
 * ``memory`` (Uhlich): weight memory ``S_w = sum_l N_l b_l`` in KB (weights and biases at their quantizers' bits),
-  the budget of the same net at 2 bits, and the per-layer bit widths.
+  the budget (the same net at the reproduction's homogeneous ``BUDGET_BITS``), and the per-layer bit widths.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 from ..convert import quantized_layers
 from ..data import BatchLoader
 from ..export.summary import model_summary
-from ..train.regularizers import weight_memory_bits
+from ..train.regularizers import level_distance, weight_memory_bits
 
 __all__ = ["accuracy", "sign_eval", "weight_statistics", "memory_usage", "PROBES"]
 
@@ -76,9 +76,8 @@ def sign_eval(model: nn.Module, splits, batch_size: int = 100) -> dict:
     for q in _weight_quantizers(refit):
         q.eval_mode = "float"
     _reestimate_batchnorm(refit, splits, batch_size)
-    return {"test_acc_real_w": real, "test_acc_sign_w": sign, "test_acc_real_w_bn_refit": accuracy(refit,
-                                                                                                    splits.test,
-                                                                                                    splits)}
+    refit_accuracy = accuracy(refit, splits.test, splits)
+    return {"test_acc_real_w": real, "test_acc_sign_w": sign, "test_acc_real_w_bn_refit": refit_accuracy}
 
 
 @torch.no_grad()
@@ -89,14 +88,9 @@ def weight_statistics(model: nn.Module) -> dict:
         q = layer.weight_quantizer
         if q is None:
             continue
-        encoded = q.encode(layer.weight)
-        step = encoded.scale.float()
-        w = layer.weight.detach().float()
-        relative_error = ((w - encoded.dequantize()).abs() / step).reshape(-1)
-        ratio = (w / step).reshape(-1)
-        bits = int(encoded.bits)
+        relative_error, ratio, bits = level_distance(layer.weight, q)
         lo, hi = -(2 ** (bits - 1)) - 1.0, float(2 ** (bits - 1))  # one step beyond the signed code range
-        entry = {"bits": bits, "count": int(w.numel()), "mean_distance": float(relative_error.mean()),
+        entry = {"bits": bits, "count": int(ratio.numel()), "mean_distance": float(relative_error.mean()),
                  "near_level": float((relative_error <= 0.05).float().mean())}
         if bits <= 4:
             n_bins = int(round((hi - lo) / HIST_BIN))

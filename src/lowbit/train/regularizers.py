@@ -14,8 +14,8 @@ from torch import nn
 
 from ..convert import quantized_layers
 
-__all__ = ["BinRegularizer", "MemoryBudget", "build_regularizers", "weight_memory_bits", "activation_memory_bits",
-           "measure_activation_sizes", "bin_regularization"]
+__all__ = ["BinRegularizer", "MemoryBudget", "build_regularizers", "level_distance", "weight_memory_bits",
+           "activation_memory_bits", "measure_activation_sizes", "bin_regularization"]
 
 KB = 8 * 1024  # bits per kilobyte
 
@@ -56,19 +56,22 @@ class BinRegularizer:
     @torch.no_grad()
     def describe(self, model: nn.Module) -> dict:
         """Mean |w - Q(w)| / step and the fraction of weights within 0.05 step of a level (BR's sharpness)."""
-        distances, near = [], []
-        for _, layer in quantized_layers(model):
-            q = layer.weight_quantizer
-            if q is None:
-                continue
-            encoded = q.encode(layer.weight)
-            step = encoded.scale.float()
-            relative = ((layer.weight - encoded.dequantize()).abs() / step).reshape(-1)
-            distances.append(relative)
+        distances = [level_distance(layer.weight, layer.weight_quantizer)[0]
+                     for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
         if not distances:
             return {}
         relative = torch.cat(distances)
         return {"br_mean_distance": float(relative.mean()), "br_near_level": float((relative <= 0.05).float().mean())}
+
+
+@torch.no_grad()
+def level_distance(weight: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(|w - Q(w)| / s, w / s, bits)`` per weight (flattened), with ``s`` the quantizer's step: how far each latent
+    weight sits from its quantization level, in steps (0 on a level, 1/2 on a bin edge)."""
+    encoded = quantizer.encode(weight)
+    step = encoded.scale.float()
+    w = weight.detach().float()
+    return ((w - encoded.dequantize()).abs() / step).reshape(-1), (w / step).reshape(-1), int(encoded.bits)
 
 
 # ------------------------------------------------------------------------------------------ memory accounting
