@@ -55,8 +55,10 @@ class _RangeNorm(torch.autograd.Function):
         flat = x.reshape(n_batch, channels, -1)
         n = flat.shape[0] * flat.shape[2]
         mean = flat.mean(dim=(0, 2))
-        high_nc, high_idx = flat.max(dim=2)
-        low_nc, low_idx = flat.min(dim=2)
+        # Reductions without indices (on CPU, amax + amin are ~10x faster than max/min with indices and than
+        # aminmax along a dim); the extremes are located in backward, within the one sample per channel that
+        # holds them.
+        high_nc, low_nc = flat.amax(dim=2), flat.amin(dim=2)
         high, high_n = high_nc.max(dim=0)
         low, low_n = low_nc.min(dim=0)
         c_n = range_scale_constant(n)
@@ -65,16 +67,14 @@ class _RangeNorm(torch.autograd.Function):
         a = weight / sigma if weight is not None else 1.0 / sigma
         shift = -mean * a if bias is None else bias - mean * a
         y = torch.addcmul(shift[None, :, None], flat, a[None, :, None]).reshape(x.shape)
-        channel = torch.arange(channels, device=x.device)
-        ctx.save_for_backward(flat, mean, a, sigma, weight, high_n, high_idx[high_n, channel], low_n,
-                              low_idx[low_n, channel])
+        ctx.save_for_backward(flat, mean, a, sigma, weight, high_n, low_n)
         ctx.c_n, ctx.n, ctx.shape, ctx.quantizer = c_n, n, x.shape, grad_quantizer
         ctx.mark_non_differentiable(mean, scale)
         return y, mean, scale
 
     @staticmethod
     def backward(ctx, grad, _grad_mean, _grad_scale):
-        flat, mean, a, sigma, weight, high_n, high_l, low_n, low_l = ctx.saved_tensors
+        flat, mean, a, sigma, weight, high_n, low_n = ctx.saved_tensors
         if ctx.quantizer is not None:
             with torch.no_grad():
                 grad = ctx.quantizer(grad)
@@ -87,6 +87,8 @@ class _RangeNorm(torch.autograd.Function):
             gamma = weight if weight is not None else torch.ones_like(sigma)
             k = -ctx.c_n * gamma * sum_g_centered / sigma.square()
             channel = torch.arange(flat.shape[1], device=flat.device)
+            high_l = flat[high_n, channel].argmax(dim=1)  # (C, L) slice: the sample holding each channel's max
+            low_l = flat[low_n, channel].argmin(dim=1)
             grad_x.index_put_((high_n, channel, high_l), k, accumulate=True)
             grad_x.index_put_((low_n, channel, low_l), -k, accumulate=True)
             grad_x = grad_x.reshape(ctx.shape)
