@@ -52,6 +52,21 @@ def test_u3_partials_match_the_table(pow2_step):
     assert (got["d"].abs() <= 0.5 + 1e-12).all()
 
 
+def test_unsigned_u3_partials_clip_at_zero_and_q_max():
+    # unsigned grid [0, q_max]: below zero nothing depends on d or q_max; above q_max only q_max (dQ/dq_max = +1)
+    d, q_max = 0.25, 1.75
+    q = make("U3", role="activation", signed=False, d=d, q_max=q_max)
+    x = points().requires_grad_()
+    with torch.no_grad():
+        out = q(x)
+    inside = (x.detach() >= 0) & (x.detach() <= q_max)
+    got = partials(q, x.detach())
+    assert torch.allclose(got["d"], torch.where(inside, (out - x.detach()) / d, 0.0))
+    assert torch.equal(got["q_max"], (x.detach() > q_max).double())
+    q(x).sum().backward()
+    assert torch.equal(x.grad, inside.double())
+
+
 @pytest.mark.parametrize("pow2_step", [False, True])
 def test_u1_partials_match_the_table(pow2_step):
     b, d = 4.0, 0.25  # q_max = (2^3 - 1) d = 1.75
@@ -190,3 +205,26 @@ def test_frozen_scalars_get_no_gradient_and_keep_their_value():
     assert q.bits == 2
     with pytest.raises(ValueError, match="cannot freeze b"):
         build_quantizer({"type": "parametric", "parametrization": "U3", "frozen": ["b"]}, role="weight")
+
+
+@pytest.mark.parametrize("pow2_step", [False, True])
+@pytest.mark.parametrize("d_value, q_value", [(0.3, 1.7), (2.0, 1.7), (0.001, 0.5), (0.25, 0.25), (0.3, 0.1),
+                                              (0.3, 300.0)])
+def test_fused_u3_step_and_range_matches_autograd_through_the_composition(pow2_step, d_value, q_value):
+    # outside both boxes, q_max below d, a tie between q_max and d: the fused node must give autograd's gradients
+    from lowbit.quantizers.base import pow2_ste
+    from lowbit.quantizers.parametric import D_BOX, QMAX_BOX
+
+    q = make("U3", d=d_value, q_max=q_value, pow2_step=pow2_step)
+    d, q_max = q.step_and_range()
+    (2.0 * d + 3.0 * q_max).backward()
+
+    d_ref = torch.tensor(d_value, dtype=torch.float64, requires_grad=True)
+    q_ref = torch.tensor(q_value, dtype=torch.float64, requires_grad=True)
+    d_used = torch.clamp(d_ref, *D_BOX)
+    d_used = pow2_ste(d_used) if pow2_step else d_used
+    q_used = torch.maximum(torch.clamp(q_ref, *QMAX_BOX["weight"]), d_used)
+    (2.0 * d_used + 3.0 * q_used).backward()
+
+    assert d.item() == d_used.item() and q_max.item() == q_used.item()
+    assert torch.allclose(q.d.grad, d_ref.grad) and torch.allclose(q.q_max.grad, q_ref.grad)

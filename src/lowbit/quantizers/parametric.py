@@ -88,15 +88,48 @@ class _ClipRoundFunction(torch.autograd.Function):
     def backward(ctx, grad):
         s, q, d, high = ctx.saved_tensors
         c = s.clamp_min(-high).clamp_max_(high) if ctx.signed else s.clamp(min=0.0).clamp_max_(high)
-        grad_outside = grad * (s - c).abs_().sign_()  # the gradient where x lies outside the range (no bool mask)
+        # the gradient where x lies outside the range: grad * sign(|s - c|), float kernels only (no bool mask)
+        grad_outside = (s - c).abs_().sign_().mul_(grad)
         grad_x = grad - grad_outside
-        flat_g = grad.reshape(-1)
+        flat_g, flat_c = grad.reshape(-1), c.reshape(-1)
         # dQ/dd = round(c/d) - c/d (STE through round), in step units: q - c
-        grad_d = torch.dot(flat_g, q.reshape(-1)) - torch.dot(flat_g, c.reshape(-1))
-        # dQ/dq_max = +1 above the range, -1 below it (signed); unsigned: +1 above, nothing below zero
-        direction = torch.sign(s) if ctx.signed else s.clamp(min=0.0).sign_()
-        grad_q = torch.dot(grad_outside.reshape(-1), direction.reshape(-1))
+        grad_d = torch.dot(flat_g, q.reshape(-1)) - torch.dot(flat_g, flat_c)
+        # dQ/dq_max = +1 above the range, -1 below it (signed), 0 below zero (unsigned): outside the range that is
+        # c / high, since there c is +-high, or 0 for the unsigned lower bound
+        grad_q = torch.dot(grad_outside.reshape(-1), flat_c) / high
         return grad_x, grad_d.reshape(d.shape), grad_q.reshape(high.shape), None
+
+
+class _U3StepRange(torch.autograd.Function):
+    """U3's ``(d, q_max)`` from its learned scalars, as one autograd node::
+
+        d = pow2(clip(d_param, D_BOX))   (or clip only),       q_max = max(clip(q_param, box), d)
+
+    Backward is what autograd through ``clamp``, the straight-through ``pow2`` (``d pow2(v)/dv = pow2(v)/v``) and
+    ``maximum`` (ties split the gradient in halves) gives, in a handful of 0-dim kernels instead of about twenty:
+    these scalars are recomputed in every forward and for every memory-budget evaluation, so their per-op dispatch
+    cost, not arithmetic, is what they cost.
+    """
+
+    @staticmethod
+    def forward(ctx, d_param, q_param, d_box, q_box, pow2: bool):
+        d_clipped = d_param.clamp(*d_box)
+        d = torch.exp2(torch.round(torch.log2(d_clipped))) if pow2 else d_clipped
+        q_clipped = q_param.clamp(*q_box)
+        q_max = torch.maximum(q_clipped, d)
+        ctx.save_for_backward(d_param, q_param, d_clipped, d, q_clipped)
+        ctx.boxes = (d_box, q_box)
+        return d, q_max
+
+    @staticmethod
+    def backward(ctx, grad_d, grad_q):
+        d_param, q_param, d_clipped, d, q_clipped = ctx.saved_tensors
+        (d_low, d_high), (q_low, q_high) = ctx.boxes
+        share_q = (torch.sign(q_clipped - d) + 1) * 0.5  # maximum's gradient split: 1, 1/2 at a tie, 0
+        grad_d_used = grad_d + grad_q * (1 - share_q)
+        grad_d_param = grad_d_used * (d / d_clipped) * ((d_param >= d_low) & (d_param <= d_high))
+        grad_q_param = grad_q * share_q * ((q_param >= q_low) & (q_param <= q_high))
+        return grad_d_param, grad_q_param, None, None, None
 
 
 class _Pow2Function(torch.autograd.Function):
@@ -230,8 +263,7 @@ class ParametricUniformQuantizer(_ParametricBase):
             n = self._n_bits()
             q_max = torch.clamp(self.q_max, *self.qmax_box)
             return self._snap(q_max / self._levels_per_side(n)), q_max
-        d = self._snap(torch.clamp(self.d, *D_BOX))
-        return d, torch.maximum(torch.clamp(self.q_max, *self.qmax_box), d)
+        return _U3StepRange.apply(self.d, self.q_max, D_BOX, self.qmax_box, self.pow2_step)
 
     def step_value(self) -> torch.Tensor:
         return self.step_and_range()[0].detach()
