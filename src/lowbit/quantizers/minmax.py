@@ -130,7 +130,7 @@ class MinMaxQuantizer(Quantizer):
         if self.granularity == "tensor" or x.dim() < 2:
             return torch.aminmax(x)
         rows = x.reshape(x.shape[0], -1)
-        low, high = rows.amin(dim=1), rows.amax(dim=1)  # on CPU ~10x faster than aminmax(dim=1)
+        low, high = rows.amin(dim=1), rows.amax(dim=1)  # on CPU much faster than aminmax(dim=1)
         if self.granularity == "sample":
             return low.mean(), high.mean()
         shape = (-1,) + (1,) * (x.dim() - 1)
