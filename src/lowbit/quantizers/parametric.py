@@ -68,8 +68,8 @@ class _ClipRoundFunction(torch.autograd.Function):
 
     Computed in units of the step, ``s = x / d`` clipped to ``[lo/d, q_max/d]``: division is monotonic, so this is
     bit-for-bit ``clip(x)/d`` (what ``encode`` computes), and the same two saved tensors as LSQ serve the backward.
-    Bounds are 0-dim tensors (no host sync on accelerators); ``clamp_min``/``clamp_max`` with tensor bounds are
-    several times faster on CPU than ``clamp(x, lo, hi)``.
+    Bounds are 0-dim tensors (no host sync on accelerators), applied with ``clamp_min``/``clamp_max``, which on CPU
+    are faster than ``clamp(x, lo, hi)`` with tensor bounds.
     """
 
     @staticmethod
