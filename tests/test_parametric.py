@@ -228,3 +228,21 @@ def test_fused_u3_step_and_range_matches_autograd_through_the_composition(pow2_s
 
     assert d.item() == d_used.item() and q_max.item() == q_used.item()
     assert torch.allclose(q.d.grad, d_ref.grad) and torch.allclose(q.q_max.grad, q_ref.grad)
+
+
+@pytest.mark.parametrize("parametrization, values", [("U3", {"d": 0.1, "q_max": 1.33}), ("U3", {"d": 0.25, "q_max": 7.9}),
+                                                     ("U1", {"b": 5.3, "d": 0.06}), ("U2", {"b": 3.0, "q_max": 2.2})])
+def test_inferred_bits_node_matches_autograd_through_the_straight_through_composition(parametrization, values):
+    from lowbit.quantizers.base import ceil_ste, round_ste
+
+    q = make(parametrization, pow2_step=False, **values)
+    q.bit_width().backward()
+    got = {name: getattr(q, name).grad.clone() for name in q.learned_names}
+
+    q.zero_grad()
+    d, q_max = q.step_and_range()
+    reference = ceil_ste(torch.log2(round_ste(q_max / d) + 1)) + 1
+    reference.backward()
+    assert q.bit_width().item() == reference.item()
+    for name in q.learned_names:
+        assert torch.allclose(got[name], getattr(q, name).grad), name

@@ -61,6 +61,7 @@ QMIN_BOX = (2.0**-15, 256.0)
 QMAX_BOX = {"weight": (2.0**-8, 127.0), "bias": (2.0**-8, 127.0), "activation": (2.0**-8, 255.0)}
 B_BOX = {"weight": (2.0, 8.0), "bias": (2.0, 8.0), "activation": (1.0, 8.0)}
 SQRT_HALF = math.sqrt(0.5)
+LN2 = math.log(2.0)
 
 
 class _ClipRoundFunction(torch.autograd.Function):
@@ -130,6 +131,27 @@ class _U3StepRange(torch.autograd.Function):
         grad_d_param = grad_d_used * (d / d_clipped) * ((d_param >= d_low) & (d_param <= d_high))
         grad_q_param = grad_q * share_q * ((q_param >= q_low) & (q_param <= q_high))
         return grad_d_param, grad_q_param, None, None, None
+
+
+class _UniformBits(torch.autograd.Function):
+    """``b = ceil(log2(round(q_max/d) + 1)) + signed`` with straight-through ceil and round, as one autograd node.
+
+    Backward (the STEs pass the gradient of ``log2(q_max/d + 1)`` taken at the rounded ratio ``r``)::
+
+        db/dq_max = 1 / ((r + 1) ln 2 · d),        db/dd = -q_max / ((r + 1) ln 2 · d^2)
+    """
+
+    @staticmethod
+    def forward(ctx, d, q_max, signed: int):
+        ratio = torch.round(q_max / d)
+        ctx.save_for_backward(d, q_max, ratio)
+        return torch.ceil(torch.log2(ratio + 1)) + signed
+
+    @staticmethod
+    def backward(ctx, grad):
+        d, q_max, ratio = ctx.saved_tensors
+        grad_ratio = grad / ((ratio + 1) * (LN2 * d))
+        return -grad_ratio * q_max / d, grad_ratio, None
 
 
 class _Pow2Function(torch.autograd.Function):
@@ -270,7 +292,7 @@ class ParametricUniformQuantizer(_ParametricBase):
 
     def bit_width(self) -> torch.Tensor:
         d, q_max = self.step_and_range()
-        return ceil_ste(torch.log2(round_ste(q_max / d) + 1)) + int(self._signed)
+        return _UniformBits.apply(d, q_max, int(self._signed))
 
     # ------------------------------------------------------------------------------------ initialisation
     def reset_parameters_from(self, x: torch.Tensor) -> None:
