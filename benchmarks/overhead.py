@@ -19,7 +19,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -262,7 +264,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         rounds = f"{min(row['per_round_ms']):.1f}-{max(row['per_round_ms']):.1f}"
         print(f"{row['config']:<42} {row['ms_per_step']:8.1f} {row['ratio']:8.2f} {target:>7}  {rounds}")
 
-    result = {"command": "python benchmarks/overhead.py" + (" --compile" if args.compile else ""),
+    given = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join(["python benchmarks/overhead.py", *map(shlex.quote, given)]),
               "batch": args.batch, "threads": args.threads, "rounds": args.rounds, "steps_per_round": args.steps,
               "warmup_steps": args.warmup, "stable_allocator": allocator, "torch": torch.__version__,
               "machine": platform.machine(), "cpu_count": os.cpu_count(), "rows": rows,

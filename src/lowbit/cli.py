@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="changes", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                        help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)")
     train.add_argument("--device", default="cpu")
-    train.add_argument("--compile", action="store_true", help="torch.compile the training step (slower start, "
-                                                              "faster steps on long runs)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the training step (compiles during "
+                                                              "the first steps; on a CPU measured no faster than "
+                                                              "eager, see docs/training.md)")
     train.add_argument("--train-subset", type=positive_int, help="use only this many training samples")
     train.add_argument("--test-subset", type=positive_int, help="use only this many test samples")
     train.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
