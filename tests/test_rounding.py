@@ -1,5 +1,6 @@
 """Rounding: unbiasedness and variance bound of stochastic rounding (Li & De), ties, reproducible noise."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,16 +54,24 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "fc1", "weight") != derive_seed(1, "fc1", "weight")
 
 
-def test_split_12_bit_noise_is_uniform_independent_and_nearly_unbiased():
-    source = NoiseSource(seed=3, resolution_bits=12)
+def test_16_bit_noise_is_uniform_independent_and_nearly_unbiased():
+    source = NoiseSource(seed=3)
     u = source.uniform_like(torch.zeros(400_001))
     assert u.shape == (400_001,) and 0 < u.min() and u.max() < 1
-    levels = torch.round(u * 4096 - 0.5)
-    assert torch.equal(levels, u * 4096 - 0.5)  # on the 12-bit grid (j + 1/2) / 4096
+    codes = u * 65536 - 0.5
+    assert torch.equal(torch.round(codes), codes)  # on the 16-bit grid (k + 1/2) / 2^16
     assert abs(u.mean().item() - 0.5) < 2e-3 and abs(u.var().item() - 1 / 12) < 2e-3
-    half = 200_001  # u[i] and u[half + i] are the high and low bits of the same 24-bit draw: independent
-    assert abs(torch.corrcoef(torch.stack([u[:half - 1], u[half:2 * half - 1]]))[0, 1].item()) < 0.01
-    # stochastic rounding with it: P(up) within 2^-13 of the fraction
+    # neighbours are different 16-bit fields of one 64-bit word, or of consecutive words: uncorrelated
+    assert abs(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].item()) < 0.01
+    # stochastic rounding with it: P(up) within 2^-17 of the fraction
     x = torch.full((400_000,), 7.3)
-    up = (stochastic_round(x, NoiseSource(seed=1, resolution_bits=12)) == 8).float().mean().item()
+    up = (stochastic_round(x, NoiseSource(seed=1)) == 8).float().mean().item()
     assert abs(up - 0.3) < 0.005
+
+
+def test_noise_resolution_is_validated_and_24_bit_noise_uses_torch():
+    with pytest.raises(ValueError, match="16 or 24"):
+        NoiseSource(resolution_bits=12)
+    a, b = NoiseSource(seed=5, resolution_bits=24), NoiseSource(seed=5, resolution_bits=24)
+    assert torch.equal(a.uniform_like(torch.zeros(100)), b.uniform_like(torch.zeros(100)))
+

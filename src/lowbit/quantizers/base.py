@@ -70,9 +70,7 @@ class Quantizer(nn.Module):
         self.role = role
         self.rounding = Rounding.parse(rounding)
         self.eval_mode = eval_mode
-        # gradients are large tensors re-quantized every step: their noise uses the cheaper 12-bit draws
-        resolution = 12 if role == "gradient" else 24
-        self.noise = NoiseSource(seed, resolution) if self.rounding is Rounding.STOCHASTIC else None
+        self.noise = NoiseSource(seed) if self.rounding is Rounding.STOCHASTIC else None
         # Data-dependent initialisation (LSQ step, Uhlich ranges) happens once; the flag is a buffer so a loaded
         # checkpoint is not re-initialised, and mirrored in a Python bool so the hot path does not read a tensor.
         self.register_buffer("initialized", torch.tensor(False), persistent=True)
