@@ -122,7 +122,9 @@ class NoiseSource:
 
     def _uniform16(self, x: torch.Tensor) -> torch.Tensor:
         n = x.numel()
-        words = self._word_generator().random_raw((n + 3) // 4)  # uint64, four 16-bit fields each
+        # NumPy work is invisible to torch.profiler unless labelled
+        with torch.profiler.record_function("lowbit::pcg64dxsm_words"):
+            words = self._word_generator().random_raw((n + 3) // 4)  # uint64, four 16-bit fields each
         codes = torch.from_numpy(words.view(np.uint16)[:n])
         # (k + 1/2) / 2^16, exact in float32; copy_ converts uint16 quickly where arithmetic on it does not
         uniform = torch.empty(x.shape, dtype=torch.float32).copy_(codes.view(x.shape))
