@@ -246,3 +246,41 @@ def test_inferred_bits_node_matches_autograd_through_the_straight_through_compos
     assert q.bit_width().item() == reference.item()
     for name in q.learned_names:
         assert torch.allclose(got[name], getattr(q, name).grad), name
+
+
+def _pow2_reference(x, q_min, q_max, signed, with_zero):
+    """The power-of-two quantizer and nnabla's gradients written plainly with boolean masks (the specification
+    the fused ``_Pow2Function`` must reproduce)."""
+    x = x if signed else torch.relu(x)
+    a, s = x.abs(), torch.sign(x)
+    p = torch.exp2(torch.copysign(torch.floor(torch.log2(a).abs() + 0.5), torch.log2(a)))
+    mag = torch.clamp(p, q_min, q_max)
+    if with_zero:
+        mag = torch.where(a < q_min * math.sqrt(0.5), 0.0, mag)
+    low = a < q_min
+    if with_zero:
+        low = low & (a >= q_min * math.sqrt(0.5))
+    high = a >= q_max
+    middle = (a >= q_min) & ~high
+    grad_x_factor = torch.where(middle, p / a.clamp_min(1e-30), 0.0)
+    return s * mag, grad_x_factor, torch.where(low, s, 0.0), torch.where(high, s, 0.0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("with_zero", [True, False])
+def test_fused_pow2_quantizer_matches_its_plain_specification(signed, with_zero):
+    from lowbit.quantizers.parametric import _Pow2Function
+
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(5000, dtype=torch.float64) * 0.3, torch.tensor([0.0, 2**-3, 2**-4, 1.0, -1.0, 3.0],
+                                                                          dtype=torch.float64)])
+    q_min = torch.tensor(2.0**-4, dtype=torch.float64, requires_grad=True)
+    q_max = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    x.requires_grad_()
+    grad = torch.randn_like(x)
+    out = _Pow2Function.apply(x, q_min, q_max, signed, with_zero)
+    out.backward(grad)
+    expected, factor, to_min, to_max = _pow2_reference(x.detach(), q_min.detach(), q_max.detach(), signed, with_zero)
+    assert torch.equal(out.detach(), expected)
+    assert torch.allclose(x.grad, grad * factor)
+    assert torch.allclose(q_min.grad, (grad * to_min).sum()) and torch.allclose(q_max.grad, (grad * to_max).sum())
