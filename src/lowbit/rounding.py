@@ -67,7 +67,8 @@ class NoiseSource:
     single-threaded Mersenne Twister at a few ns per number, which made drawing the noise the largest cost of
     stochastic rounding on big tensors (Banner's 8-bit gradients), while PCG64DXSM costs about 2 ns per 64-bit word,
     i.e. 0.5 ns per uniform. Stochastic rounding with it rounds up with a probability within ``2^-17`` of the exact
-    one. On other devices it uses torch's generator there (``torch.rand``, 24 bits), which is fast on GPUs.
+    one. On other devices, and for half-precision tensors, it uses torch's generator (``torch.rand``), which is
+    fast on GPUs.
     ``resolution_bits=24`` always uses ``torch.rand`` with a lazily created ``torch.Generator``.
 
     Inside ``torch.compile`` the noise comes from torch's global generator instead (seeded by the trainer from the
@@ -116,8 +117,8 @@ class NoiseSource:
         """``u ~ U(0, 1)`` with the shape, dtype and device of ``x``."""
         if torch.compiler.is_compiling():
             return torch.rand_like(x)
-        if self.resolution_bits == 16 and x.device.type == "cpu":
-            return self._uniform16(x)
+        if self.resolution_bits == 16 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+            return self._uniform16(x)  # (half-precision types would round the largest values up to 1.0)
         return torch.rand(x.shape, generator=self.generator(x.device), dtype=x.dtype, device=x.device)
 
     def _uniform16(self, x: torch.Tensor) -> torch.Tensor:
