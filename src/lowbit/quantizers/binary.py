@@ -20,13 +20,16 @@ __all__ = ["BinaryQuantizer"]
 
 
 class _BinarizeSTE(torch.autograd.Function):
-    """Forward ``+H where w > threshold else -H`` as ``copysign(H, w - threshold)``; backward identity."""
+    """Forward ``+H where w >= threshold else -H`` as ``H sign(sign(w - threshold) + 1/2)``; backward identity.
+
+    The outer sign maps sign(0) = 0 (and -0.0) to +1: two cheap in-place kernels after one ``sign``.
+    """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, threshold, scale: float) -> torch.Tensor:
-        # deterministic: threshold 0 with sign(0) = +1; adding +0.0 turns -0.0 into +0.0 before copysign
-        shifted = w.add(0.0) if threshold is None else w - threshold
-        return torch.copysign(torch.tensor(scale, dtype=w.dtype, device=w.device), shifted)
+        signs = torch.sign(w) if threshold is None else torch.sub(w, threshold).sign_()
+        signs.add_(0.5).sign_()
+        return signs if scale == 1.0 else signs.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
