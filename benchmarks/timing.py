@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from typing import Callable
 
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
+from lowbit.allocator import keep_large_allocations
 
 
 def stable_allocator() -> bool:
-    """Keep glibc from returning large blocks to the OS after every free.
+    """Keep glibc from returning large blocks to the OS after every free (``lowbit.allocator``), always.
 
-    By default glibc serves multi-MB tensors with fresh ``mmap`` pages and unmaps them on free, so each new tensor
-    pays page faults, and how often depends on glibc's adaptive thresholds: timings of the same op then vary by
-    10x between runs. Pinning both thresholds high makes every configuration pay the same (small) allocation cost.
-    Returns False where glibc is not available (timings are then noisier).
+    Otherwise each new multi-MB tensor pays page faults, and how often depends on glibc's adaptive thresholds:
+    timings of the same op then vary by 10x between runs. Returns False where glibc is not available (timings are
+    then noisier).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    return keep_large_allocations(respect_opt_out=False)
 
 
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:

@@ -13,12 +13,15 @@ from typing import Optional, Sequence
 import yaml
 
 from . import __version__
+from .allocator import keep_large_allocations
 from .argtypes import non_negative_int, positive_float, positive_int
 from .export.command import add_export_parser, cmd_export
 from .reproduce.command import add_reproduce_parser, cmd_reproduce
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+# commands that train or run models: large tensors allocated and freed over and over
+ALLOCATING_COMMANDS = ("train", "eval", "reproduce")
 
 
 def _assignment(text: str) -> tuple[str, object]:
@@ -209,6 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .recipes import RecipeError
     from .train import CheckpointError, TrainingDiverged
 
+    if args.command in ALLOCATING_COMMANDS:
+        keep_large_allocations()  # reuse freed tensor memory instead of fresh pages every step (lowbit.allocator)
     try:
         return COMMANDS[args.command](args)
     except TrainingDiverged as error:

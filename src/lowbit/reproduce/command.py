@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..allocator import keep_large_allocations
 from ..argtypes import positive_int
 
 __all__ = ["add_reproduce_parser", "cmd_reproduce", "build_parser", "main"]
@@ -139,6 +140,7 @@ def _canonical_command(args: argparse.Namespace) -> str:
 def main(argv=None) -> int:
     """Entry point of ``benchmarks/reproduce.py`` (errors as one line, like the ``lowbit`` command)."""
     args = build_parser().parse_args(argv)
+    keep_large_allocations()  # as the lowbit command does for training processes (lowbit.allocator)
     try:
         return cmd_reproduce(args)
     except (ValueError, FileNotFoundError) as error:
