@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python benchmarks/allocator.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
+    given = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join(["python benchmarks/allocator.py", *map(shlex.quote, given)]),
               "data": args.data, "train_subset": args.train_subset, "repeats": args.repeats,
               "torch": torch.__version__, "cpu_count": os.cpu_count(), "rows": rows}
     (out / "allocator.json").write_text(json.dumps(result, indent=1))

@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..rounding import round_half_away
+from ..rounding import at_least, round_half_away
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
 
@@ -64,6 +64,11 @@ SQRT_HALF = math.sqrt(0.5)
 LN2 = math.log(2.0)
 
 
+def _clip_steps(s: torch.Tensor, high: torch.Tensor, signed: bool) -> torch.Tensor:
+    """``s`` clipped to ``[-high, high]`` (signed) or ``[0, high]``, as a new tensor."""
+    return s.clamp_min(-high).clamp_max_(high) if signed else s.clamp(min=0.0).clamp_max_(high)
+
+
 class _ClipRoundFunction(torch.autograd.Function):
     """``Q = d * round(clip(x, lo, q_max) / d)`` with closed-form gradients for x, d and q_max.
 
@@ -76,9 +81,8 @@ class _ClipRoundFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, d, q_max, signed: bool):
         high = q_max / d
-        low = -high if signed else None
         s = x / d
-        c = s.clamp_min(low).clamp_max_(high) if signed else s.clamp(min=0.0).clamp_max_(high)
+        c = _clip_steps(s, high, signed)
         # round half away from zero; for c >= 0 that is floor(c + 1/2)
         q = round_half_away(c) if signed else c.add_(0.5).floor_()
         ctx.save_for_backward(s, q, d, high)
@@ -88,7 +92,7 @@ class _ClipRoundFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         s, q, d, high = ctx.saved_tensors
-        c = s.clamp_min(-high).clamp_max_(high) if ctx.signed else s.clamp(min=0.0).clamp_max_(high)
+        c = _clip_steps(s, high, ctx.signed)
         # the gradient where x lies outside the range: grad * sign(|s - c|), float kernels only (no bool mask)
         grad_outside = (s - c).abs_().sign_().mul_(grad)
         grad_x = grad - grad_outside
@@ -154,12 +158,6 @@ class _UniformBits(torch.autograd.Function):
         return -grad_ratio * q_max / d, grad_ratio, None
 
 
-def _at_least(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """1.0 where ``x >= bound``, else 0.0, from float kernels (``(sign(x - bound) + 1)`` capped at 1): on CPU
-    much faster than a bool mask consumed by ``where`` or ``masked_fill_``."""
-    return torch.sub(x, bound).sign_().add_(1.0).clamp_max_(1.0)
-
-
 class _Pow2Function(torch.autograd.Function):
     """Power-of-two quantization with nnabla's gradients: ``|Q|/|x|`` in the rounding region, ``sign(x)`` to the
     bound that clips (q_min below, q_max above), nothing through the zero region.
@@ -176,7 +174,7 @@ class _Pow2Function(torch.autograd.Function):
         a = x.abs()
         mag = torch.exp2(round_half_away(torch.log2(a))).clamp_min_(q_min).clamp_max_(q_max)
         if with_zero:
-            mag.mul_(_at_least(a, q_min * SQRT_HALF))  # |x| < q_min / sqrt(2) rounds to the zero code
+            mag.mul_(at_least(a, q_min * SQRT_HALF))  # |x| < q_min / sqrt(2) rounds to the zero code
         ctx.save_for_backward(x, mag, q_min, q_max)
         ctx.with_zero = with_zero
         return torch.sign(x).mul_(mag)
@@ -185,14 +183,14 @@ class _Pow2Function(torch.autograd.Function):
     def backward(ctx, grad):
         x, mag, q_min, q_max = ctx.saved_tensors
         a = x.abs()
-        above_min = _at_least(a, q_min)
-        high = _at_least(a, q_max)
+        above_min = at_least(a, q_min)
+        high = at_least(a, q_max)
         # |Q|/|x| in the rounding region q_min <= |x| < q_max; |x| >= q_min > 0 there, the clamp only keeps the
         # masked-out values finite. Unsigned: x was passed through a ReLU, so x <= 0 has |x| = 0 and sign 0.
         grad_x = (grad * mag).div_(a.clamp_min(1e-30)).mul_(above_min - high)
         low = 1.0 - above_min
         if ctx.with_zero:
-            low.mul_(_at_least(a, q_min * SQRT_HALF))
+            low.mul_(at_least(a, q_min * SQRT_HALF))
         gs = (grad * torch.sign(x)).reshape(-1)
         grad_qmin = torch.dot(gs, low.reshape(-1))
         grad_qmax = torch.dot(gs, high.reshape(-1))
