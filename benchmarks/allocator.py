@@ -30,7 +30,7 @@ MODES = {"lowbit policy (1 GB thresholds)": {}, "glibc defaults": {OPT_OUT_VARIA
 
 
 def train_seconds(recipe: str, env_extra: dict, args, out: Path) -> float:
-    command = [sys.executable, "-m", "lowbit.cli", "train", "--recipe", recipe, "--data", args.data,
+    command = [sys.executable, "-m", "lowbit", "train", "--recipe", recipe, "--data", args.data,
                "--epochs", "1", "--pretrain-epochs", "0", "--train-subset", str(args.train_subset),
                "--test-subset", "2000", "--out", str(out), "--no-progress", "--quiet"]
     start = time.perf_counter()

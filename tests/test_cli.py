@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lowbit.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "lowbit", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_train_then_eval_summary_plot(tmp_path, capsys):
@@ -60,3 +60,20 @@ def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(args, fragment)
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error_lines) == 1 and fragment in error_lines[0]
+
+
+def test_a_bug_is_not_disguised_as_a_usage_error(monkeypatch):
+    """Only lowbit's own errors become one-line messages; anything else is a bug and keeps its traceback."""
+    from lowbit.cli import recipes
+
+    def broken(args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(recipes, "run", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["recipes"])
+
+
+def test_python_dash_m_lowbit_runs_the_command_line():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("lowbit ")

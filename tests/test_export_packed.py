@@ -1,7 +1,6 @@
 """Packed model files: every shipped recipe round-trips to bit-identical eval outputs, the file is the size of its
 bits, and bad input fails with a clear message."""
 
-import argparse
 import json
 import struct
 
@@ -13,10 +12,11 @@ from lowbit.data import BatchLoader, load_dataset
 from lowbit.export import (ExportError, FrozenCodes, PackedFileError, export_checkpoint, load_packed, packed_info,
                            read_packed_header, save_packed)
 from lowbit.export.bitpack import packed_nbytes
-from lowbit.export.command import add_export_parser, cmd_export
+from lowbit.cli import main as lowbit_main
 from lowbit.export.encode import as_exported
-from lowbit.train import CheckpointError, TrainConfig, load_checkpoint, restore_model, run
-from lowbit.train.checkpoint import save_checkpoint
+from lowbit.errors import CheckpointError
+from lowbit.runs import load_checkpoint
+from lowbit.train import TrainConfig, run
 
 QUANTIZING = [r.name for r in lowbit.list_recipes() if r.name != "fp32"]
 
@@ -39,8 +39,7 @@ def digits_test():
 def test_every_recipe_round_trips_bit_for_bit(recipe, tmp_path, digits_test):
     run_dir = train_briefly(recipe, tmp_path / "run")
     result = export_checkpoint(run_dir, "packed")
-    state = load_checkpoint(run_dir)
-    trained = as_exported(restore_model(state))  # BC-stoch: the sign(W) network it ships (see the notes)
+    trained = as_exported(load_checkpoint(run_dir).restore_model())  # BC-stoch: the sign(W) network it ships (see the notes)
     rebuilt = load_packed(result.path)
     with torch.no_grad():
         assert torch.equal(trained(digits_test), rebuilt(digits_test))
@@ -103,21 +102,22 @@ def test_float_checkpoints_are_refused_with_the_fix(tmp_path):
     run_dir = train_briefly("fp32", tmp_path / "fp32")
     with pytest.raises(ExportError, match="quantizes nothing.*train with a quantizing recipe"):
         export_checkpoint(run_dir, "packed")
-    state = load_checkpoint(run_dir)
-    state.update(quantized=False, phase="pretrain")
-    save_checkpoint(tmp_path / "pretrain.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    checkpoint = load_checkpoint(run_dir)
+    checkpoint.quantized, checkpoint.phase = False, "pretrain"
+    checkpoint.save(tmp_path / "pretrain.safetensors")
     with pytest.raises(ExportError, match="float pre-training"):
-        export_checkpoint(tmp_path / "pretrain.pt", "onnx")
+        export_checkpoint(tmp_path / "pretrain.safetensors", "onnx")
     with pytest.raises(ExportError, match="no quantized layers"):
-        save_packed(restore_model(load_checkpoint(run_dir)), tmp_path / "x.safetensors", recipe={})
+        save_packed(load_checkpoint(run_dir).restore_model(), tmp_path / "x.safetensors", recipe={})
 
 
-def test_checkpoints_of_another_version_are_refused(tmp_path):
-    state = load_checkpoint(train_briefly("bc-det", tmp_path / "run"))
-    state["version"] = 99
-    torch.save(state, tmp_path / "future.pt")
+def test_checkpoints_of_another_version_are_refused(tmp_path, monkeypatch):
+    checkpoint = load_checkpoint(train_briefly("bc-det", tmp_path / "run"))
+    monkeypatch.setattr("lowbit.runs.VERSION", 99)
+    checkpoint.save(tmp_path / "future.safetensors")
+    monkeypatch.undo()
     with pytest.raises(CheckpointError, match="format version 99"):
-        export_checkpoint(tmp_path / "future.pt", "packed")
+        export_checkpoint(tmp_path / "future.safetensors", "packed")
 
 
 def _rewrite_header(path, change):
@@ -141,7 +141,7 @@ def test_foreign_and_other_version_packed_files_are_refused(tmp_path):
     with pytest.raises(PackedFileError, match="format version 2.*reads version 1"):
         load_packed(path)
     with pytest.raises(PackedFileError, match="not a lowbit packed file"):
-        load_packed(tmp_path / "run" / "last.pt")
+        load_packed(tmp_path / "run" / "last.safetensors")
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(PackedFileError, match="not a lowbit packed file"):
         load_packed(tmp_path / "empty")
@@ -150,9 +150,7 @@ def test_foreign_and_other_version_packed_files_are_refused(tmp_path):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="lowbit")
-    add_export_parser(parser.add_subparsers(dest="command"))
-    return cmd_export(parser.parse_args(argv))
+    return lowbit_main(argv)
 
 
 def test_command_line_writes_and_verifies(tmp_path, capsys):
@@ -161,8 +159,8 @@ def test_command_line_writes_and_verifies(tmp_path, capsys):
     assert _cli(["export", str(run_dir), "--out", str(out), "--verify"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "identical on 359/359" in printed
-    assert _cli(["export", str(run_dir / "last.pt"), "--json"]) == 0
+    assert _cli(["export", str(run_dir / "last.safetensors"), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["path"].endswith("last.packed.safetensors") and payload["format"] == "packed"
-    with pytest.raises(ExportError, match="packed file already"):
-        _cli(["export", str(out)])
+    assert _cli(["export", str(out)]) == 2
+    assert "packed file already" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lowbit.errors import ConfigError
 from lowbit.models import MODELS, PadShortcut, build_model
 
 # (model, input shape, num_classes, options): the inputs each architecture is meant for.
@@ -162,7 +163,7 @@ def test_errors_name_the_problem():
         build_model("alexnet", (3, 32, 32), 10)
     for name in MODELS:
         assert name in str(info.value)
-    with pytest.raises(TypeError, match="'depht'.*valid options: hidden, depth, output_bn"):
+    with pytest.raises(ConfigError, match="'depht'.*valid options: hidden, depth, output_bn"):
         build_model("mlp", (1, 28, 28), 10, depht=2)
     with pytest.raises(ValueError, match="hidden"):
         build_model("mlp", (1, 28, 28), 10, hidden=0)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, run
+from lowbit.runs import load_checkpoint
+from lowbit.train import TrainConfig, Trainer, TrainingDiverged, run
 
 pytestmark = pytest.mark.slow
 
@@ -93,9 +94,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match="loss became nan in train epoch 2") as info:
         trainer.fit()
     assert "last good checkpoint" in str(info.value) and "--lr" in str(info.value)
-    kept = load_checkpoint(tmp_path / "last.pt")
-    assert kept["epoch"] == 0  # the epoch-1 checkpoint, intact
-    assert all(torch.isfinite(v).all() for v in kept["model_state"].values() if isinstance(v, torch.Tensor)
+    kept = load_checkpoint(tmp_path / "last.safetensors")
+    assert kept.epoch == 0  # the epoch-1 checkpoint, intact
+    assert all(torch.isfinite(v).all() for v in kept.model_state.values() if isinstance(v, torch.Tensor)
                and v.is_floating_point())
 
 

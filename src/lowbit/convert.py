@@ -20,6 +20,7 @@ from .quantizers import build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .recipes.schema import SLOT_NAMES
 from .rounding import derive_seed
+from .errors import ConfigError
 
 __all__ = ["quantize", "quantized_layers", "quantizers_of", "layer_plan"]
 
@@ -81,7 +82,7 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
     """
     recipe = load_recipe(recipe)
     if any(isinstance(m, QuantizedLayer) for m in model.modules()):
-        raise ValueError("the model already contains quantized layers; quantize the float model instead")
+        raise ConfigError("the model already contains quantized layers; quantize the float model instead")
     if not inplace:
         model = copy.deepcopy(model)
     for name, slots in layer_plan(model, recipe).items():

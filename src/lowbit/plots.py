@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -13,15 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .convert import quantized_layers  # noqa: E402
+from .runs import RunFiles, load_checkpoint  # noqa: E402
+from .errors import ConfigError
 
-__all__ = ["plot_run", "plot_curves", "plot_bits", "plot_weight_histograms", "read_history"]
-
-
-def read_history(run_dir: Union[str, Path]) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no training log {str(path)!r}: give a directory written by 'lowbit train --out'")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+__all__ = ["plot_run", "plot_curves", "plot_bits", "plot_weight_histograms"]
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
@@ -53,7 +48,7 @@ def plot_bits(history: list[dict], path: Path, title: str = "") -> Path:
     """Per-layer weight and activation bits: final values as bars, and their evolution when they change."""
     records = [r for r in history if "bits" in r]
     if not records:
-        raise ValueError("the run has no quantized epochs to plot bit widths for")
+        raise ConfigError("the run has no quantized epochs to plot bit widths for")
     final = records[-1]["bits"]
     names = list(final)
     evolves = any(r["bits"] != final for r in records)
@@ -91,7 +86,7 @@ def plot_weight_histograms(model: torch.nn.Module, path: Path, title: str = "", 
     layers = [(n, layer) for n, layer in quantized_layers(model) if layer.weight_quantizer is not None]
     layers = layers[:max_layers]
     if not layers:
-        raise ValueError("the model has no quantized weights to plot")
+        raise ConfigError("the model has no quantized weights to plot")
     cols = min(4, len(layers))
     rows = (len(layers) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
@@ -115,22 +110,21 @@ def plot_weight_histograms(model: torch.nn.Module, path: Path, title: str = "", 
 
 def plot_run(run_dir: Union[str, Path], out_dir: Union[str, Path, None] = None) -> list[Path]:
     """Write curves.png, bits.png and weights.png for a run directory; returns the files written."""
-    from .train.checkpoint import load_checkpoint
-    from .train.trainer import restore_model
-
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    history = read_history(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    title = run_dir.name
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        title = f"{metrics['recipe']} on {metrics['dataset']} ({metrics['model']})"
+    files = RunFiles(run_dir)
+    history = files.read_history()
+    metrics = files.read_metrics()
+    title = f"{metrics['recipe']} on {metrics['dataset']} ({metrics['model']})" if metrics else run_dir.name
     written = [plot_curves(history, out / "curves.png", title)]
     if any("bits" in r for r in history):
         written.append(plot_bits(history, out / "bits.png", title))
-        state = load_checkpoint(run_dir)
-        if state.get("quantized") and state["model_spec"]["name"] is not None:
-            written.append(plot_weight_histograms(restore_model(state), out / "weights.png", title))
+        checkpoint = load_checkpoint(run_dir)
+        if checkpoint.quantized and checkpoint.model_spec.name is None:
+            warnings.warn(f"weights.png not written: {run_dir} holds a custom model ({checkpoint.model_spec.label}), "
+                          f"which lowbit cannot rebuild; in Python: plot_weight_histograms("
+                          f"load_checkpoint(run_dir).restore_model(MyNet()), 'weights.png')", stacklevel=2)
+        elif checkpoint.quantized:
+            written.append(plot_weight_histograms(checkpoint.restore_model(), out / "weights.png", title))
     return written

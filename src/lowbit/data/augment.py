@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ..errors import ConfigError
 
 AUGMENTATIONS = ("none", "crop-flip", "crop")
 DEFAULT_PADDING = 4
@@ -22,7 +23,7 @@ DEFAULT_PADDING = 4
 def check_augment(kind: str) -> str:
     """Return ``kind`` if it names an augmentation, else raise ``ValueError`` listing them."""
     if kind not in AUGMENTATIONS:
-        raise ValueError(f"unknown augment {kind!r}; valid values: {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(f"unknown augment {kind!r}; valid values: {', '.join(AUGMENTATIONS)}")
     return kind
 
 

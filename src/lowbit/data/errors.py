@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import LowbitError
 
-class DatasetError(FileNotFoundError, ValueError):
+
+class DatasetError(LowbitError, FileNotFoundError, ValueError):
     """A dataset is missing, incomplete or corrupt, or a dataset name is unknown.
 
     It derives from both :class:`FileNotFoundError` and :class:`ValueError` so that

@@ -10,6 +10,7 @@ import torch
 from .augment import augment_batch, check_augment
 from .rng import STREAM_AUGMENT, STREAM_ORDER, check_seed, torch_generator
 from .splits import TensorSplit
+from ..errors import ConfigError
 
 
 def _channel_tensor(values: float | Sequence[float], channels: int, what: str) -> torch.Tensor:
@@ -17,7 +18,7 @@ def _channel_tensor(values: float | Sequence[float], channels: int, what: str) -
     if t.numel() == 1:
         t = t.expand(channels)
     if t.numel() != channels:
-        raise ValueError(f"normalize {what} has {t.numel()} values but the images have {channels} channels")
+        raise ConfigError(f"normalize {what} has {t.numel()} values but the images have {channels} channels")
     return t.reshape(1, channels, 1, 1).clone()
 
 
@@ -59,7 +60,7 @@ class BatchLoader:
         drop_last: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
         batch_size = int(batch_size)
         self.split = split
         self.batch_size = batch_size
@@ -75,11 +76,11 @@ class BatchLoader:
             try:
                 mean, std = normalize
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"normalize must be a (mean, std) pair or None, got {normalize!r}") from exc
+                raise ConfigError(f"normalize must be a (mean, std) pair or None, got {normalize!r}") from exc
             self._mean = _channel_tensor(mean, channels, "mean")
             self._std = _channel_tensor(std, channels, "std")
             if not bool((self._std > 0).all()):
-                raise ValueError(f"normalize std must be positive, got {self._std.flatten().tolist()}")
+                raise ConfigError(f"normalize std must be positive, got {self._std.flatten().tolist()}")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration reproduces."""

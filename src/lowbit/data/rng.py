@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ..errors import ConfigError
 
 # Stream identifiers, so that e.g. the validation split and the test subset drawn from
 # the same user seed are statistically independent of each other.
@@ -18,9 +19,9 @@ STREAM_AUGMENT = 6
 def check_seed(seed: int, what: str = "seed") -> int:
     """Return ``seed`` as an int, raising ``ValueError`` unless it is a non-negative integer."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"{what} must be a non-negative int, got {seed!r}")
+        raise ConfigError(f"{what} must be a non-negative int, got {seed!r}")
     if seed < 0:
-        raise ValueError(f"{what} must be a non-negative int, got {seed}")
+        raise ConfigError(f"{what} must be a non-negative int, got {seed}")
     return int(seed)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .rng import STREAM_TEST_SUBSET, STREAM_TRAIN_SUBSET, STREAM_VAL, check_seed, numpy_rng
+from ..errors import ConfigError
 
 
 @dataclass
@@ -46,13 +47,13 @@ class TensorSplit:
 
     def __post_init__(self) -> None:
         if self.x.dim() != 4:
-            raise ValueError(f"TensorSplit.x must be N×C×H×W, got shape {tuple(self.x.shape)}")
+            raise ConfigError(f"TensorSplit.x must be N×C×H×W, got shape {tuple(self.x.shape)}")
         if self.y.dim() != 1 or self.y.dtype != torch.int64:
-            raise ValueError(f"TensorSplit.y must be a 1-D int64 tensor, got {self.y.dtype} {tuple(self.y.shape)}")
+            raise ConfigError(f"TensorSplit.y must be a 1-D int64 tensor, got {self.y.dtype} {tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"TensorSplit has {self.x.shape[0]} images but {self.y.shape[0]} labels")
+            raise ConfigError(f"TensorSplit has {self.x.shape[0]} images but {self.y.shape[0]} labels")
         if self.index is not None and tuple(self.index.shape) != (self.y.shape[0],):
-            raise ValueError("TensorSplit.index must have one entry per sample")
+            raise ConfigError("TensorSplit.index must have one entry per sample")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -149,7 +150,7 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     that normalising never divides by zero.
     """
     if x.shape[0] == 0:
-        raise ValueError("cannot compute normalisation statistics of an empty split")
+        raise ConfigError("cannot compute normalisation statistics of an empty split")
     channels = x.shape[1]
     if x.dtype == torch.uint8:
         hist = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(channels)])
@@ -176,11 +177,11 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
 def check_split_args(val_fraction: float, seed: int, train_subset: int | None, test_subset: int | None) -> None:
     """Validate the splitting arguments of ``load_dataset`` (``ValueError`` naming the argument)."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+        raise ConfigError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     check_seed(seed)
     for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            raise ConfigError(f"{name} must be a positive int or None, got {value!r}")
 
 
 def _to_split(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> TensorSplit:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..errors import LowbitError
+
 __all__ = ["ExportError", "PackedFileError"]
 
 
-class ExportError(ValueError):
+class ExportError(LowbitError, ValueError):
     """A model or checkpoint that cannot be exported as asked; the message says why and what to do instead."""
 
 

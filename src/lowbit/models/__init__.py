@@ -19,6 +19,7 @@ from .common import check_input_shape
 from .mlp import MLP, build_mlp
 from .resnet import BasicBlock, CifarResNet, PadShortcut, build_resnet8, build_resnet20, build_resnet56
 from .vgg import BCVGG, build_bc_vgg
+from ..errors import ConfigError
 
 #: name -> (builder(input_shape, num_classes, **options), one-line description)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
@@ -46,22 +47,21 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     """Build model ``name`` (a key of :data:`MODELS`) for ``(C, H, W)`` inputs and ``num_classes`` outputs.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists valid names), bad ``input_shape``
-            or ``num_classes``, an option with an invalid value, or inputs too small for
-            the architecture.
-        TypeError: an option the model does not have (the message lists valid options).
+        ConfigError: unknown ``name`` (the message lists valid names), bad ``input_shape``
+            or ``num_classes``, an option the model does not have (the message lists valid
+            options) or with an invalid value, or inputs too small for the architecture.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     shape = check_input_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
     builder, _ = MODELS[key]
     valid = _options_of(builder)
     unknown = [k for k in options if k not in valid]
     if unknown:
-        raise TypeError(
+        raise ConfigError(
             f"model {key!r} has no option {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(valid) if valid else '(none)'}"
         )

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .common import check_bool, check_int
+from ..errors import ConfigError
 
 
 def _pooled(size: int, pools: int) -> int:
@@ -73,10 +74,10 @@ def build_small_cnn(
     try:
         c1, c2 = channels
     except (TypeError, ValueError):
-        raise ValueError(f"option channels must be a pair of ints, got {channels!r}") from None
+        raise ConfigError(f"option channels must be a pair of ints, got {channels!r}") from None
     channels = (check_int("channels", c1), check_int("channels", c2))
     _, h, w = input_shape
     if _pooled(h, 2) < 1 or _pooled(w, 2) < 1:
-        raise ValueError(f"small-cnn pools twice by 2 and needs inputs of at least 4×4, got {h}×{w}")
+        raise ConfigError(f"small-cnn pools twice by 2 and needs inputs of at least 4×4, got {h}×{w}")
     return SmallCNN(input_shape, num_classes, channels=channels, fc=check_int("fc", fc), fc_bn=check_bool("fc_bn", fc_bn),
                     output_bn=check_bool("output_bn", output_bn))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 from torch import nn
+from ..errors import ConfigError
 
 
 def check_input_shape(input_shape: object) -> tuple[int, int, int]:
@@ -14,21 +15,21 @@ def check_input_shape(input_shape: object) -> tuple[int, int, int]:
     except TypeError:
         shape = ()
     if len(shape) != 3 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ValueError(f"input_shape must be (channels, height, width) of positive ints, got {input_shape!r}")
+        raise ConfigError(f"input_shape must be (channels, height, width) of positive ints, got {input_shape!r}")
     return tuple(int(d) for d in shape)  # type: ignore[return-value]
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
     """Return ``value`` as an int ``>= minimum``, else raise ``ValueError`` naming option ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"option {name} must be an int >= {minimum}, got {value!r}")
+        raise ConfigError(f"option {name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
 def check_bool(name: str, value: object) -> bool:
     """Return ``value`` if it is a bool, else raise ``ValueError`` naming option ``name``."""
     if not isinstance(value, bool):
-        raise ValueError(f"option {name} must be True or False, got {value!r}")
+        raise ConfigError(f"option {name} must be True or False, got {value!r}")
     return value
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import check_bool, kaiming_init
+from ..errors import ConfigError
 
 SHORTCUTS = ("A", "B")
 STAGE_CHANNELS = (16, 32, 64)
@@ -111,7 +112,7 @@ def _resnet_builder(n: int):
     def build(input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A",
               output_bn: bool = False) -> CifarResNet:
         if shortcut not in SHORTCUTS:
-            raise ValueError(f"option shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
+            raise ConfigError(f"option shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
         return CifarResNet(n, input_shape, num_classes, shortcut=shortcut, output_bn=check_bool("output_bn", output_bn))
 
     build.__name__ = f"build_resnet{6 * n + 2}"

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .common import check_bool, check_int, glorot_init
+from ..errors import ConfigError
 
 #: Conv channel counts at width 1.0: (2×128C3)–MP2–(2×256C3)–MP2–(2×512C3)–MP2.
 BC_VGG_CHANNELS = (128, 256, 512)
@@ -74,10 +75,10 @@ def build_bc_vgg(
     """Options: ``width`` conv channel multiplier (1.0; 0.5 for SVHN), ``fc`` units of the
     two hidden fully connected layers (1024), ``output_bn`` (True). Needs H, W >= 8."""
     if isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0:
-        raise ValueError(f"option width must be a positive number, got {width!r}")
+        raise ConfigError(f"option width must be a positive number, got {width!r}")
     _, h, w = input_shape
     if h < 8 or w < 8:
-        raise ValueError(f"bc-vgg max-pools three times by 2 and needs inputs of at least 8×8, got {h}×{w}")
+        raise ConfigError(f"bc-vgg max-pools three times by 2 and needs inputs of at least 8×8, got {h}×{w}")
     return BCVGG(
         input_shape, num_classes, width=float(width), fc=check_int("fc", fc), output_bn=check_bool("output_bn", output_bn)
     )

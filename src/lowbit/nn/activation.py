@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..quantizers.base import Quantizer
+from ..errors import ConfigError
 
 __all__ = ["QuantAct"]
 
@@ -21,7 +22,7 @@ class QuantAct(nn.Module):
     def __init__(self, quantizer: Quantizer):
         super().__init__()
         if quantizer.role != "activation":
-            raise ValueError(f"QuantAct needs a quantizer built with role='activation', got role={quantizer.role!r}")
+            raise ConfigError(f"QuantAct needs a quantizer built with role='activation', got role={quantizer.role!r}")
         self.quantizer = quantizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..quantizers.base import Quantizer
 from .gradient import quantize_gradient
+from ..errors import ConfigError
 
 __all__ = ["RangeBatchNorm1d", "RangeBatchNorm2d", "range_scale_constant", "ESTIMATORS"]
 
@@ -105,7 +106,7 @@ class _RangeBatchNorm(nn.Module):
                  estimator: str = "paper", grad_quantizer: Optional[Quantizer] = None, device=None, dtype=None):
         super().__init__()
         if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown Range BN estimator {estimator!r}; valid choices: {', '.join(ESTIMATORS)}")
+            raise ConfigError(f"unknown Range BN estimator {estimator!r}; valid choices: {', '.join(ESTIMATORS)}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -141,7 +142,7 @@ class _RangeBatchNorm(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() not in self._expected_dims:
-            raise ValueError(f"{type(self).__name__} expects a {' or '.join(map(str, self._expected_dims))}-d "
+            raise ConfigError(f"{type(self).__name__} expects a {' or '.join(map(str, self._expected_dims))}-d "
                              f"input, got shape {tuple(x.shape)}")
 
     def _batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
+from ..errors import ConfigError
 from .schema import (SLOT_NAMES, explain, fill_defaults, quantizer_spec_schema, recipe_schema,
                      validation_errors)
 
@@ -28,7 +29,7 @@ ALIASES = {"float": "fp32", "bc": "bc-det", "binaryconnect": "bc-det", "banner":
            "lsq": "lsq-w4a4", "mp": "mp-u3", "uhlich": "mp-u3"}
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe that cannot be used; the message names the key, the bad value and the valid choices."""
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..allocator import keep_large_allocations
-from ..argtypes import positive_int
+from ..cli.argtypes import positive_int
 
 __all__ = ["add_reproduce_parser", "cmd_reproduce", "build_parser", "main"]
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..convert import quantized_layers
 from ..data import BatchLoader
-from ..export.summary import model_summary
+from ..summary import model_summary
 from ..train.regularizers import level_distance, weight_memory_bits
 
 __all__ = ["accuracy", "sign_eval", "weight_statistics", "memory_usage", "PROBES"]
@@ -139,11 +139,14 @@ PROBES = ("sign_eval", "weights", "memory")
 
 
 def selected_checkpoint(run_dir, select: str) -> Optional[str]:
-    """The checkpoint a table reports: best.pt for best-validation selections, last.pt for the final epoch."""
+    """The checkpoint a table reports: the best one for best-validation selections, the last one for the final
+    epoch."""
     from pathlib import Path
 
-    run_dir = Path(run_dir)
-    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    from ..runs import RunFiles
+
+    files = RunFiles(Path(run_dir))
+    best, last = files.best, files.last
     if select in ("best_val", "best_budget") and best.exists():
         return str(best)
     return str(last) if last.exists() else None

@@ -32,6 +32,7 @@ import torch
 
 from .. import __version__
 from .experiments import Cell, Mode, cells_of
+from ..runs import RunFiles
 from .probes import run_probes, selected_checkpoint
 
 __all__ = ["Job", "plan_jobs", "Runner", "estimate_seconds", "raw_path", "read_raw", "format_duration",
@@ -194,7 +195,7 @@ class Runner:
         return job.cell.fingerprint(job.parent)
 
     def _checkpoint_ready(self, cell: Cell, seed: int) -> bool:
-        return (run_dir(self.work, self.mode, cell.id, seed) / "last.pt").exists()
+        return RunFiles(run_dir(self.work, self.mode, cell.id, seed)).last.exists()
 
     def pending(self, jobs: list) -> list:
         """The jobs to run: those without a cached result, plus parents whose checkpoint a pending child needs."""
@@ -253,14 +254,15 @@ class Runner:
         return self._splits[key]
 
     def run_job(self, job: Job) -> dict:
-        from ..train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, restore_model
+        from ..runs import load_checkpoint
+        from ..train import TrainConfig, Trainer, TrainingDiverged
 
         cell, seed = job.cell, job.seed
         directory = run_dir(self.work, self.mode, cell.id, seed)
         fingerprint = self._fingerprint(job)
         stamp = directory / "fingerprint.txt"
         resumable = (not self.fresh and stamp.exists() and stamp.read_text().strip() == fingerprint
-                     and (directory / "last.pt").exists())
+                     and RunFiles(directory).last.exists())
         if not resumable and directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -293,8 +295,8 @@ class Runner:
             if cell.probes:
                 path = selected_checkpoint(directory, job.select)
                 model = result.model
-                if job.select != "final" and path is not None and path.endswith("best.pt"):
-                    model = restore_model(load_checkpoint(path))
+                if job.select != "final" and path is not None and path == str(RunFiles(directory).best):
+                    model = load_checkpoint(path).restore_model()
                 record["probes"] = run_probes(cell.probes, model, splits)
                 record["probes"]["checkpoint"] = Path(path).name if path else None
         record["data"] = {"name": splits.name, "train": len(splits.train), "val": len(splits.val),

@@ -25,10 +25,11 @@ from .. import __version__
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
 from ..data import BatchLoader, DatasetSplits, load_dataset
-from ..export.summary import model_summary
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models import build_model, model_options
 from ..recipes import Recipe, load_recipe
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_checkpoint, restore_rng
+from ..summary import model_summary
 from .losses import get_loss
 from .progress import Progress
 from .regularizers import MemoryBudget
@@ -43,10 +44,6 @@ DEFAULT_MODELS = {"digits": "small-cnn", "fashion-mnist": "small-cnn", "mnist": 
 
 def default_model_for(dataset: str) -> str:
     return DEFAULT_MODELS.get(dataset, "small-cnn")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -75,6 +72,19 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward/backward (minutes of compilation, faster steps)
     quiet: bool = False
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, **changes: Any) -> "TrainConfig":
+        """The configuration that loads the same data splits and builds the same model as ``checkpoint``'s run."""
+        data, spec = checkpoint.data, checkpoint.model_spec
+        if data is None:
+            raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} does not say which data it was trained on")
+        config = cls(recipe=checkpoint.recipe, data=data.name, data_dir=data.data_dir, model=spec.name,
+                     model_options=dict(spec.options), seed=checkpoint.seed, val_fraction=data.val_fraction,
+                     train_subset=data.train_subset, test_subset=data.test_subset, quiet=True)
+        for key, value in changes.items():
+            setattr(config, key, value)
+        return config
+
 
 @dataclass
 class RunResult:
@@ -84,6 +94,11 @@ class RunResult:
 
     def __getitem__(self, key: str) -> Any:
         return self.metrics[key]
+
+    @property
+    def files(self) -> Optional[RunFiles]:
+        """The run directory's files (``None`` for a run without ``out``)."""
+        return RunFiles(self.out) if self.out is not None else None
 
 
 def resolve_recipe(config: TrainConfig) -> Recipe:
@@ -122,7 +137,8 @@ class Trainer:
     """One training run. ``fit()`` returns a :class:`RunResult`; see the module docstring."""
 
     def __init__(self, config: TrainConfig, *, model: Optional[nn.Module] = None,
-                 splits: Optional[DatasetSplits] = None, log: Optional[Callable[[str], None]] = None):
+                 splits: Optional[DatasetSplits] = None, log: Optional[Callable[[str], None]] = None,
+                 model_spec: Optional[ModelSpec] = None):
         self.config = config
         self.recipe = resolve_recipe(config)
         self.train_spec = self.recipe.train
@@ -138,32 +154,43 @@ class Trainer:
                 self.log(f"note: model {name!r} has no option {', '.join(dropped)} (from the recipe); ignored")
             torch.manual_seed(config.seed)
             model = build_model(name, self.splits.input_shape, self.splits.num_classes, **options)
-            self.model_spec = {"name": name, "options": options, "input_shape": list(self.splits.input_shape),
-                               "num_classes": self.splits.num_classes}
-        else:
-            self.model_spec = {"name": None, "options": {}, "input_shape": list(self.splits.input_shape),
-                               "num_classes": self.splits.num_classes}
+            model_spec = ModelSpec(name, options, list(self.splits.input_shape), self.splits.num_classes)
+        elif model_spec is None:
+            model_spec = ModelSpec(None, {}, list(self.splits.input_shape), self.splits.num_classes,
+                                   class_name=type(model).__name__)
+        self.model_spec = model_spec
         if config.init_from is not None:
             self._load_float_start(model, config.init_from)
         self.model = model.to(self.device)
         self.out = Path(config.out) if config.out else None
+        self.files = RunFiles(self.out) if self.out is not None else None
         self.loss_fn = get_loss(self.train_spec["loss"])
         self.history: list[dict] = []
         self.best: dict = {}
         self.progress = Progress(enabled=config.progress, quiet=config.quiet)
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, *, model: Optional[nn.Module] = None,
+                        data_dir: Optional[str] = None) -> "Trainer":
+        """A trainer around the trained model of ``checkpoint`` and its data splits, for evaluation (``model``: your
+        float model, for runs of a custom architecture)."""
+        config = TrainConfig.from_checkpoint(checkpoint, epochs=0, pretrain_epochs=0)
+        if data_dir:
+            config.data_dir = data_dir
+        return cls(config, model=checkpoint.restore_model(model), model_spec=checkpoint.model_spec)
+
     def _load_float_start(self, model: nn.Module, source: str) -> None:
-        state = load_checkpoint(source if not Path(source).is_dir() else Path(source) / "last.pt")
-        if state.get("quantized", True):
-            raise ValueError(f"--init-from needs a float checkpoint (an fp32 run or a pre-training phase); "
-                             f"{state['path']} holds a quantized model (recipe {state['recipe'].get('name')!r})")
-        spec = state["model_spec"]
-        if self.model_spec["name"] is not None and (spec["name"], spec["options"]) != (
-                self.model_spec["name"], self.model_spec["options"]):
-            raise ValueError(f"--init-from {state['path']} holds model {spec['name']!r} {spec['options']}, "
-                             f"but this run builds {self.model_spec['name']!r} {self.model_spec['options']}")
-        model.load_state_dict(state["model_state"])
-        self.log(f"starting from the float weights of {state['path']}")
+        start = load_checkpoint(RunFiles(Path(source)).last if Path(source).is_dir() else source)
+        if start.quantized:
+            raise ConfigError(f"--init-from needs a float checkpoint (an fp32 run or a pre-training phase); "
+                              f"{start.path} holds a quantized model (recipe {start.recipe_name!r})")
+        spec = start.model_spec
+        if self.model_spec.name is not None and (spec.name, spec.options) != (self.model_spec.name,
+                                                                            self.model_spec.options):
+            raise ConfigError(f"--init-from {start.path} holds model {spec.name!r} {spec.options}, "
+                              f"but this run builds {self.model_spec.name!r} {self.model_spec.options}")
+        model.load_state_dict(start.model_state)
+        self.log(f"starting from the float weights of {start.path}")
 
     # ------------------------------------------------------------------------------------------- data
     def _loader(self, split, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None) -> BatchLoader:
@@ -171,8 +198,9 @@ class Trainer:
                            epoch=epoch, normalize=(self.splits.mean, self.splits.std),
                            augment=self.splits.augment if train else "none")
 
-    def _example_batch(self) -> torch.Tensor:
-        x, _ = next(iter(self._loader(self.splits.train, train=False, batch_size=8)))
+    def example_batch(self, size: int = 8) -> torch.Tensor:
+        """The first ``size`` training inputs, normalised, on the run's device (no augmentation)."""
+        x, _ = next(iter(self._loader(self.splits.train, train=False, batch_size=size)))
         return x.to(self.device)
 
     # ------------------------------------------------------------------------------------------- phases
@@ -184,14 +212,16 @@ class Trainer:
         phases.append(("train", self.train_spec["epochs"]))
         return phases
 
-    def _quantize(self) -> None:
+    def quantize_model(self) -> nn.Module:
+        """Convert the model in place as the recipe says (what ``fit()`` does after float pre-training)."""
         self.model = quantize(self.model, self.recipe, seed=self.config.seed, inplace=True).to(self.device)
+        return self.model
 
     def _setup_phase(self, phase: str, epochs: int) -> None:
         spec = dict(self.train_spec["optimizer"])
         if phase == "pretrain":
             spec["lr"] = self.train_spec["pretrain"].get("lr") or spec["lr"]
-        self.step = TrainingStep.from_recipe(self.model, self.recipe, self._example_batch(), optimizer_spec=spec,
+        self.step = TrainingStep.from_recipe(self.model, self.recipe, self.example_batch(), optimizer_spec=spec,
                                              pretrain=phase == "pretrain", loss_fn=self.loss_fn)
         self.optimizer, self.policy, self.regularizers = self.step.optimizer, self.step.policy, self.step.regularizers
         if self.config.compile:
@@ -235,8 +265,8 @@ class Trainer:
         return epoch + (10_000 if self.phase == "train" else 0)
 
     def _divergence_message(self, value: float, epoch: int, step: int) -> str:
-        kept = (f"the last good checkpoint {self.out / 'last.pt'} is kept (resume with --resume after fixing the "
-                f"cause)") if self.out and (self.out / "last.pt").exists() else "no checkpoint had been written yet"
+        kept = (f"the last good checkpoint {self.files.last} is kept (resume with --resume after fixing the "
+                f"cause)") if self.files and self.files.last.exists() else "no checkpoint had been written yet"
         return (f"the loss became {value} in {self.phase} epoch {epoch + 1}, step {step + 1}; {kept}. "
                 f"Try a smaller learning rate (--lr), gradient clipping (--set train.grad_clip=1.0), or check the "
                 f"input data")
@@ -258,46 +288,36 @@ class Trainer:
         return {"acc": correct / seen, "loss": total_loss / seen}
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def _payload(self, epoch: int) -> dict:
-        return {
-            "lowbit_version": __version__,
-            "phase": self.phase,
-            "epoch": epoch,
-            "model_spec": self.model_spec,
-            "data": {"name": self.splits.name, "data_dir": self.config.data_dir, "mean": list(self.splits.mean),
-                     "std": list(self.splits.std), "input_shape": list(self.splits.input_shape),
-                     "num_classes": self.splits.num_classes, "val_fraction": self.config.val_fraction,
-                     "train_subset": self.config.train_subset, "test_subset": self.config.test_subset},
-            "recipe": self.recipe.to_dict(),
-            "quantized": self.phase == "train" and any(True for _ in quantizers_in(self.model)),
-            "seed": self.config.seed,
-            "model_state": self.model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "scheduler_state": self.scheduler.state_dict(),
-            "rng": capture_rng(),
-            "history": self.history,
-            "best": self.best,
-        }
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        """The run's state after ``epoch`` (0-based) of the current phase."""
+        splits, config = self.splits, self.config
+        data = DataSpec(splits.name, config.data_dir, list(splits.mean), list(splits.std), list(splits.input_shape),
+                        splits.num_classes, config.val_fraction, config.train_subset, config.test_subset)
+        return Checkpoint(
+            phase=self.phase, epoch=epoch, model_spec=self.model_spec, data=data, recipe=self.recipe.to_dict(),
+            quantized=self.phase == "train" and any(True for _ in quantizers_in(self.model)), seed=config.seed,
+            model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(), rng=capture_rng(), history=self.history, best=self.best,
+            lowbit_version=__version__)
 
     def _save(self, epoch: int, is_best: bool) -> None:
-        if self.out is None:
+        if self.files is None:
             return
-        payload = self._payload(epoch)
-        save_checkpoint(self.out / "last.pt", payload)
+        checkpoint = self.checkpoint(epoch)
+        checkpoint.save(self.files.last)
         if is_best:
-            save_checkpoint(self.out / "best.pt", payload)
+            checkpoint.save(self.files.best)
 
-    def _try_resume(self) -> Optional[dict]:
-        if not self.config.resume or self.out is None:
+    def _try_resume(self) -> Optional[Checkpoint]:
+        if not self.config.resume or self.files is None:
             return None
-        path = self.out / "last.pt"
-        if not path.exists():
-            self.log(f"no checkpoint at {path}: starting from scratch")
+        if not self.files.last.exists():
+            self.log(f"no checkpoint at {self.files.last}: starting from scratch")
             return None
-        state = load_checkpoint(path)
-        if state.get("seed") != self.config.seed or state.get("recipe", {}).get("name") != self.recipe.name:
-            raise ValueError(f"{path} was written by a run with recipe {state['recipe'].get('name')!r} and seed "
-                             f"{state.get('seed')}; resume with the same --recipe and --seed, or use another --out")
+        state = load_checkpoint(self.files.last)
+        if state.seed != self.config.seed or state.recipe_name != self.recipe.name:
+            raise CheckpointError(f"{state.path} was written by a run with recipe {state.recipe_name!r} and seed "
+                                  f"{state.seed}; resume with the same --recipe and --seed, or use another --out")
         return state
 
     # -------------------------------------------------------------------------------------------- fit
@@ -305,31 +325,31 @@ class Trainer:
         started = time.perf_counter()
         torch.manual_seed(self.config.seed)
         resume = self._try_resume()
-        if self.out is not None:
+        if self.files is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             if resume is None:
-                (self.out / "log.jsonl").write_text("")
+                self.files.log.write_text("")
         self.log(f"lowbit {__version__}: recipe {self.recipe.name} on {self.splits.name} "
                  f"({len(self.splits.train)} train / {len(self.splits.val)} val / {len(self.splits.test)} test), "
-                 f"model {self.model_spec['name'] or type(self.model).__name__}, seed {self.config.seed}")
+                 f"model {self.model_spec.label}, seed {self.config.seed}")
         for phase, epochs in self._phases():
             if phase == "train":
-                self._quantize()
+                self.quantize_model()
             start_epoch = 0
             if resume is not None:
-                if resume["phase"] == "pretrain" and phase == "train":
+                if resume.phase == "pretrain" and phase == "train":
                     resume = None  # pre-training had finished; nothing more to restore
-                elif resume["phase"] == "train" and phase == "pretrain":
+                elif resume.phase == "train" and phase == "pretrain":
                     continue  # pre-training was done before the checkpoint
             self._setup_phase(phase, epochs)
-            if resume is not None and resume["phase"] == phase:
-                self.model.load_state_dict(resume["model_state"])
-                self.optimizer.load_state_dict(resume["optimizer_state"])
-                self.scheduler.load_state_dict(resume["scheduler_state"])
-                restore_rng(resume["rng"])
-                self.history, self.best = resume["history"], resume["best"]
-                start_epoch = resume["epoch"] + 1
-                self.log(f"resumed from {resume['path']} after {phase} epoch {start_epoch}")
+            if resume is not None and resume.phase == phase:
+                self.model.load_state_dict(resume.model_state)
+                self.optimizer.load_state_dict(resume.optimizer_state)
+                self.scheduler.load_state_dict(resume.scheduler_state)
+                restore_rng(resume.rng)
+                self.history, self.best = resume.history, resume.best
+                start_epoch = resume.epoch + 1
+                self.log(f"resumed from {resume.path} after {phase} epoch {start_epoch}")
                 resume = None
             elif start_epoch == 0:
                 self.policy.start()
@@ -359,9 +379,8 @@ class Trainer:
                          "test_acc": record["test_acc"]}
         self.history.append(record)
         self._save(epoch, is_best)
-        if self.out is not None:
-            with open(self.out / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
+        if self.files is not None:
+            self.files.append_log(record)
         self.log(self._epoch_line(record))
 
     def _evaluate_only(self) -> None:
@@ -387,7 +406,7 @@ class Trainer:
         metrics = {
             "recipe": self.recipe.name,
             "dataset": self.splits.name,
-            "model": self.model_spec["name"] or type(self.model).__name__,
+            "model": self.model_spec.label,
             "seed": self.config.seed,
             "epochs": self.train_spec["epochs"],
             "test_accuracy": final.get("test_acc"),
@@ -405,8 +424,8 @@ class Trainer:
             "torch_version": torch.__version__,
             "recipe_resolved": self.recipe.to_dict(),
         }
-        if self.out is not None:
-            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_jsonable))
+        if self.files is not None:
+            self.files.metrics.write_text(json.dumps(metrics, indent=2, default=_jsonable))
         self.log(f"test accuracy {100 * (metrics['test_accuracy'] or 0):.2f}% (best-val epoch "
                  f"{metrics['best_epoch']}: {100 * (metrics['best_test_accuracy'] or 0):.2f}%)  model size "
                  f"{metrics['model_size_kb']:.2f} KB (float32 {metrics['float_size_kb']:.2f} KB, "
@@ -425,26 +444,3 @@ def _jsonable(value):
 def run(config: TrainConfig, **kwargs) -> RunResult:
     """Train as ``config`` says and return the metrics, the trained model and the output directory."""
     return Trainer(config, **kwargs).fit()
-
-
-def config_from_checkpoint(state: dict) -> TrainConfig:
-    data = state["data"]
-    return TrainConfig(recipe=state["recipe"], data=data["name"], data_dir=data["data_dir"],
-                       model=state["model_spec"]["name"], model_options=state["model_spec"]["options"],
-                       seed=state["seed"], val_fraction=data["val_fraction"], train_subset=data["train_subset"],
-                       test_subset=data["test_subset"], quiet=True)
-
-
-def restore_model(state: dict, model: Optional[nn.Module] = None) -> nn.Module:
-    """Rebuild the trained model of a checkpoint (``model``: your float model, for runs of a custom model)."""
-    spec = state["model_spec"]
-    if model is None:
-        if spec["name"] is None:
-            raise ValueError("this checkpoint holds a custom model: pass your float model, "
-                             "lowbit.train.restore_model(state, model=MyNet())")
-        model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"])
-    if state.get("phase", "train") == "train":  # the recipe's module swaps (a no-op for fp32)
-        model = quantize(model, state["recipe"], seed=state["seed"], inplace=True)
-    model.load_state_dict(state["model_state"])
-    return model.eval()
-

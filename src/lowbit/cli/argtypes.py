@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["non_negative_int", "positive_int", "positive_float"]
+import yaml
+
+__all__ = ["non_negative_int", "positive_int", "positive_float", "assignment"]
 
 
 def non_negative_int(text: str) -> int:
@@ -32,3 +34,11 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def assignment(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with the value read as YAML (``3``, ``0.5``, ``true``, ``[16, 32]``, ``null``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. train.optimizer.lr=0.01), got {text!r}")
+    return key.strip(), yaml.safe_load(value)

@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..convert import quantizers_of
-from ..nn.layers import QuantizedLayer
+from .convert import quantizers_of
+from .nn.layers import QuantizedLayer
 
 __all__ = ["LayerRow", "ModelSummary", "model_summary"]
 

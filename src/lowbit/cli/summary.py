@@ -1,0 +1,42 @@
+"""``lowbit summary``: per-layer bit widths, parameters, memory and MACs of a trained run or of a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("summary", help="per-layer bit widths, parameters, memory and MACs")
+    parser.add_argument("target", help="checkpoint, run directory, or recipe name/path")
+    parser.add_argument("--model", help="model for a recipe (default: the dataset's default)")
+    parser.add_argument("--data", default=None, help="dataset that fixes the input shape (default: digits)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+def _is_checkpoint(target: str) -> bool:
+    path = Path(target)
+    return path.is_dir() or (path.is_file() and path.suffix not in (".yaml", ".yml"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runs import load_checkpoint
+    from ..summary import model_summary
+    from ..train import TrainConfig, Trainer
+
+    if _is_checkpoint(args.target):
+        trainer = Trainer.from_checkpoint(load_checkpoint(args.target), data_dir=args.data_dir)
+        model, example = trainer.model, trainer.example_batch()
+    else:
+        trainer = Trainer(TrainConfig(recipe=args.target, data=args.data, data_dir=args.data_dir, model=args.model,
+                                      quiet=True, train_subset=512, test_subset=64))
+        example = trainer.example_batch()
+        model = trainer.quantize_model()
+        model.train()
+        model(example)  # initialise data-dependent quantizers (activation ranges, LSQ steps) from real data
+    summary = model_summary(model, example=example)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.format())
+    return 0

@@ -1,0 +1,290 @@
+"""A training run on disk: the run directory's files, the checkpoint format, loading it and rebuilding its model.
+
+A run directory (``lowbit train --out DIR``) holds::
+
+    last.safetensors    the checkpoint after the last finished epoch (what --resume continues from)
+    best.safetensors    the checkpoint of the best validation epoch (what eval, export and summary use)
+    log.jsonl           one JSON record per epoch
+    metrics.json        the run's final figures
+
+A checkpoint is a :class:`Checkpoint`: named, versioned fields, stored with :mod:`lowbit.safe_state` (tensors in
+safetensors, everything else as JSON; nothing is unpickled, so opening a checkpoint from someone else cannot run
+code). Checkpoints of lowbit 0.1 (``last.pt`` / ``best.pt``, pickled by ``torch.save``) are refused with a message;
+``lowbit convert-checkpoint`` converts one you trust.
+
+This module is the one owner of the format: the trainer writes :class:`Checkpoint` objects, and evaluation, export,
+summaries, plots and the reproduction read them through :func:`load_checkpoint` and
+:meth:`Checkpoint.restore_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError, CustomModelError
+from .safe_state import StateFileError, is_safetensors_file, read_state, write_state
+
+__all__ = ["Checkpoint", "ModelSpec", "DataSpec", "RunFiles", "load_checkpoint", "capture_rng", "restore_rng",
+           "convert_legacy_checkpoint", "FORMAT", "VERSION", "CheckpointError", "CustomModelError"]
+
+PathLike = Union[str, os.PathLike]
+FORMAT = "lowbit-checkpoint"
+#: 1: lowbit 0.1, a pickled torch.save dictionary (no longer read); 2: safetensors + JSON (this module)
+VERSION = 2
+SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".pt"
+
+
+# ---------------------------------------------------------------------------------------------- run files
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one run directory."""
+
+    root: Path
+
+    @property
+    def last(self) -> Path:
+        return self.root / f"last{SUFFIX}"
+
+    @property
+    def best(self) -> Path:
+        return self.root / f"best{SUFFIX}"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def read_history(self) -> list[dict]:
+        """The per-epoch records of ``log.jsonl``."""
+        if not self.log.exists():
+            raise CheckpointError(f"no training log {str(self.log)!r}: give a directory written by "
+                                  f"'lowbit train --out'")
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def read_metrics(self) -> Optional[dict]:
+        """``metrics.json``, or ``None`` while the run has not finished."""
+        return json.loads(self.metrics.read_text()) if self.metrics.exists() else None
+
+    def append_log(self, record: dict) -> None:
+        with open(self.log, "a") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- specs
+@dataclass
+class ModelSpec:
+    """How to rebuild the float architecture: a model of :mod:`lowbit.models` by name, or a user's own model."""
+
+    name: Optional[str]  # None: a custom model, which the user passes when restoring
+    options: dict = field(default_factory=dict)
+    input_shape: list = field(default_factory=list)
+    num_classes: int = 0
+    class_name: Optional[str] = None  # the custom model's class, named in messages
+
+    def build(self) -> nn.Module:
+        from .models import build_model
+
+        if self.name is None:
+            raise CustomModelError(f"the model is a custom architecture ({self.class_name or 'unknown class'}): "
+                                   f"pass your float model, e.g. checkpoint.restore_model(model=MyNet()), "
+                                   f"or export_checkpoint(path, model=MyNet())")
+        return build_model(self.name, tuple(self.input_shape), self.num_classes, **self.options)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.class_name or "custom model"
+
+
+@dataclass
+class DataSpec:
+    """The data a run was trained on: enough to load the same splits again and normalise inputs the same way."""
+
+    name: str
+    data_dir: Optional[str] = None
+    mean: list = field(default_factory=list)
+    std: list = field(default_factory=list)
+    input_shape: list = field(default_factory=list)
+    num_classes: int = 0
+    val_fraction: float = 0.1
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+
+
+# -------------------------------------------------------------------------------------------- checkpoint
+@dataclass
+class Checkpoint:
+    """Everything a resumed run needs to continue bit for bit, and everything a reader needs to rebuild the model.
+
+    ``epoch`` is the 0-based index of the last finished epoch of ``phase`` (``pretrain``: float training before
+    quantization; ``train``: the recipe's training). ``model_state`` holds quantizer parameters, running ranges and
+    the noise generators of stochastic quantizers; ``rng`` the global generators (torch, Python, NumPy).
+    """
+
+    phase: str
+    epoch: int
+    model_spec: ModelSpec
+    data: Optional[DataSpec]
+    recipe: dict
+    quantized: bool
+    seed: int
+    model_state: dict
+    optimizer_state: Optional[dict] = None
+    scheduler_state: Optional[dict] = None
+    rng: Optional[dict] = None
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    lowbit_version: str = ""
+    path: Optional[Path] = field(default=None, compare=False)  # where it was read from (not stored)
+
+    @property
+    def recipe_name(self) -> str:
+        return str(self.recipe.get("name", "?"))
+
+    # ------------------------------------------------------------------------------------------ writing
+    def save(self, path: PathLike) -> Path:
+        """Write atomically (see :func:`lowbit.safe_state.write_state`)."""
+        meta = {name: getattr(self, name) for name in _META_FIELDS}
+        meta["model_spec"] = asdict(self.model_spec)
+        meta["data"] = asdict(self.data) if self.data is not None else None
+        tree = {name: getattr(self, name) for name in _STATE_FIELDS}
+        return write_state(path, tree, {"format": FORMAT, "version": str(VERSION),
+                                        "checkpoint": json.dumps(meta, default=_json_value)})
+
+    # ------------------------------------------------------------------------------------------ reading
+    @classmethod
+    def load(cls, path: PathLike) -> "Checkpoint":
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        if not is_safetensors_file(path):
+            raise _foreign(path)
+        try:
+            tree, meta = read_state(path)
+        except StateFileError as error:
+            raise CheckpointError(f"checkpoint {error}") from None
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{str(path)!r} is not a lowbit checkpoint (no '{FORMAT}' format tag)")
+        if meta.get("version") != str(VERSION):
+            raise CheckpointError(f"checkpoint {str(path)!r} has format version {meta.get('version')}, this lowbit "
+                                  f"reads version {VERSION}; use the lowbit release that wrote it")
+        try:
+            info = json.loads(meta["checkpoint"])
+            model_spec = ModelSpec(**info.pop("model_spec"))
+            data = info.pop("data")
+            return cls(model_spec=model_spec, data=DataSpec(**data) if data is not None else None,
+                       **info, **tree, path=path)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} has malformed metadata ({error}); it was not written "
+                                  f"by this lowbit version") from None
+
+    # --------------------------------------------------------------------------------------- the model
+    def restore_model(self, model: Optional[nn.Module] = None) -> nn.Module:
+        """The trained model in eval mode: the float architecture (``model``, or rebuilt from :attr:`model_spec`),
+        converted by the recipe when the checkpoint was written after quantization, with the saved state loaded."""
+        from .convert import quantize
+
+        if model is None:
+            try:
+                model = self.model_spec.build()
+            except CustomModelError as error:
+                raise CustomModelError(f"checkpoint {str(self.path)!r}: {error}") from None
+        if self.phase == "train":  # the recipe's module swaps (a no-op for fp32)
+            model = quantize(model, self.recipe, seed=self.seed, inplace=True)
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as error:
+            raise CheckpointError(f"checkpoint {str(self.path)!r} does not fit the model "
+                                  f"{type(model).__name__}: {str(error).splitlines()[0]}") from None
+        return model.eval()
+
+
+_STATE_FIELDS = ("model_state", "optimizer_state", "scheduler_state", "rng")
+_META_FIELDS = tuple(f.name for f in fields(Checkpoint)
+                     if f.name not in _STATE_FIELDS + ("model_spec", "data", "path"))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return str(value)
+
+
+def _foreign(path: Path) -> CheckpointError:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip archive, or a bare pickle
+        return CheckpointError(
+            f"{str(path)!r} is a checkpoint in the pickle format of lowbit 0.1, which can run arbitrary code when "
+            f"opened, so lowbit no longer reads it; if you trust its source, convert it once with "
+            f"'lowbit convert-checkpoint {path}'")
+    return CheckpointError(f"{str(path)!r} is not a lowbit checkpoint")
+
+
+def load_checkpoint(path: PathLike) -> Checkpoint:
+    """Read a checkpoint file, or the best (else the last) checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        files = RunFiles(path)
+        found = next((p for p in (files.best, files.last) if p.exists()), None)
+        if found is None:
+            legacy = next((path / f"{n}{LEGACY_SUFFIX}" for n in ("best", "last")
+                           if (path / f"{n}{LEGACY_SUFFIX}").exists()), None)
+            if legacy is not None:
+                raise _foreign(legacy)
+            raise CheckpointError(f"no checkpoint in {str(path)!r}: expected {files.best.name} or "
+                                  f"{files.last.name} written by 'lowbit train --out {path}'")
+        path = found
+    return Checkpoint.load(path)
+
+
+# -------------------------------------------------------------------------------------------------- RNG
+def capture_rng() -> dict:
+    """The global generators' states: torch (CPU), Python's ``random`` and NumPy's legacy global generator."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(state["numpy"])
+
+
+# ------------------------------------------------------------------------------------------- conversion
+def convert_legacy_checkpoint(source: PathLike, target: Optional[PathLike] = None) -> Path:
+    """Convert a lowbit 0.1 checkpoint (``*.pt``, pickled) to the current format.
+
+    This unpickles ``source``, which runs any code a malicious file contains: call it only on files you trust
+    (your own runs). ``target`` defaults to the same name with the ``.safetensors`` suffix.
+    """
+    source = Path(source)
+    target = Path(target) if target is not None else source.with_suffix(SUFFIX)
+    try:
+        old = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{str(source)!r} cannot be read as a lowbit 0.1 checkpoint "
+                              f"({type(error).__name__}: {error})") from None
+    if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("version") != 1:
+        raise CheckpointError(f"{str(source)!r} is not a lowbit 0.1 checkpoint (format {FORMAT!r}, version 1)")
+    checkpoint = Checkpoint(
+        phase=old["phase"], epoch=old["epoch"], model_spec=ModelSpec(**old["model_spec"]),
+        data=DataSpec(**old["data"]) if old.get("data") else None, recipe=old["recipe"], quantized=old["quantized"],
+        seed=old["seed"], model_state=old["model_state"], optimizer_state=old.get("optimizer_state"),
+        scheduler_state=old.get("scheduler_state"), rng=old.get("rng"), history=old.get("history", []),
+        best=old.get("best", {}), lowbit_version=old.get("lowbit_version", ""))
+    return checkpoint.save(target)

@@ -1,0 +1,151 @@
+"""The run directory and checkpoint format: safe to open (no pickle), damage detected, old files refused with the
+fix, and everything a resumed run needs round-trips exactly."""
+
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lowbit.cli import main
+from lowbit.errors import CheckpointError, CustomModelError
+from lowbit.runs import Checkpoint, RunFiles, capture_rng, convert_legacy_checkpoint, load_checkpoint, restore_rng
+from lowbit.safe_state import StateFileError, read_state, write_state
+from lowbit.train import TrainConfig, Trainer, run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run(TrainConfig(recipe="sr-adam", data="digits", epochs=1, out=str(out), quiet=True, train_subset=300,
+                    test_subset=60))
+    return out
+
+
+def test_nested_state_round_trips_exactly(tmp_path):
+    tree = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": [1, 2.5, None, "x", True],
+            "c": (torch.tensor(3), {"nested": torch.zeros(0)}), 4: "int key", "$odd": torch.tensor([True, False]),
+            "np": np.arange(5, dtype=np.uint32), "bf16": torch.ones(3, dtype=torch.bfloat16), "big": 2**100,
+            "nan": float("nan")}
+    write_state(tmp_path / "s.safetensors", tree, {"kind": "test"})
+    back, meta = read_state(tmp_path / "s.safetensors")
+    assert meta == {"kind": "test"}
+    assert torch.equal(back["a"], tree["a"]) and back["b"] == tree["b"] and back[4] == "int key"
+    assert isinstance(back["c"], tuple) and torch.equal(back["c"][0], torch.tensor(3))
+    assert back["c"][1]["nested"].shape == (0,) and torch.equal(back["$odd"], tree["$odd"])
+    assert back["np"].dtype == np.uint32 and back["np"].tolist() == [0, 1, 2, 3, 4]
+    assert back["bf16"].dtype == torch.bfloat16 and back["big"] == 2**100 and back["nan"] != back["nan"]
+
+
+def test_objects_that_are_not_data_are_refused_when_writing(tmp_path):
+    with pytest.raises(TypeError, match="cannot store object at .x"):
+        write_state(tmp_path / "s.safetensors", {"x": object()}, {})
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+
+
+def test_checkpoint_round_trips_every_field(run_dir):
+    checkpoint = load_checkpoint(run_dir / "last.safetensors")
+    assert checkpoint.phase == "train" and checkpoint.epoch == 0 and checkpoint.quantized
+    assert checkpoint.recipe_name == "sr-adam" and checkpoint.model_spec.name == "small-cnn"
+    assert checkpoint.data.name == "digits" and checkpoint.data.train_subset == 300
+    assert checkpoint.history and checkpoint.best["epoch"] == 1
+    assert set(checkpoint.rng) == {"torch", "python", "numpy"}
+    # the optimizer's state and the stochastic quantizers' noise states come back as they were saved
+    assert isinstance(checkpoint.optimizer_state["state"][0]["exp_avg"], torch.Tensor)
+    noise = [v for k, v in checkpoint.model_state.items() if k.endswith("_extra_state") and v.get("noise")]
+    assert noise and all(n["noise"]["seed"] is not None for n in noise)
+
+
+def test_global_generators_are_restored_exactly():
+    state = capture_rng()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    restore_rng(state)
+    assert (torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+            and np.random.rand() == expected[2])
+
+
+def test_a_pickle_payload_is_never_executed(tmp_path):
+    """An old-format (pickled) file, malicious here, is refused before anything is unpickled."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name, writer in (("zip.pt", lambda p: torch.save({"x": Payload()}, p)),
+                         ("bare.pt", lambda p: p.write_bytes(pickle.dumps({"x": Payload()})))):
+        path = tmp_path / name
+        writer(path)
+        with pytest.raises(CheckpointError, match="pickle format.*lowbit convert-checkpoint"):
+            load_checkpoint(path)
+    legacy_run = tmp_path / "legacy"
+    legacy_run.mkdir()
+    torch.save({"x": Payload()}, legacy_run / "last.pt")
+    with pytest.raises(CheckpointError, match="pickle format"):
+        load_checkpoint(legacy_run)
+    assert not marker.exists()
+
+
+def test_damaged_tensor_data_is_detected(run_dir, tmp_path):
+    damaged = tmp_path / "damaged.safetensors"
+    raw = bytearray((run_dir / "last.safetensors").read_bytes())
+    for i in range(64):  # flip bytes in the tensor data (behind the header)
+        raw[-1 - 97 * i] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(damaged)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(truncated)
+    with pytest.raises(StateFileError):
+        read_state(truncated)
+
+
+def test_a_trusted_old_checkpoint_converts_to_the_same_model(run_dir, tmp_path, capsys):
+    current = load_checkpoint(run_dir / "last.safetensors")
+    old = {"format": "lowbit-checkpoint", "version": 1, "lowbit_version": "0.1.0", "phase": current.phase,
+           "epoch": current.epoch, "model_spec": {k: v for k, v in vars(current.model_spec).items()
+                                                   if k != "class_name"},
+           "data": vars(current.data), "recipe": current.recipe, "quantized": True, "seed": current.seed,
+           "model_state": current.model_state, "optimizer_state": current.optimizer_state,
+           "scheduler_state": current.scheduler_state, "rng": current.rng, "history": current.history,
+           "best": current.best}
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(old, legacy / "last.pt")
+    assert main(["convert-checkpoint", str(legacy)]) == 0
+    assert "last.safetensors" in capsys.readouterr().out
+    converted = load_checkpoint(legacy / "last.safetensors")
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(converted.restore_model()(x), current.restore_model()(x))
+    with pytest.raises(CheckpointError, match="not a lowbit 0.1 checkpoint"):
+        convert_legacy_checkpoint(legacy / "last.safetensors")
+
+
+def test_a_custom_model_needs_the_users_float_model(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    Trainer(TrainConfig(recipe="bc-det", data="digits", epochs=1, out=str(tmp_path), quiet=True, train_subset=200,
+                        test_subset=50), model=model).fit()
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.model_spec.class_name == "Sequential"
+    with pytest.raises(CustomModelError, match="custom architecture \\(Sequential\\).*restore_model\\(model="):
+        checkpoint.restore_model()
+    fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    restored = checkpoint.restore_model(fresh)
+    assert restored is fresh
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(CheckpointError, match="does not fit the model Sequential"):
+        checkpoint.restore_model(wrong)
+
+
+def test_run_files_name_the_layout(run_dir):
+    files = RunFiles(run_dir)
+    assert files.last.exists() and files.best.exists() and files.read_metrics()["recipe"] == "sr-adam"
+    assert [r["epoch"] for r in files.read_history()] == [1]
+    with pytest.raises(CheckpointError, match="no training log"):
+        RunFiles(run_dir / "missing").read_history()
+    assert isinstance(load_checkpoint(run_dir), Checkpoint)
