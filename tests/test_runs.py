@@ -149,3 +149,44 @@ def test_run_files_name_the_layout(run_dir):
     with pytest.raises(CheckpointError, match="no training log"):
         RunFiles(run_dir / "missing").read_history()
     assert isinstance(load_checkpoint(run_dir), Checkpoint)
+
+
+def _small(out, **changes):
+    config = TrainConfig(recipe="bc-det", data="digits", epochs=1, out=str(out), quiet=True, train_subset=200,
+                         test_subset=50)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_a_new_run_never_writes_over_an_earlier_one(tmp_path):
+    run(_small(tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"}
+    with pytest.raises(CheckpointError, match="already holds a run.*--resume.*--overwrite"):
+        run(_small(tmp_path, seed=1))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".lock"} == before
+    run(_small(tmp_path, seed=1, overwrite=True))
+    replaced = [p for p in tmp_path.iterdir() if p.name.startswith("replaced-")]
+    assert len(replaced) == 1 and {p.name: p.read_bytes() for p in replaced[0].iterdir()} == before
+    assert load_checkpoint(tmp_path).seed == 1
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run(_small(tmp_path / "empty", resume=True))
+
+
+def test_a_second_process_is_refused_while_a_run_directory_is_in_use(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with RunFiles(tmp_path).locked():  # (flock: a second open of the lock file conflicts, even in one process)
+        with pytest.raises(CheckpointError, match=f"in use by another lowbit process \\(pid {os.getpid()}\\)"):
+            run(_small(tmp_path))
+    run(_small(tmp_path))  # released
+
+
+def test_an_unusable_out_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot use .* as the run directory"):
+        run(_small(tmp_path / "file"))
+    with pytest.raises(CheckpointError, match="cannot use .* as the run directory"):
+        run(_small(tmp_path / "file" / "sub"))

@@ -6,6 +6,8 @@ A run directory (``lowbit train --out DIR``) holds::
     best.safetensors    the checkpoint of the best validation epoch (what eval, export and summary use)
     log.jsonl           one JSON record per epoch
     metrics.json        the run's final figures
+    .lock               held by the process training into the directory (one writer at a time)
+    replaced-<time>/    an earlier run, moved aside by ``lowbit train --overwrite``
 
 A checkpoint is a :class:`Checkpoint`: named, versioned fields, stored with :mod:`lowbit.safe_state` (tensors in
 safetensors, everything else as JSON; nothing is unpickled, so opening a checkpoint from someone else cannot run
@@ -19,9 +21,12 @@ summaries, plots and the reproduction read them through :func:`load_checkpoint` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -81,6 +86,48 @@ class RunFiles:
     def append_log(self, record: dict) -> None:
         with open(self.log, "a") as log:
             log.write(json.dumps(record) + "\n")
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    def holds_run(self) -> bool:
+        """Whether the directory holds (part of) a run: a checkpoint, a log or metrics, of this or lowbit 0.1."""
+        legacy = [self.root / f"{name}{LEGACY_SUFFIX}" for name in ("last", "best")]
+        return any(p.exists() for p in (self.last, self.best, self.log, self.metrics, *legacy))
+
+    def move_aside(self) -> Path:
+        """Move everything of the current run (not the lock, not earlier replaced runs) into ``replaced-<time>/``."""
+        target = self.root / time.strftime("replaced-%Y%m%d-%H%M%S")
+        while target.exists():  # two replacements within a second
+            target = target.with_name(target.name + "-1")
+        target.mkdir()
+        for entry in self.root.iterdir():
+            if entry != target and entry != self.lock_file and not entry.name.startswith("replaced-"):
+                entry.rename(target / entry.name)
+        return target
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run directory: a second process writing into it is refused with the
+        holder's pid instead of mixing its checkpoints and log lines with the first one's."""
+        import fcntl
+
+        handle = open(self.lock_file, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise CheckpointError(f"run directory {str(self.root)!r} is in use by another lowbit process "
+                                      f"(pid {holder}); wait for it to finish, or train into another --out") from None
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # (closing releases the lock)
 
 
 # ----------------------------------------------------------------------------------------------- specs

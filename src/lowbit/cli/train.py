@@ -31,7 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=positive_float, help="learning rate")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    run_dir = parser.add_mutually_exclusive_group()
+    run_dir.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.safetensors")
+    run_dir.add_argument("--overwrite", action="store_true", help="OUT holds an earlier run: move it into "
+                                                                   "OUT/replaced-<time>/ and start a new one")
     parser.add_argument("--set", dest="changes", type=assignment, action="append", default=[], metavar="KEY=VALUE",
                         help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)")
     parser.add_argument("--device", default="cpu")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         recipe=args.recipe, data=args.data, data_dir=args.data_dir, model=args.model,
         model_options=dict(args.model_option), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, out=args.out, resume=args.resume, changes=dict(args.changes), device=args.device,
+        seed=args.seed, out=args.out, resume=args.resume, overwrite=args.overwrite, changes=dict(args.changes), device=args.device,
         progress=False if args.no_progress else None, train_subset=args.train_subset,
         test_subset=args.test_subset, pretrain_epochs=args.pretrain_epochs, init_from=args.init_from,
         compile=args.compile, quiet=args.quiet)

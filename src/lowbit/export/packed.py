@@ -275,13 +275,15 @@ def _decode(entry: dict, packed: torch.Tensor, tensors: dict[str, torch.Tensor])
 def _float_model(header: dict, model: Optional[nn.Module], path: Path) -> nn.Module:
     if model is not None:
         return model
-    spec = header.get("model_spec") or {}
-    if spec.get("name") is None:
-        raise PackedFileError(f"{str(path)!r} holds a custom model: pass your float model, "
-                              f"lowbit.load_packed({str(path)!r}, model=MyNet())")
-    from ..models import build_model
+    from ..errors import CustomModelError
+    from ..runs import ModelSpec
 
-    return build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec.get("options", {}))
+    try:
+        return ModelSpec(**(header.get("model_spec") or {"name": None})).build()
+    except CustomModelError as error:
+        raise PackedFileError(f"{str(path)!r}: {error} (lowbit.load_packed(path, model=MyNet()))") from None
+    except TypeError as error:
+        raise PackedFileError(f"{str(path)!r} has a malformed model description: {error}") from None
 
 
 def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None) -> nn.Module:

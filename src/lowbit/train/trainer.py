@@ -11,9 +11,11 @@ or, with your own float model and data splits, ``Trainer(config, model=my_model,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -61,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     out: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False  # a new run into a directory that holds one: move the old run aside instead of refusing
     changes: dict = field(default_factory=dict)  # dotted recipe paths -> values (the CLI's --set)
     device: str = "cpu"
     progress: Optional[bool] = None  # None: a bar on a terminal, plain lines otherwise
@@ -308,12 +311,44 @@ class Trainer:
         if is_best:
             checkpoint.save(self.files.best)
 
-    def _try_resume(self) -> Optional[Checkpoint]:
-        if not self.config.resume or self.files is None:
+    @contextlib.contextmanager
+    def _claim_run_directory(self) -> Iterator[Optional[Checkpoint]]:
+        """Lock the run directory for this process; yield the checkpoint to resume from (``None``: a new run).
+
+        A new run never writes over an earlier one: it is refused, or with ``overwrite`` the old run is moved into
+        ``replaced-<time>/`` first. ``resume`` without a checkpoint to resume from is an error, not a fresh start.
+        """
+        if self.files is None:
+            yield None
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CheckpointError(f"cannot use {str(self.out)!r} as the run directory: "
+                                  f"{error.strerror or error}") from None
+        with self.files.locked():
+            resume = self._resume_point()
+            if resume is None:
+                if self.files.holds_run() and not self.config.overwrite:
+                    raise CheckpointError(
+                        f"{str(self.out)!r} already holds a run; continue it with --resume, train into another "
+                        f"--out, or replace it with --overwrite (the old run is then moved into "
+                        f"{self.out}/replaced-<time>/)")
+                if self.files.holds_run():
+                    self.log(f"moved the previous run in {self.out} to {self.files.move_aside()}")
+                self.files.log.write_text("")
+            yield resume
+
+    def _resume_point(self) -> Optional[Checkpoint]:
+        if not self.config.resume:
             return None
         if not self.files.last.exists():
-            self.log(f"no checkpoint at {self.files.last}: starting from scratch")
-            return None
+            legacy = self.out / "last.pt"
+            if legacy.exists():
+                load_checkpoint(legacy)  # refused with the conversion hint
+            raise CheckpointError(f"nothing to resume in {str(self.out)!r}: there is no {self.files.last.name} (a "
+                                  f"run killed before the end of its first epoch leaves none); start the run "
+                                  f"without --resume")
         state = load_checkpoint(self.files.last)
         if state.seed != self.config.seed or state.recipe_name != self.recipe.name:
             raise CheckpointError(f"{state.path} was written by a run with recipe {state.recipe_name!r} and seed "
@@ -324,11 +359,10 @@ class Trainer:
     def fit(self) -> RunResult:
         started = time.perf_counter()
         torch.manual_seed(self.config.seed)
-        resume = self._try_resume()
-        if self.files is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if resume is None:
-                self.files.log.write_text("")
+        with self._claim_run_directory() as resume:
+            return self._fit(resume, started)
+
+    def _fit(self, resume: Optional[Checkpoint], started: float) -> RunResult:
         self.log(f"lowbit {__version__}: recipe {self.recipe.name} on {self.splits.name} "
                  f"({len(self.splits.train)} train / {len(self.splits.val)} val / {len(self.splits.test)} test), "
                  f"model {self.model_spec.label}, seed {self.config.seed}")
