@@ -95,7 +95,7 @@ def _activation_grid(quantizer: Quantizer, where: str) -> Optional[Grid]:
     try:
         return quantizer.eval_grid()
     except GridUnavailable as error:
-        raise ExportError(f"{where}: {error}; a static ONNX graph needs a fixed grid") from None
+        raise ExportError(f"{where}: a static ONNX graph needs a fixed grid, and {error}") from None
     except NotImplementedError:
         raise ExportError(f"{where}: no ONNX form for activation quantizer {type(quantizer).__name__}: it does not "
                           f"describe its grid (Quantizer.deterministic_grid)") from None
