@@ -49,10 +49,10 @@ def test_original_model_is_left_untouched_unless_inplace():
 def test_first_and_last_layer_overrides():
     quantized = lowbit.quantize(resnet(), "lsq-w2a2")
     layers = list(lowbit.quantized_layers(quantized))
-    bits = [layer.weight_bits for _, layer in layers]
+    bits = [layer.weight_quantizer.bits for _, layer in layers]
     assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {2}
     assert layers[0][1].input_quantizer is None  # the network input is 8-bit image data already
-    assert layers[1][1].input_bits == 2 and layers[-1][1].input_bits == 8
+    assert layers[1][1].input_quantizer.bits == 2 and layers[-1][1].input_quantizer.bits == 8
 
 
 def test_glob_override_and_float_layers():
@@ -142,4 +142,5 @@ def test_custom_module_tree_with_functional_ops():
 def test_first_and_last_overrides_compose_on_a_one_layer_model():
     quantized = lowbit.quantize(nn.Sequential(nn.Linear(4, 3)), "lsq-w4a4")
     layer = quantized[0]
-    assert layer.weight_bits == 8 and layer.input_bits == 8  # 'last' re-adds the input that 'first' removed
+    # 'last' re-adds the input that 'first' removed
+    assert layer.weight_quantizer.bits == 8 and layer.input_quantizer.bits == 8

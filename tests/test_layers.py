@@ -108,7 +108,7 @@ def test_slots_weight_input_bias_are_applied():
     x = torch.tensor([[0.2, 0.9, 3.7]])
     expected = F.linear(torch.tensor([[0.0, 1.0, 3.0]]), torch.where(layer.weight >= 0, 1.0, -1.0), layer.bias)
     assert torch.allclose(layer(x), expected)
-    assert layer.weight_bits == 1 and layer.input_bits == 2
+    assert layer.weight_quantizer.bits == 1 and layer.input_quantizer.bits == 2
     assert set(layer.quantizers()) == {"weight", "input"}
 
 

@@ -2,12 +2,16 @@
 
 Every quantizer maps ``x / step`` to an integer. Three ways of doing it appear in the papers:
 
-* ``round_half_even(x)``: ``torch.round``; what ``torch.fake_quantize_*`` and GEMMLOWP use (LSQ, min-max).
+* round half to even: ``torch.round``; what ``torch.fake_quantize_*`` and GEMMLOWP use (LSQ, min-max).
 * ``round_half_away(x) = sign(x) * floor(|x| + 1/2)``: Li & De's ``Q_d`` and Uhlich's eq. (1). It differs from
   ``torch.round`` only at exact ties (x = k + 1/2).
 * ``stochastic_round(x) = floor(x + u)``, ``u ~ U[0, 1)``: rounds up with probability ``x - floor(x)``, hence
   ``E[stochastic_round(x)] = x`` and ``Var <= 1/4`` per element (Li & De's ``Q_s``; Banner's ``round(x + U(-1/2, 1/2))``
-  has the same distribution).
+  has the same distribution). On a grid of two levels ``low < high`` the same rule reads ``high if x >= t else low``
+  with ``t = low + (high - low)·u`` (:func:`stochastic_threshold`; BinaryConnect's stochastic binarization).
+
+Quantizers draw ``u`` before their autograd Function and round inside it (:func:`stochastic_round_`): under
+``torch.compile`` the draw is then an ordinary op of the graph, not a call on a Python object inside a Function.
 
 Randomness comes from a :class:`NoiseSource` owned by each stochastic quantizer, not from torch's global
 generator: a run is reproducible from its seed, dropout or data shuffling do not shift the rounding noise, and the
@@ -25,11 +29,12 @@ import torch
 __all__ = [
     "Rounding",
     "NoiseSource",
-    "round_half_even",
     "round_half_away",
     "outside_mask",
     "at_least",
     "stochastic_round",
+    "stochastic_round_",
+    "stochastic_threshold",
     "derive_seed",
 ]
 
@@ -90,11 +95,6 @@ class NoiseSource:
         self._words: np.random.PCG64DXSM | None = None
         self._pending_words: dict | None = None
 
-    def reseed(self, seed: int) -> None:
-        self.seed = int(seed)
-        self._generator = self._words = None
-        self._pending_state = self._pending_words = None
-
     def generator(self, device: torch.device) -> torch.Generator:
         gen = self._generator
         if gen is None or gen.device != device:
@@ -148,10 +148,6 @@ class NoiseSource:
         self._pending_words = state.get("words")
 
 
-def round_half_even(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x)
-
-
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
     """``sign(x) * floor(|x| + 1/2)``, as ``copysign(floor(|x| + 1/2), x)`` (three vectorised kernels)."""
     return torch.copysign(x.abs().add_(0.5).floor_(), x)
@@ -174,5 +170,16 @@ def at_least(x: torch.Tensor, bound) -> torch.Tensor:
 
 
 def stochastic_round(x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
-    """``floor(x + u)`` with ``u ~ U[0, 1)``: unbiased, ``P(up) = x - floor(x)``."""
-    return torch.floor(x + noise.uniform_like(x))
+    """``floor(x + u)`` with ``u ~ U[0, 1)`` drawn from ``noise``: unbiased, ``P(up) = x - floor(x)``."""
+    return stochastic_round_(x.clone(), noise.uniform_like(x))
+
+
+def stochastic_round_(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``floor(x + u)`` in place, for noise ``u = noise.uniform_like(x)`` drawn beforehand."""
+    return x.add_(u).floor_()
+
+
+def stochastic_threshold(noise: NoiseSource, like: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``t = low + (high - low)·u``, ``u ~ U[0, 1)``, shaped like ``like``: ``x`` in ``[low, high]`` rounds to ``high``
+    where ``x >= t``, with probability ``(x - low) / (high - low)`` (stochastic rounding between two levels)."""
+    return noise.uniform_like(like).mul_(high - low).add_(low)

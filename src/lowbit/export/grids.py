@@ -1,5 +1,8 @@
 """What ONNX can express of a quantizer's grid: QuantizeLinear/DequantizeLinear parameters, or a float fallback.
 
+The grids themselves are described by the quantizers (``Quantizer.eval_grid()``, :mod:`lowbit.quantizers.grids`);
+this module only maps them, and weight codes, onto ONNX's 8-bit containers.
+
 ONNX's pair is ``q = saturate(round_half_even(x / s) + z)`` into an 8-bit container and ``x̂ = (q − z)·s``. A lowbit
 grid of integer levels ``l ∈ [l_min, l_max]`` with ``x̂ = s·(l − z)`` maps onto it by storing ``l + o`` with an offset
 ``o`` that fits ``[l_min + o, l_max + o]`` into the container; the container's zero point is ``z + o``. When the grid
@@ -18,68 +21,21 @@ power-of-two grids (``Pow2Grid``) and binary activations (``SignGrid``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
 
-from ..quantizers import (BinaryQuantizer, LSQQuantizer, MinMaxQuantizer, ParametricPow2Quantizer,
-                          ParametricUniformQuantizer, UniformQuantizer)
-from ..quantizers.base import Quantizer
 from ..quantizers.codes import QuantizedTensor
-from ..quantizers.minmax import affine_params
-from .errors import ExportError
+from ..quantizers.grids import IntegerGrid
 
-__all__ = ["IntegerGrid", "AffineFloat", "Pow2Grid", "SignGrid", "QDQ", "WeightCodes", "activation_grid",
-           "activation_qdq", "weight_codes", "WEIGHT_DTYPES", "SATURATION_SAFE"]
+__all__ = ["QDQ", "WeightCodes", "activation_qdq", "weight_codes", "WEIGHT_DTYPES", "SATURATION_SAFE"]
 
 WEIGHT_DTYPES = ("auto", "int8", "uint8")
 #: largest |weight level| for which uint8 × int8 pair sums fit in int16 (VPMADDUBSW): 255 · 64 · 2 = 32640
 SATURATION_SAFE = 64
 _RANGES = {np.uint8: (0, 255), np.int8: (-128, 127)}
-
-
-@dataclass(frozen=True)
-class IntegerGrid:
-    """``x̂ = scale·(l − zero_point)``, integer ``l`` in ``[l_min, l_max]``, ``l = round(x/scale) + zero_point``."""
-
-    scale: np.float32
-    zero_point: int
-    l_min: int
-    l_max: int
-    rounding: str = "half_even"  # "half_away": Li & De, Uhlich; differs from ONNX only at exact ties
-
-
-@dataclass(frozen=True)
-class AffineFloat:
-    """``x̂ = scale·(clip(round(x·(1/scale) + zero_point), u_min, u_max) − zero_point)`` with a real zero point."""
-
-    scale: np.float32
-    zero_point: np.float32
-    u_min: float
-    u_max: float
-
-
-@dataclass(frozen=True)
-class Pow2Grid:
-    """Uhlich's power-of-two grid: ``sign(x)·clip(2^round(log2|x|), q_min, q_max)``, 0 below ``threshold``."""
-
-    q_min: np.float32
-    q_max: np.float32
-    threshold: Optional[np.float32]  # q_min/√2 with a zero level, else None
-    signed: bool
-
-
-@dataclass(frozen=True)
-class SignGrid:
-    """Binary activations ``+H if x >= 0 else −H``."""
-
-    scale: np.float32
-
-
-Grid = Union[IntegerGrid, AffineFloat, Pow2Grid, SignGrid]
 
 
 @dataclass(frozen=True)
@@ -89,49 +45,6 @@ class QDQ:
     scale: np.float32
     zero_point: np.uint8
     clip: Optional[tuple[np.float32, np.float32]]
-
-
-def _f32(value) -> np.float32:
-    return np.float32(float(value.detach()) if isinstance(value, torch.Tensor) else value)
-
-
-def _require_initialized(q: Quantizer, where: str) -> None:
-    if not q._is_initialized:
-        raise ExportError(f"{where}: the activation quantizer has never seen data, so its range is not set; train "
-                          f"the model (or run a batch through it in train mode) before exporting")
-
-
-@torch.no_grad()
-def activation_grid(q: Quantizer, where: str) -> Optional[Grid]:
-    """The grid of an activation quantizer in eval mode; ``None`` when it passes values through unchanged."""
-    if q.eval_mode == "float":
-        return None
-    if isinstance(q, BinaryQuantizer):
-        return SignGrid(_f32(q.scale))
-    if isinstance(q, MinMaxQuantizer) and q.granularity != "sample":
-        raise ExportError(f"{where}: a min-max activation quantizer with granularity {q.granularity!r} computes "
-                          f"its range from every batch at inference, which a static ONNX graph cannot do; train "
-                          f"with granularity: sample (running range) to export it")
-    _require_initialized(q, where)
-    if isinstance(q, LSQQuantizer):
-        return IntegerGrid(_f32(q.step), 0, -q.q_n, q.q_p)
-    if isinstance(q, UniformQuantizer):
-        return IntegerGrid(_f32(q.step), 0, -q.q_n, q.q_p, "half_away")
-    if isinstance(q, MinMaxQuantizer):
-        scale, zero = affine_params(q.running_min, q.running_max, q.q_max, q.integer_zero)
-        if q.integer_zero:
-            return IntegerGrid(_f32(scale), int(zero), 0, q.q_max)
-        return AffineFloat(_f32(scale), _f32(zero), 0.0, float(q.q_max))
-    if isinstance(q, ParametricUniformQuantizer):
-        d, q_max = q.step_and_range()
-        k = int(torch.round(q_max / d))
-        return IntegerGrid(_f32(d), 0, -k if q.signed else 0, k, "half_away")
-    if isinstance(q, ParametricPow2Quantizer):
-        q_min, q_max = q.range_bounds()
-        # the threshold as the quantizer computes it: a float32 tensor times a Python float
-        threshold = _f32(q_min * math.sqrt(0.5)) if q.with_zero else None
-        return Pow2Grid(_f32(q_min), _f32(q_max), threshold, q.signed)
-    raise ExportError(f"{where}: no ONNX form for activation quantizer {type(q).__name__}")
 
 
 def activation_qdq(grid: IntegerGrid) -> Optional[QDQ]:

@@ -7,7 +7,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .grids import AffineFloat, IntegerGrid, Pow2Grid, SignGrid, WeightCodes
+from ..quantizers.grids import Grid
+from .grids import WeightCodes
 
 __all__ = ["WeightMark", "ActMark", "AffineMark", "Mark", "MARK_DOMAIN", "MARK_OP"]
 
@@ -24,7 +25,7 @@ class WeightMark:
 @dataclass
 class ActMark:
     name: str  # e.g. "features.4.input"
-    grid: Union[IntegerGrid, AffineFloat, Pow2Grid, SignGrid]
+    grid: Grid
 
 
 @dataclass

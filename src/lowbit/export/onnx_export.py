@@ -30,10 +30,11 @@ from torch import nn
 from ..nn.activation import QuantAct
 from ..nn.layers import QuantizedLayer
 from ..quantizers.base import Quantizer
+from ..quantizers.grids import Grid, GridUnavailable
 from .encode import encode_model, eval_mode, join_name
 from .errors import ExportError
 from .fold import affine_of, is_foldable_norm
-from .grids import activation_grid, weight_codes
+from .grids import weight_codes
 from .marks import MARK_DOMAIN, MARK_OP, ActMark, AffineMark, WeightMark
 
 __all__ = ["export_onnx", "OnnxExport", "DEFAULT_OPSET"]
@@ -88,6 +89,18 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
+def _activation_grid(quantizer: Quantizer, where: str) -> Optional[Grid]:
+    """The grid an activation quantizer applies in eval mode (``None``: values pass through), or an
+    :class:`ExportError` naming the layer input when it has none fixed."""
+    try:
+        return quantizer.eval_grid()
+    except GridUnavailable as error:
+        raise ExportError(f"{where}: a static ONNX graph needs a fixed grid, and {error}") from None
+    except NotImplementedError:
+        raise ExportError(f"{where}: no ONNX form for activation quantizer {type(quantizer).__name__}: it does not "
+                          f"describe its grid (Quantizer.deterministic_grid)") from None
+
+
 def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
     """A copy of ``model`` with placeholders, and what each placeholder stands for (tag -> mark)."""
     marks: dict[int, object] = {}
@@ -126,11 +139,11 @@ def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
                     module.bias_quantizer = None  # the decoded bias is in the parameter; pass 4 may make it int32
             if module.input_quantizer is not None:
                 where = join_name(name, "input")
-                grid = activation_grid(module.input_quantizer, where)
+                grid = _activation_grid(module.input_quantizer, where)
                 module.input_quantizer = None if grid is None else placeholder(ActMark(where, grid))
             module.grad_quantizer = None
         elif isinstance(module, QuantAct):
-            grid = activation_grid(module.quantizer, name)
+            grid = _activation_grid(module.quantizer, name)
             _set_child(deploy, name, nn.Identity() if grid is None else placeholder(ActMark(name, grid)))
         elif is_foldable_norm(module):
             a, b = affine_of(module)

@@ -37,7 +37,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .grids import AffineFloat, IntegerGrid, Pow2Grid, SignGrid, activation_qdq
+from ..quantizers.grids import AffineFloat, IntegerGrid, Pow2Grid, SignGrid
+from .errors import ExportError
+from .grids import activation_qdq
 from .marks import MARK_DOMAIN, MARK_OP, ActMark, AffineMark, Mark, WeightMark
 
 __all__ = ["rewrite_marks", "RewriteReport"]
@@ -305,9 +307,11 @@ def _float_nodes(graph: _Graph, spec: ActMark, x: str, out: str) -> list[onnx.No
         scaled = c.value
         sign = c.op("Sign", first=x)
         c.op("Mul", scaled, out=out, first=sign)
-    else:  # SignGrid: +H where x >= 0 (so sign(0) = +1), else -H
+    elif isinstance(grid, SignGrid):  # +H where x >= 0 (so sign(0) = +1), else -H
         condition = c.op("GreaterOrEqual", c.const("zero", 0.0))
         c.op("Where", c.const("plus", grid.scale), c.const("minus", -grid.scale), out=out, first=condition)
+    else:
+        raise ExportError(f"{spec.name}: no ONNX form for a {type(grid).__name__}")
     return c.nodes
 
 

@@ -27,7 +27,3 @@ class QuantAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantizer(x)
-
-    @property
-    def bits(self) -> int:
-        return self.quantizer.bits

@@ -70,16 +70,6 @@ class QuantizedLayer:
         q = self.input_quantizer
         return x if q is None else q(x)
 
-    @property
-    def weight_bits(self) -> int:
-        q = self.weight_quantizer
-        return 32 if q is None else q.bits
-
-    @property
-    def input_bits(self) -> int:
-        q = self.input_quantizer
-        return 32 if q is None else q.bits
-
     def extra_repr(self) -> str:
         text = super().extra_repr()
         if self.grad_quantizer is not None and not self.bifurcate:

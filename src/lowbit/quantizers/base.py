@@ -15,6 +15,11 @@ Protocol (every quantizer is an ``nn.Module``):
 * ``signed``: whether the grid has negative levels;
 * ``encode(x)``: the integer codes and scale/offset of the deterministic quantization of ``x``
   (:class:`QuantizedTensor`), with ``encode(x).dequantize() == forward(x)`` in eval mode;
+* ``eval_grid()``: the grid ``forward`` applies in eval mode, as data (:mod:`lowbit.quantizers.grids`: integer
+  affine, affine with a real zero point, power-of-two, sign), or ``None`` when eval passes values through
+  (``eval_mode: float``). Families implement ``deterministic_grid()``; both raise :class:`GridUnavailable` when the
+  grid is not fixed (never initialised, or a range recomputed from every tensor). ONNX export reads this and
+  nothing else of an activation quantizer;
 * ``clip_range()``: the interval a float latent copy should be clipped to (BinaryConnect), or ``None``;
 * ``project_()``: called after every optimizer step to keep learned parameters in their valid box.
 """
@@ -27,11 +32,12 @@ import torch
 from torch import nn
 
 from ..rounding import NoiseSource, Rounding
-from .codes import QuantizedTensor, bits_for_levels, index_dtype, integer_range
+from .codes import QuantizedTensor, index_dtype, integer_range
+from .grids import Grid, GridUnavailable
 
 __all__ = ["Quantizer", "QuantizedTensor", "ROLES", "EVAL_MODES", "ROUNDING_OPTION", "EVAL_MODE_OPTION", "bits_option",
            "ceil_ste", "round_ste", "pow2_ste",
-           "integer_range", "bits_for_levels", "index_dtype"]
+           "integer_range", "index_dtype", "Grid", "GridUnavailable"]
 
 ROLES = ("weight", "activation", "gradient", "bias")
 EVAL_MODES = ("deterministic", "float")
@@ -55,8 +61,6 @@ class Quantizer(nn.Module):
 
     #: name used in recipes (``type: <kind>``); set by each subclass
     kind: ClassVar[str] = ""
-    #: whether the grid is learned (bits inferred from parameters)
-    learned: ClassVar[bool] = False
     #: JSON schema of the recipe options (constructor keywords besides ``role`` and ``seed``)
     OPTIONS: ClassVar[dict] = {}
 
@@ -97,6 +101,15 @@ class Quantizer(nn.Module):
     def encode(self, x: torch.Tensor) -> QuantizedTensor:
         raise NotImplementedError
 
+    def eval_grid(self) -> Optional[Grid]:
+        """The grid ``forward`` applies in eval mode; ``None`` when it passes values through (``eval_mode: float``)."""
+        return None if self.eval_mode == "float" else self.deterministic_grid()
+
+    def deterministic_grid(self) -> Grid:
+        """The grid of deterministic rounding (what eval mode applies unless ``eval_mode: float``, and what
+        ``encode`` writes codes on); raises :class:`GridUnavailable` if it is not fixed."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its grid")
+
     def clip_range(self) -> Optional[tuple[float, float]]:
         return None
 
@@ -129,9 +142,11 @@ class Quantizer(nn.Module):
         self.initialized.fill_(True)
         self._is_initialized = True
 
-    def reseed(self, seed: int) -> None:
-        if self.noise is not None:
-            self.noise.reseed(seed)
+    def require_initialized(self) -> None:
+        """Raise :class:`GridUnavailable` unless the data-dependent parameters are set."""
+        if not self._is_initialized:
+            raise GridUnavailable(f"the {self.role} quantizer has never seen data, so its grid is not set; train the "
+                                  f"model (or run a batch through it in train mode) first")
 
     def get_extra_state(self):
         return {"noise": self.noise.state() if self.noise is not None else None}

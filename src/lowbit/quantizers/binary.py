@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from ..rounding import stochastic_threshold
 from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, QuantizedTensor
+from .grids import SignGrid, float32
 
 __all__ = ["BinaryQuantizer"]
 
@@ -60,9 +62,12 @@ class BinaryQuantizer(Quantizer):
             return w
         threshold = None
         if self.stochastic_now:
-            # P(Wb = +H) = P(u < (W/H + 1)/2) = P(W > H(2u - 1)); clipping p to [0, 1] is implicit.
-            threshold = self.noise.uniform_like(w).mul_(2 * self.scale).sub_(self.scale)
+            # P(Wb = +H) = P(W >= -H + 2H·u) = (W/H + 1)/2; clipping p to [0, 1] is implicit.
+            threshold = stochastic_threshold(self.noise, w, -self.scale, self.scale)
         return _BinarizeSTE.apply(w, threshold, self.scale)
+
+    def deterministic_grid(self) -> SignGrid:
+        return SignGrid(float32(self.scale))
 
     def encode(self, w: torch.Tensor) -> QuantizedTensor:
         w = w.detach()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-__all__ = ["QuantizedTensor", "index_dtype", "integer_range", "bits_for_levels"]
+__all__ = ["QuantizedTensor", "index_dtype", "integer_range"]
 
 
 @dataclass
@@ -56,8 +55,3 @@ def integer_range(bits: int, signed: bool, symmetric: bool = False) -> tuple[int
         q_p = 2 ** (bits - 1) - 1
         return (q_p if symmetric else q_p + 1), q_p
     return 0, 2**bits - 1
-
-
-def bits_for_levels(n_levels: int) -> int:
-    """Smallest bit width that can index ``n_levels`` distinct values."""
-    return max(1, math.ceil(math.log2(max(n_levels, 2))))

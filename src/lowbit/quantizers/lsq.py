@@ -33,6 +33,7 @@ from torch import nn
 from ..rounding import outside_mask
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
+from .grids import IntegerGrid, float32
 
 __all__ = ["LSQQuantizer", "GRAD_SCALES"]
 
@@ -65,7 +66,6 @@ class _LSQFunction(torch.autograd.Function):
 
 class LSQQuantizer(Quantizer):
     kind = "lsq"
-    learned = False  # the step is learned, the bit width is fixed
     OPTIONS = {
         "bits": bits_option(2, 8, default=4),
         "signed": {"enum": [True, False, "auto", None], "default": None,
@@ -129,16 +129,16 @@ class LSQQuantizer(Quantizer):
             return v
         return _LSQFunction.apply(v, self.step, self.q_n, self.q_p, self.gradient_scale(v))
 
+    def deterministic_grid(self) -> IntegerGrid:
+        self.require_initialized()
+        return IntegerGrid(float32(self.step), 0, -self.q_n, self.q_p)
+
     def encode(self, v: torch.Tensor) -> QuantizedTensor:
         self.maybe_initialize(v)
         s = self.step.detach()
         q = torch.round(torch.clamp(v.detach() / s, -self.q_n, self.q_p))
         return QuantizedTensor(indices=(q + self.q_n).to(index_dtype(self._bits)), bits=self._bits,
                                scale=s.clone(), zero_point=torch.zeros((), dtype=v.dtype), qmin=-self.q_n)
-
-    def codes(self, v: torch.Tensor) -> torch.Tensor:
-        """Integer codes ``round(clip(v/s, -Q_N, Q_P))`` with the current step (Bin Regularization's bins)."""
-        return torch.round(torch.clamp(v / self.step.detach(), -self.q_n, self.q_p))
 
     def extra_repr(self) -> str:
         sign = "auto" if self.auto_sign and not self._is_initialized else self.signed

@@ -21,12 +21,14 @@ Backward: identity straight-through estimator, no clipping mask (as in Banner's 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
+from ..rounding import stochastic_round_
 from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype
+from .grids import AffineFloat, GridUnavailable, IntegerGrid, float32
 
 __all__ = ["MinMaxQuantizer", "GRANULARITIES"]
 
@@ -44,7 +46,7 @@ def affine_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     if not integer_zero:
         y.add_(zero_point)
     if noise is not None:
-        y.add_(noise).floor_()
+        stochastic_round_(y, noise)
     else:
         y.round_()
     if integer_zero:
@@ -162,6 +164,19 @@ class MinMaxQuantizer(Quantizer):
         scale, zero_point = self.quant_params(x.detach())
         noise = self.noise.uniform_like(x) if self.stochastic_now else None
         return _AffineSTE.apply(x, scale, zero_point, self.q_max, noise, self.integer_zero)
+
+    def deterministic_grid(self) -> Union[IntegerGrid, AffineFloat]:
+        """The grid of the running range (``granularity: sample``); other granularities have none fixed."""
+        if self.granularity != "sample":
+            raise GridUnavailable(f"a min-max quantizer with granularity {self.granularity!r} computes its range "
+                                  f"from every tensor it quantizes, so it has no fixed grid; use granularity: sample "
+                                  f"(running range) for one")
+        self.require_initialized()
+        with torch.no_grad():
+            scale, zero_point = affine_params(self.running_min, self.running_max, self.q_max, self.integer_zero)
+        if self.integer_zero:
+            return IntegerGrid(float32(scale), int(zero_point), 0, self.q_max)
+        return AffineFloat(float32(scale), float32(zero_point), 0.0, float(self.q_max))
 
     def encode(self, x: torch.Tensor) -> QuantizedTensor:
         x = x.detach()

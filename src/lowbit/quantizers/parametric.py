@@ -50,6 +50,7 @@ from torch import nn
 from ..rounding import at_least, round_half_away
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
+from .grids import HALF_AWAY, IntegerGrid, Pow2Grid, float32
 
 __all__ = ["ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "PARAMETRIZATIONS"]
 
@@ -198,8 +199,6 @@ class _Pow2Function(torch.autograd.Function):
 
 
 class _ParametricBase(Quantizer):
-    learned = True
-
     def __init__(self, *, parametrization: str, signed: Optional[bool], init_bits: int, role: str,
                  eval_mode: str, seed: int, frozen: tuple[str, ...] = ()):
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
@@ -333,6 +332,14 @@ class ParametricUniformQuantizer(_ParametricBase):
         d, q_max = self.step_and_range()
         return _ClipRoundFunction.apply(x, d, q_max, self._signed)
 
+    def deterministic_grid(self) -> IntegerGrid:
+        """Levels ``-k .. k`` (signed) or ``0 .. k`` of step ``d``, ``k = round(q_max / d)``."""
+        self.require_initialized()
+        with torch.no_grad():
+            d, q_max = self.step_and_range()
+            k = int(torch.round(q_max / d))
+        return IntegerGrid(float32(d), 0, -k if self._signed else 0, k, HALF_AWAY)
+
     def encode(self, x: torch.Tensor) -> QuantizedTensor:
         self.maybe_initialize(x)
         with torch.no_grad():
@@ -410,6 +417,14 @@ class ParametricPow2Quantizer(_ParametricBase):
             return x
         q_min, q_max = self.range_bounds()
         return _Pow2Function.apply(x, q_min, q_max, self._signed, self.with_zero)
+
+    def deterministic_grid(self) -> Pow2Grid:
+        self.require_initialized()
+        with torch.no_grad():
+            q_min, q_max = self.range_bounds()
+            # the threshold as forward computes it: a float32 tensor times a Python float
+            threshold = float32(q_min * SQRT_HALF) if self.with_zero else None
+        return Pow2Grid(float32(q_min), float32(q_max), threshold, self._signed)
 
     def encode(self, x: torch.Tensor) -> QuantizedTensor:
         self.maybe_initialize(x)

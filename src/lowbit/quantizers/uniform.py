@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 
-from ..rounding import round_half_away
+from ..rounding import round_half_away, stochastic_round_
 from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
+from .grids import HALF_AWAY, IntegerGrid, float32
 
 __all__ = ["UniformQuantizer"]
 
@@ -31,7 +32,7 @@ class _UniformSTE(torch.autograd.Function):
         y = x / step
         y.clamp_(-q_n, q_p)
         if noise is not None:
-            return y.add_(noise).floor_().mul_(step)
+            return stochastic_round_(y, noise).mul_(step)
         return round_half_away(y).mul_(step)
 
     @staticmethod
@@ -81,6 +82,10 @@ class UniformQuantizer(Quantizer):
             return x
         noise = self.noise.uniform_like(x) if self.stochastic_now else None
         return _UniformSTE.apply(x, self.step, self.q_n, self.q_p, noise)
+
+    def deterministic_grid(self) -> IntegerGrid:
+        self.require_initialized()
+        return IntegerGrid(float32(self.step), 0, -self.q_n, self.q_p, HALF_AWAY)
 
     def encode(self, x: torch.Tensor) -> QuantizedTensor:
         self.maybe_initialize(x)
