@@ -20,6 +20,7 @@ Both also call ``project_()`` on every quantizer (LSQ step > 0, Uhlich parameter
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -52,7 +53,7 @@ SHARED_OPTIONS = {
 }
 
 
-class UpdatePolicy:
+class UpdatePolicy(ABC):
     """How a quantized model's weights are stored and updated around any optimizer (one subclass per policy).
 
     ``start()`` once before training, ``after_step()`` after every optimizer step, ``step_scales()`` for the
@@ -101,9 +102,9 @@ class UpdatePolicy:
             quantizer.project_()
         self.update_weights()
 
+    @abstractmethod
     def update_weights(self) -> None:
         """What the policy does to the stored weights after an optimizer step (under ``no_grad``)."""
-        raise NotImplementedError
 
 
 @POLICIES.register("latent", options={

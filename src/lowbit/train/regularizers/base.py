@@ -7,6 +7,7 @@ in :data:`REGULARIZERS` with the schema of its options.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Optional
 
 import torch
@@ -20,7 +21,7 @@ __all__ = ["Regularizer", "REGULARIZERS", "build_regularizers"]
 REGULARIZERS: Registry[str] = Registry("regularizer")
 
 
-class Regularizer:
+class Regularizer(ABC):
     """``objective = task loss + Σ_active penalty(model)``, with hooks around each step and epoch.
 
     Lifecycle in a run:
@@ -39,9 +40,9 @@ class Regularizer:
     def active(self, epoch: int) -> bool:
         return True
 
+    @abstractmethod
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """The term added to the loss (a scalar tensor carrying gradients)."""
-        raise NotImplementedError
 
     def after_backward(self, model: nn.Module) -> None:
         """Adjust gradients after the backward pass, before the optimizer step (nothing by default)."""
