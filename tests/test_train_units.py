@@ -8,7 +8,7 @@ from torch import nn
 
 import lowbit
 from lowbit.models import build_model
-from lowbit.train import BinRegularizer, MemoryBudget, PolicyOptimizer, UpdatePolicy, glorot_lr_scale
+from lowbit.train import BinRegularizer, GridWeights, LatentWeights, MemoryBudget, PolicyOptimizer, glorot_lr_scale
 from lowbit.train.losses import squared_hinge
 from lowbit.train.regularizers import bin_regularization, weight_memory_bits
 from lowbit.train.schedule import lr_multiplier
@@ -45,7 +45,7 @@ def mlp():
 
 def test_latent_policy_clips_binary_weights_to_plus_minus_h_after_every_step():
     model = lowbit.quantize(mlp(), "bc-det")
-    optimizer = PolicyOptimizer(torch.optim.SGD(model.parameters(), lr=5.0), UpdatePolicy(model, "latent"))
+    optimizer = PolicyOptimizer(torch.optim.SGD(model.parameters(), lr=5.0), LatentWeights(model))
     for _ in range(5):
         optimizer.zero_grad()
         model(torch.randn(8, 1, 4, 4)).pow(2).sum().backward()
@@ -58,7 +58,7 @@ def test_latent_policy_clips_binary_weights_to_plus_minus_h_after_every_step():
 @pytest.mark.parametrize("recipe", ["sr-adam", "r-adam"])
 def test_grid_policy_keeps_weights_exactly_on_the_grid_after_every_step(recipe):
     model = lowbit.quantize(mlp(), recipe, seed=1)
-    optimizer = PolicyOptimizer(torch.optim.Adam(model.parameters(), lr=0.3), UpdatePolicy(model, "grid"))
+    optimizer = PolicyOptimizer(torch.optim.Adam(model.parameters(), lr=0.3), GridWeights(model))
     for _ in range(10):
         optimizer.zero_grad()
         model(torch.randn(8, 1, 4, 4)).pow(2).sum().backward()
@@ -72,7 +72,7 @@ def test_sr_moves_weights_but_r_freezes_them_at_a_small_step():
     moved = {}
     for recipe in ("r-adam", "sr-adam"):
         model = lowbit.quantize(mlp(), recipe, seed=1)
-        policy = UpdatePolicy(model, "grid")
+        policy = GridWeights(model)
         optimizer = PolicyOptimizer(torch.optim.Adam(model.parameters(), lr=0.05), policy)
         before = [layer.weight.clone() for _, layer in lowbit.quantized_layers(model)]
         for _ in range(20):
@@ -86,10 +86,10 @@ def test_sr_moves_weights_but_r_freezes_them_at_a_small_step():
 
 
 def test_glorot_scale_multiplies_the_layer_learning_rate():
-    from lowbit.train.policies import parameter_groups
+    from lowbit.train.optimizers import parameter_groups
 
     model = lowbit.quantize(mlp(), "bc-det")
-    policy = UpdatePolicy(model, "latent", lr_scale="glorot")
+    policy = LatentWeights(model, lr_scale="glorot")
     groups = parameter_groups(model, {"lr": 0.01, "weight_decay": 0.0}, policy)
     first = next(l for _, l in lowbit.quantized_layers(model))
     group = next(g for g in groups if any(p is first.weight for p in g["params"]))
@@ -157,11 +157,11 @@ def test_activation_memory_max_and_sum():
 
 
 def test_parameter_groups_keep_weight_decay_off_biases_norms_and_quantizers():
-    from lowbit.train.policies import parameter_groups
+    from lowbit.train.optimizers import parameter_groups
 
     model = lowbit.quantize(mlp(), "lsq-w4a4")
     model(torch.randn(2, 1, 4, 4))
-    groups = parameter_groups(model, {"lr": 0.1, "weight_decay": 1e-4}, UpdatePolicy(model))
+    groups = parameter_groups(model, {"lr": 0.1, "weight_decay": 1e-4}, LatentWeights(model))
     for group in groups:
         for p in group["params"]:
             assert (group["weight_decay"] > 0) == (p.dim() > 1)
@@ -169,3 +169,40 @@ def test_parameter_groups_keep_weight_decay_off_biases_norms_and_quantizers():
     assert any(g["name"] == "quantizer" for g in groups)
 
 
+
+
+def test_the_step_calls_only_the_regularizer_interface():
+    from lowbit.train import Regularizer, TrainingStep
+    from lowbit.train.losses import get_loss
+
+    class Counting(Regularizer):
+        def __init__(self):
+            self.calls = []
+
+        def active(self, epoch):
+            return epoch >= 1
+
+        def penalty(self, model):
+            self.calls.append("penalty")
+            return sum(p.square().sum() for p in model.parameters())
+
+        def after_backward(self, model):
+            self.calls.append("after_backward")
+
+    model = lowbit.quantize(mlp(), "bc-det")
+    counting = Counting()
+    step = TrainingStep(model, torch.optim.SGD(model.parameters(), lr=0.1), LatentWeights(model),
+                        get_loss("cross_entropy"), [counting])
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    step.set_epoch(0)
+    assert step(x, y).regularizer.item() == 0.0 and counting.calls == []
+    step.set_epoch(1)
+    assert step(x, y).regularizer.item() > 0 and counting.calls == ["penalty", "after_backward"]
+    assert counting.satisfied(model) and counting.describe(model) == {} and counting.log_line({}) == ""
+
+
+def test_regularizers_write_their_own_part_of_the_epoch_line():
+    assert BinRegularizer().satisfied(None)  # no constraint
+    assert BinRegularizer().log_line({"br_near_level": 0.25}) == "  near-level 25.0%"
+    assert MemoryBudget().log_line({"weight_kb": 1.5}) == "  weights 1.50 KB"
+    assert MemoryBudget().log_line({}) == BinRegularizer().log_line({}) == ""

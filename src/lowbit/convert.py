@@ -1,5 +1,8 @@
 """Recipe -> model: swap ``nn.Linear`` / ``nn.Conv2d`` (and BatchNorm where the recipe says) for quantized modules.
 
+The swaps come from registries: :data:`~lowbit.nn.layers.QUANTIZED_LAYERS` (float layer class -> quantized class) and
+:data:`~lowbit.nn.range_bn.RANGE_BATCHNORMS`; a module is swapped when its type is exactly a registered class.
+
 No graph tracing: the model's module tree is walked with ``named_modules()`` and children are replaced in their
 parents, so any architecture works (residual blocks, custom ``forward`` code, shared functional ops), as long as the
 layers to quantize are modules. "first" and "last" in override patterns mean the first and last Linear/Conv2d in
@@ -14,8 +17,8 @@ from typing import Iterator, Optional, Union
 
 from torch import nn
 
-from .nn.layers import QuantConv2d, QuantizedLayer, QuantLinear
-from .nn.range_bn import RangeBatchNorm1d, RangeBatchNorm2d
+from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
+from .nn.range_bn import RANGE_BATCHNORMS
 from .quantizers import build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .recipes.schema import SLOT_NAMES
@@ -25,8 +28,6 @@ from .errors import ConfigError
 __all__ = ["quantize", "quantized_layers", "quantizers_of", "layer_plan"]
 
 ROLE_OF_SLOT = {"weight": "weight", "input": "activation", "bias": "bias", "grad": "gradient"}
-QUANTIZABLE = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
-RANGE_BN = {nn.BatchNorm1d: RangeBatchNorm1d, nn.BatchNorm2d: RangeBatchNorm2d}
 
 
 def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -48,7 +49,7 @@ def layer_plan(model: nn.Module, recipe: Union[Recipe, str, dict]) -> dict[str, 
     """For every Linear/Conv2d name: the slot specs it will get (``None`` = left in float)."""
     recipe = load_recipe(recipe)
     spec = recipe.quantize
-    names = [name for name, m in model.named_modules() if type(m) in QUANTIZABLE]
+    names = [name for name, m in model.named_modules() if type(m) in QUANTIZED_LAYERS]
     if not names:
         return {}
     first, last = names[0], names[-1]
@@ -96,16 +97,16 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
         if "bias" in quantizers and float_layer.bias is None:
             del quantizers["bias"]
         quantizers = {slot: q.to(float_layer.weight.device) for slot, q in quantizers.items()}
-        layer = QUANTIZABLE[type(float_layer)].from_float(float_layer, bifurcate=slots["bifurcate"], **quantizers)
+        layer = QUANTIZED_LAYERS[type(float_layer)].from_float(float_layer, bifurcate=slots["bifurcate"], **quantizers)
         _set_child(model, name, layer)
     batchnorm = recipe.quantize.get("batchnorm", {})
     if batchnorm.get("type", "keep") == "range":
         for name, module in list(model.named_modules()):
-            if type(module) in RANGE_BN:
+            if type(module) in RANGE_BATCHNORMS:
                 grad = batchnorm.get("grad")
                 grad_quantizer = None if grad is None else build_quantizer(
                     grad, role="gradient", seed=derive_seed(seed, name, "grad"))
-                _set_child(model, name, RANGE_BN[type(module)].from_batchnorm(
+                _set_child(model, name, RANGE_BATCHNORMS[type(module)].from_batchnorm(
                     module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer))
     return model
 

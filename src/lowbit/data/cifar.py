@@ -13,6 +13,7 @@ tampered file cannot run code.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, check_labels, corrupt
+from .registry import DATASETS
 from .splits import DatasetSplits, make_splits
 
 _SPECS = {
@@ -238,3 +240,11 @@ def load_cifar(
         classes=classes,
         source=str(source),
     )
+
+
+# load_dataset(name, data_dir, **split options) calls loader(data_dir, **split options)
+DATASETS.register("cifar10", functools.partial(load_cifar, "cifar10"), options={}, aliases=("cifar-10", "cifar_10"),
+                  description="CIFAR-10: 50k/10k 3x32x32 images, 10 classes (python pickles or their archive)")
+DATASETS.register("cifar100", functools.partial(load_cifar, "cifar100"), options={},
+                  aliases=("cifar-100", "cifar_100"),
+                  description="CIFAR-100: 50k/10k 3x32x32 images, 100 classes (python pickles or their archive)")

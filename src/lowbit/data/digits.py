@@ -12,10 +12,13 @@ datasets; ``mean``/``std`` are in those units.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from .errors import DatasetError
+from .registry import DATASETS
 from .rng import STREAM_FIXED_TEST, numpy_rng
 from .splits import DatasetSplits, make_splits, stratified_holdout
 
@@ -70,3 +73,9 @@ def _compose(base: np.ndarray, index: torch.Tensor | None) -> torch.Tensor:
     """Map positions within ``base`` to the original positions ``base[index]``."""
     assert index is not None
     return torch.from_numpy(base[index.numpy()])
+
+
+@DATASETS.register("digits", options={})
+def _digits(data_dir: str | os.PathLike | None, **split_options) -> DatasetSplits:
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), embedded: no files needed (``data_dir`` is ignored)."""
+    return load_digits_dataset(**split_options)

@@ -9,6 +9,7 @@ Image files are 3-D uint8 (magic 0x00000803, ``N×28×28``), label files 1-D uin
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, check_labels, corrupt
+from .registry import DATASETS
 from .splits import DatasetSplits, make_splits
 
 _IDX_TYPES = {
@@ -205,3 +207,11 @@ def load_idx_dataset(
         classes=FASHION_MNIST_CLASSES if name == "fashion-mnist" else MNIST_CLASSES,
         source=str(paths[0].parent),
     )
+
+
+# load_dataset(name, data_dir, **split options) calls loader(data_dir, **split options)
+DATASETS.register("fashion-mnist", functools.partial(load_idx_dataset, "fashion-mnist"), options={},
+                  aliases=("fashion_mnist", "fashionmnist"),
+                  description="Fashion-MNIST: 60k/10k 1x28x28 clothing images, 10 classes (IDX files)")
+DATASETS.register("mnist", functools.partial(load_idx_dataset, "mnist"), options={},
+                  description="MNIST: 60k/10k 1x28x28 handwritten digits, 10 classes (IDX files)")

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
+from ..registry import Registry
 from .errors import DatasetError
 from .splits import DatasetSplits, check_split_args
 
-#: Names accepted by :func:`load_dataset`.
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "svhn")
-
-# Spellings people commonly use, mapped to the canonical names above.
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar_10": "cifar10",
-    "cifar-100": "cifar100",
-    "cifar_100": "cifar100",
-}
+#: Dataset name -> ``loader(data_dir, *, val_fraction, seed, train_subset, test_subset) -> DatasetSplits``; each
+#: reader module registers its datasets (and their common alternative spellings) where it defines the loader.
+DATASETS: Registry[str] = Registry("dataset", error=DatasetError)
 
 
 def canonical_name(name: str) -> str:
     """The canonical dataset name for ``name`` (case-insensitive, a few aliases), else ``DatasetError``."""
     if not isinstance(name, str):
-        raise DatasetError(f"dataset name must be a string, got {name!r}; valid names: {', '.join(DATASETS)}")
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    return key
+        raise DatasetError(f"dataset name must be a string, got {name!r}; valid choices: {', '.join(DATASETS)}")
+    try:
+        return DATASETS.canonical(name.strip().lower())
+    except DatasetError:
+        raise DatasetError(DATASETS.unknown_message(name)) from None
 
 
 def load_dataset(
@@ -66,21 +58,12 @@ def load_dataset(
             files are expected where and how to get them).
         ValueError: an invalid ``val_fraction``, ``seed`` or subset size.
     """
-    key = canonical_name(name)
+    loader = DATASETS[canonical_name(name)]
     check_split_args(val_fraction, seed, train_subset, test_subset)
-    common = dict(val_fraction=val_fraction, seed=seed, train_subset=train_subset, test_subset=test_subset)
-    if key == "digits":
-        from .digits import load_digits_dataset
+    return loader(data_dir, val_fraction=val_fraction, seed=seed, train_subset=train_subset, test_subset=test_subset)
 
-        return load_digits_dataset(**common)
-    if key in ("mnist", "fashion-mnist"):
-        from .idx import load_idx_dataset
 
-        return load_idx_dataset(key, data_dir, **common)
-    if key in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
-
-        return load_cifar(key, data_dir, **common)
-    from .svhn import load_svhn
-
-    return load_svhn(data_dir, **common)
+# The readers register their datasets when imported, which must come after DATASETS exists (they import it from
+# here); imported in this order, which is the order of DATASETS.
+for _reader in ("digits", "idx", "cifar", "svhn"):
+    importlib.import_module(f".{_reader}", __package__)

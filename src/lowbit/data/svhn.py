@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, check_labels, corrupt
+from .registry import DATASETS
 from .splits import DatasetSplits, make_splits
 
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
@@ -97,3 +98,7 @@ def load_svhn(
         classes=SVHN_CLASSES,
         source=str(folder),
     )
+
+
+DATASETS.register("svhn", load_svhn, options={},
+                  description="SVHN: 73k/26k 3x32x32 house-number digits, 10 classes (.mat files)")

@@ -17,13 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quantizers.base import Quantizer
+from ..registry import Registry
 from .gradient import bifurcated_conv2d, bifurcated_linear
 
-__all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "SLOTS"]
+__all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "SLOTS", "QUANTIZED_LAYERS"]
 
 #: slot name -> attribute holding its quantizer
 SLOTS = {"weight": "weight_quantizer", "input": "input_quantizer", "bias": "bias_quantizer",
          "grad": "grad_quantizer"}
+
+#: float layer class -> its quantized replacement, which has ``from_float(layer, **slots)``; ``lowbit.quantize``
+#: swaps modules whose type is exactly a registered class (a subclass of ``nn.Linear`` is not matched)
+QUANTIZED_LAYERS: Registry[type] = Registry("quantized layer type")
 
 
 class QuantizedLayer:
@@ -77,6 +82,7 @@ class QuantizedLayer:
         return text
 
 
+@QUANTIZED_LAYERS.register(nn.Linear, options={}, description="nn.Linear with quantizer slots")
 class QuantLinear(QuantizedLayer, nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_quantizer=None,
                  input_quantizer=None, bias_quantizer=None, grad_quantizer=None, bifurcate: bool = True,
@@ -101,6 +107,7 @@ class QuantLinear(QuantizedLayer, nn.Linear):
         return F.linear(x, weight, bias)
 
 
+@QUANTIZED_LAYERS.register(nn.Conv2d, options={}, description="nn.Conv2d with quantizer slots")
 class QuantConv2d(QuantizedLayer, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, weight_quantizer=None,

@@ -22,10 +22,15 @@ import torch
 from torch import nn
 
 from ..quantizers.base import Quantizer
+from ..registry import Registry
 from .gradient import quantize_gradient
 from ..errors import ConfigError
 
-__all__ = ["RangeBatchNorm1d", "RangeBatchNorm2d", "range_scale_constant", "ESTIMATORS"]
+__all__ = ["RangeBatchNorm1d", "RangeBatchNorm2d", "range_scale_constant", "ESTIMATORS", "RANGE_BATCHNORMS"]
+
+#: float BatchNorm class -> its Range BN replacement (``from_batchnorm``), for ``quantize.batchnorm.type: range``;
+#: exact type match, like the quantized layers
+RANGE_BATCHNORMS: Registry[type] = Registry("Range BatchNorm type")
 
 ESTIMATORS = ("paper", "chunked")
 CHUNKS = 16
@@ -188,9 +193,11 @@ class _RangeBatchNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, estimator={self.estimator}"
 
 
+@RANGE_BATCHNORMS.register(nn.BatchNorm1d, options={}, description="Range BN over (N, C) or (N, C, L)")
 class RangeBatchNorm1d(_RangeBatchNorm):
     _expected_dims = (2, 3)
 
 
+@RANGE_BATCHNORMS.register(nn.BatchNorm2d, options={}, description="Range BN over (N, C, H, W)")
 class RangeBatchNorm2d(_RangeBatchNorm):
     _expected_dims = (4,)

@@ -1,8 +1,9 @@
 """The recipe schema (JSON Schema, draft 2020-12) and the messages for recipes that break it.
 
-The quantizer part is generated from the quantizer registry: each family lists its options in ``OPTIONS``, so adding
-a quantizer adds its recipe options here without editing this file. ``lowbit recipes --schema`` prints the whole
-schema, which editors can use to complete and check recipe files.
+Every list of components in it comes from a registry (:mod:`lowbit.registry`): quantizer families, losses,
+optimizers, schedules, update policies and regularizers each register themselves with the schema of their options
+where they are defined, so adding one adds its recipe options here without editing this file. ``lowbit recipes
+--schema`` prints the whole schema, which editors can use to complete and check recipe files.
 """
 
 from __future__ import annotations
@@ -13,35 +14,17 @@ from typing import Any, Iterable
 
 import jsonschema
 
+from ..data.registry import DATASETS
 from ..quantizers import QUANTIZERS
 
-__all__ = ["recipe_schema", "quantizer_spec_schema", "validation_errors", "explain", "fill_defaults",
-           "LOSSES", "OPTIMIZERS", "SCHEDULES", "POLICIES", "REGULARIZERS"]
+__all__ = ["recipe_schema", "quantizer_spec_schema", "validation_errors", "explain", "fill_defaults"]
 
-LOSSES = ("cross_entropy", "squared_hinge")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "exponential", "step")
-POLICIES = ("latent", "grid")
-REGULARIZERS = ("bin_reg", "memory_budget")
 SLOT_NAMES = ("weight", "input", "bias", "grad")
 
 
 def quantizer_spec_schema(require_type: bool = True) -> dict:
     """``{"type": <family>, **options}`` with the options of that family only."""
-    branches = []
-    for kind, factory in QUANTIZERS.items():
-        options = getattr(factory, "OPTIONS", {})
-        branches.append({
-            "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
-            "then": {"properties": {"type": {"const": kind}, **copy.deepcopy(options)},
-                     "additionalProperties": False},
-        })
-    return {
-        "type": "object",
-        "required": ["type"] if require_type else [],
-        "properties": {"type": {"enum": list(QUANTIZERS), "description": "quantizer family"}},
-        "allOf": branches,
-    }
+    return QUANTIZERS.spec_schema(require_type=require_type, description="quantizer family")
 
 
 def _nullable(schema: dict) -> dict:
@@ -55,38 +38,49 @@ def _slots(require_type: bool) -> dict:
             for slot in SLOT_NAMES}
 
 
-def _regularizer_schema() -> dict:
-    budget_options = {
-        "weight_kb": {"type": "number", "exclusiveMinimum": 0, "description": "weight memory budget in KB"},
-        "weight_bits": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
-                        "description": "budget = memory of the same net at this homogeneous weight bit width"},
-        "activation_kb": {"type": "number", "exclusiveMinimum": 0, "description": "activation memory budget in KB"},
-        "activation_bits": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
-                            "description": "budget = activation memory at this homogeneous bit width"},
-        "activation_reduce": {"enum": ["sum", "max"], "default": "max",
-                              "description": "total (8b) or largest single layer (8c) activation memory"},
-        "strength": {"type": "number", "minimum": 0, "default": 0.1, "description": "lambda of the squared excess"},
-        "clip_grads": {"type": "boolean", "default": True,
-                       "description": "clip d / q_max gradients to [-d, d] while the budget is on"},
-    }
-    bin_reg_options = {
-        "strength": {"type": "number", "minimum": 0, "default": 0.5, "description": "lambda"},
-        "start_epoch": {"type": "integer", "minimum": 0, "default": 0,
-                        "description": "train with the task loss only before this epoch (staged strategy S2)"},
-    }
-    per_type = {"bin_reg": bin_reg_options, "memory_budget": budget_options}
+def _choices(registry) -> str:
+    """``name: description; ...`` of a registry's components, for the description of a ``type`` key."""
+    return "; ".join(f"{component.name}: {component.description.rstrip('.')}" for component in registry.components())
+
+
+def _flat_section(registry, default_type: str, common: dict) -> dict:
+    """A recipe section whose ``type`` picks a component and that accepts the options of every component of the
+    registry (each takes its own), plus options ``common`` to all of them."""
     return {
-        "type": "object",
-        "required": ["type"],
-        "properties": {"type": {"enum": list(REGULARIZERS)}},
-        "allOf": [{"if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
-                   "then": {"properties": {"type": {"const": kind}, **options}, "additionalProperties": False}}
-                  for kind, options in per_type.items()],
+        "type": "object", "additionalProperties": False,
+        "properties": {"type": registry.type_schema(default=default_type, description=_choices(registry)),
+                       **copy.deepcopy(common), **registry.merged_options()},
+        "default": {},
+    }
+
+
+def _train_schema() -> dict:
+    # imported here, not at the top: the training modules import the recipes (through ``convert``)
+    from ..train import losses, optimizers, policies, regularizers, schedule
+
+    return {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "epochs": {"type": "integer", "minimum": 0, "default": 10},
+            "batch_size": {"type": "integer", "minimum": 1, "default": 64},
+            "loss": losses.LOSSES.type_schema(default="cross_entropy", description=_choices(losses.LOSSES)),
+            "optimizer": _flat_section(optimizers.OPTIMIZERS, "adam", optimizers.COMMON_OPTIONS),
+            "schedule": _flat_section(schedule.SCHEDULES, "cosine", schedule.COMMON_OPTIONS),
+            "policy": _flat_section(policies.POLICIES, "latent", {}),
+            "pretrain": {"anyOf": [{"type": "null"}, {
+                "type": "object", "additionalProperties": False,
+                "properties": {"epochs": {"type": "integer", "minimum": 0, "default": 5},
+                               "lr": {"type": "number", "exclusiveMinimum": 0}},
+            }], "default": None, "description": "float training before quantization (fine-tuning recipes)"},
+            "regularizers": {"type": "array", "items": regularizers.REGULARIZERS.spec_schema(), "default": []},
+            "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+            "val_every": {"type": "integer", "minimum": 1, "default": 1},
+        },
+        "default": {},
     }
 
 
 def recipe_schema() -> dict:
-    number = {"type": "number"}
     override = {
         "type": "object",
         "additionalProperties": False,
@@ -118,68 +112,6 @@ def recipe_schema() -> dict:
             "overrides": {"type": "array", "items": override, "default": []},
         },
     }
-    optimizer = {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "type": {"enum": list(OPTIMIZERS), "default": "adam"},
-            "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1e-3},
-            "weight_decay": {"type": "number", "minimum": 0, "default": 0.0},
-            "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.9},
-            "nesterov": {"type": "boolean", "default": False},
-            "betas": {"type": "array", "items": number, "minItems": 2, "maxItems": 2, "default": [0.9, 0.999]},
-            "quantizer_lr": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                             "description": "learning rate of quantizer parameters (step sizes, ranges); null: lr"},
-        },
-        "default": {},
-    }
-    schedule = {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "type": {"enum": list(SCHEDULES), "default": "cosine"},
-            "final_lr_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                               "description": "exponential: LR_fin / LR_start reached at the last epoch "
-                                              "(BinaryConnect: LR_t = LR_start (LR_fin/LR_start)^(t/T))"},
-            "milestones": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-            "gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-            "warmup_epochs": {"type": "integer", "minimum": 0, "default": 0},
-        },
-        "default": {},
-    }
-    policy = {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "type": {"enum": list(POLICIES), "default": "latent",
-                     "description": "latent: float weights, quantized in forward (BC); grid: weights rounded back "
-                                    "onto the grid after every step (R / SR)"},
-            "clip": {"type": "boolean", "default": True,
-                     "description": "latent: clip weights to the quantizer's range after each step"},
-            "lr_scale": {"enum": ["none", "glorot"], "default": "none",
-                         "description": "BinaryConnect's per-layer step scale 1/sqrt(1.5/(fan_in+fan_out))"},
-            "init": {"enum": ["keep", "uniform"], "default": "keep",
-                     "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H))"},
-        },
-        "default": {},
-    }
-    train = {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "epochs": {"type": "integer", "minimum": 0, "default": 10},
-            "batch_size": {"type": "integer", "minimum": 1, "default": 64},
-            "loss": {"enum": list(LOSSES), "default": "cross_entropy"},
-            "optimizer": optimizer,
-            "schedule": schedule,
-            "policy": policy,
-            "pretrain": {"anyOf": [{"type": "null"}, {
-                "type": "object", "additionalProperties": False,
-                "properties": {"epochs": {"type": "integer", "minimum": 0, "default": 5},
-                               "lr": {"type": "number", "exclusiveMinimum": 0}},
-            }], "default": None, "description": "float training before quantization (fine-tuning recipes)"},
-            "regularizers": {"type": "array", "items": _regularizer_schema(), "default": []},
-            "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
-            "val_every": {"type": "integer", "minimum": 1, "default": 1},
-        },
-        "default": {},
-    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "lowbit recipe",
@@ -194,9 +126,10 @@ def recipe_schema() -> dict:
                 "type": "object", "properties": {"name": {"type": "string"}}}],
                 "description": "default model name and/or model options (e.g. output_bn: true); the command line "
                                "can override the name, options the chosen model lacks are ignored"},
-            "data": {"type": "string", "description": "default dataset"},
+            # any spelling load_dataset accepts (aliases, any case), so a string rather than an enum
+            "data": {"type": "string", "description": f"default dataset: {', '.join(DATASETS)}"},
             "quantize": {**quantize, "default": {}},
-            "train": train,
+            "train": _train_schema(),
         },
         "required": ["name"],
     }

@@ -2,11 +2,13 @@
 
 from ..errors import TrainingDiverged
 from .losses import squared_hinge
-from .policies import PolicyOptimizer, UpdatePolicy, glorot_lr_scale
-from .regularizers import BinRegularizer, MemoryBudget, bin_regularization
+from .optimizers import build_optimizer, parameter_groups
+from .policies import GridWeights, LatentWeights, PolicyOptimizer, UpdatePolicy, build_policy, glorot_lr_scale
+from .regularizers import BinRegularizer, MemoryBudget, Regularizer, bin_regularization
 from .step import StepOutput, TrainingStep
 from .trainer import RunResult, TrainConfig, Trainer, run
 
-__all__ = ["TrainConfig", "Trainer", "RunResult", "TrainingDiverged", "run", "UpdatePolicy", "PolicyOptimizer",
-           "glorot_lr_scale", "BinRegularizer", "MemoryBudget", "bin_regularization", "squared_hinge", "TrainingStep",
-           "StepOutput"]
+__all__ = ["TrainConfig", "Trainer", "RunResult", "TrainingDiverged", "run", "UpdatePolicy",
+           "LatentWeights", "GridWeights", "build_policy", "PolicyOptimizer", "glorot_lr_scale", "build_optimizer",
+           "parameter_groups", "Regularizer", "BinRegularizer", "MemoryBudget", "bin_regularization",
+           "squared_hinge", "TrainingStep", "StepOutput"]

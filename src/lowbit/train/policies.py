@@ -2,31 +2,35 @@
 
 Li & De's comparison is three policies on one quantizer:
 
-* ``latent`` (BinaryConnect, BC): the layer keeps float weights ``W``; the forward pass uses ``Q(W)``, the gradient
-  ``dC/dQ(W)`` updates ``W``. With ``clip`` the float weights are clipped to the quantizer's range after every step
-  (BinaryConnect: ``[-H, H]``), and ``lr_scale: glorot`` multiplies each binarized layer's step by
-  ``1 / sqrt(1.5 / (fan_in + fan_out))`` (dense: fan_in = inputs, fan_out = units; conv: ``k_h k_w C_in`` and
-  ``k_h k_w C_out``). ``init: uniform`` re-draws the float weights from ``U(lo, hi)`` over the quantizer's range
+* ``latent`` (BinaryConnect, BC; :class:`LatentWeights`): the layer keeps float weights ``W``; the forward pass uses
+  ``Q(W)``, the gradient ``dC/dQ(W)`` updates ``W``. With ``clip`` the float weights are clipped to the quantizer's
+  range after every step (BinaryConnect: ``[-H, H]``), and ``lr_scale: glorot`` multiplies each binarized layer's
+  step by ``1 / sqrt(1.5 / (fan_in + fan_out))`` (dense: fan_in = inputs, fan_out = units; conv: ``k_h k_w C_in``
+  and ``k_h k_w C_out``). ``init: uniform`` re-draws the float weights from ``U(lo, hi)`` over the quantizer's range
   before training (BinaryConnect: ``U(-H, H)``), so that the float weights and their binarization have similar
   scales (which matters for evaluating BC-stoch with the float weights).
-* ``grid`` (R / SR): the weights themselves live on the grid. After every optimizer step they are written back as
-  ``W <- Q(W)`` with the weight quantizer's own rounding (nearest: R, stochastic: SR); no float copy of the weights
-  is kept, only the optimizer's moments stay float.
+* ``grid`` (R / SR; :class:`GridWeights`): the weights themselves live on the grid. After every optimizer step they
+  are written back as ``W <- Q(W)`` with the weight quantizer's own rounding (nearest: R, stochastic: SR); no float
+  copy of the weights is kept, only the optimizer's moments stay float.
 
-Both also call ``project_()`` on every quantizer (LSQ step > 0, Uhlich parameter boxes).
+Both also call ``project_()`` on every quantizer (LSQ step > 0, Uhlich parameter boxes). A recipe names its policy in
+``train.policy.type``; :func:`build_policy` looks it up in :data:`POLICIES`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
 from ..convert import quantized_layers, quantizers_of
+from ..registry import Registry
 
-__all__ = ["UpdatePolicy", "glorot_lr_scale", "PolicyOptimizer"]
+__all__ = ["UpdatePolicy", "LatentWeights", "GridWeights", "POLICIES", "build_policy", "glorot_lr_scale",
+           "PolicyOptimizer"]
 
 
 def glorot_lr_scale(weight: torch.Tensor) -> float:
@@ -37,31 +41,40 @@ def glorot_lr_scale(weight: torch.Tensor) -> float:
     return 1.0 / math.sqrt(1.5 / (fan_in + fan_out))
 
 
-class UpdatePolicy:
-    """Applies a recipe's ``train.policy`` to a quantized model after each optimizer step."""
+#: recipe ``train.policy.type`` -> update policy class, constructed as ``cls(model, **options)``
+POLICIES: Registry[str] = Registry("update policy")
 
-    def __init__(self, model: nn.Module, kind: str = "latent", clip: bool = True, lr_scale: str = "none",
-                 init: str = "keep"):
-        if kind not in ("latent", "grid"):
-            raise ValueError(f"unknown update policy {kind!r}; valid choices: latent, grid")
+#: options every policy takes
+SHARED_OPTIONS = {
+    "lr_scale": {"enum": ["none", "glorot"], "default": "none",
+                 "description": "BinaryConnect's per-layer step scale 1/sqrt(1.5/(fan_in+fan_out))"},
+    "init": {"enum": ["keep", "uniform"], "default": "keep",
+             "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H))"},
+}
+
+
+class UpdatePolicy(ABC):
+    """How a quantized model's weights are stored and updated around any optimizer (one subclass per policy).
+
+    ``start()`` once before training, ``after_step()`` after every optimizer step, ``step_scales()`` for the
+    optimizer's parameter groups. Subclasses say whether the stored weights live on the grid (``weights_on_grid``)
+    and what happens to them after a step (:meth:`update_weights`).
+    """
+
+    #: the stored weights are already on the weight quantizer's grid (layers then skip quantizing them)
+    weights_on_grid: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, *, lr_scale: str = "none", init: str = "keep"):
         if init not in ("keep", "uniform"):
             raise ValueError(f"unknown weight init {init!r}; valid choices: keep, uniform")
-        self.kind = kind
-        self.clip = clip
         self.lr_scale = lr_scale
         self.init = init
         self.model = model
         layers = [layer for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
         self._weighted = [(layer.weight, layer.weight_quantizer) for layer in layers]
         for layer in layers:
-            layer.weights_on_grid = kind == "grid"
-        self._clip_ranges = [(w, q.clip_range()) for w, q in self._weighted] if clip and kind == "latent" else []
+            layer.weights_on_grid = self.weights_on_grid
         self._quantizers = quantizers_of(model)
-
-    @classmethod
-    def from_recipe(cls, model: nn.Module, spec: dict) -> "UpdatePolicy":
-        return cls(model, spec.get("type", "latent"), spec.get("clip", True), spec.get("lr_scale", "none"),
-                   spec.get("init", "keep"))
 
     def step_scales(self) -> dict[int, float]:
         """Per-parameter multiplier of the learning rate (``id(param) -> scale``), for the Glorot LR scale."""
@@ -83,23 +96,65 @@ class UpdatePolicy:
 
     @torch.no_grad()
     def after_step(self) -> None:
+        """Keep every quantizer's parameters in their box (LSQ step > 0, Uhlich ranges), then the policy's own
+        weight update."""
         for quantizer in self._quantizers:
             quantizer.project_()
-        if self.kind == "grid":
-            for weight, quantizer in self._weighted:
-                was_training = quantizer.training
-                quantizer.train()  # the training-time rounding (stochastic for SR)
-                weight.copy_(quantizer(weight))
-                quantizer.train(was_training)
+        self.update_weights()
+
+    @abstractmethod
+    def update_weights(self) -> None:
+        """What the policy does to the stored weights after an optimizer step (under ``no_grad``)."""
+
+
+@POLICIES.register("latent", options={
+    "clip": {"type": "boolean", "default": True,
+             "description": "latent: clip weights to the quantizer's range after each step"},
+    **SHARED_OPTIONS,
+})
+class LatentWeights(UpdatePolicy):
+    """BC: float weights ``W``, the forward pass uses ``Q(W)``; with ``clip``, ``W <- clip(W, lo, hi)`` after each step
+    over the weight quantizer's range (BinaryConnect: ``[-H, H]``)."""
+
+    def __init__(self, model: nn.Module, *, clip: bool = True, lr_scale: str = "none", init: str = "keep"):
+        super().__init__(model, lr_scale=lr_scale, init=init)
+        self.clip = clip
+        self._clip_ranges = [(w, q.clip_range()) for w, q in self._weighted] if clip else []
+
+    def update_weights(self) -> None:
         for weight, bounds in self._clip_ranges:
             if bounds is not None:
                 weight.clamp_(*bounds)
 
 
+@POLICIES.register("grid", options=SHARED_OPTIONS)
+class GridWeights(UpdatePolicy):
+    """R / SR: the weights live on the grid; ``W <- Q(W)`` after each step with the weight quantizer's training-time
+    rounding (nearest: R, stochastic: SR). No float copy of the weights is kept."""
+
+    weights_on_grid = True
+
+    def update_weights(self) -> None:
+        for weight, quantizer in self._weighted:
+            was_training = quantizer.training
+            quantizer.train()  # the training-time rounding (stochastic for SR)
+            weight.copy_(quantizer(weight))
+            quantizer.train(was_training)
+
+
+def build_policy(model: nn.Module, spec: Mapping[str, Any]) -> UpdatePolicy:
+    """The policy a recipe's ``train.policy`` describes (``type`` defaults to ``latent``), with its own options.
+
+    The recipe section accepts the options of every policy (``clip`` is filled in for ``grid`` too); each policy
+    takes only those it declares."""
+    policy = POLICIES.component(spec.get("type", "latent"))
+    return policy.factory(model, **policy.option_values(spec))
+
+
 class PolicyOptimizer:
     """Wrap any torch optimizer so that ``step()`` also applies the update policy (for hand-written loops)::
 
-        opt = PolicyOptimizer(torch.optim.Adam(model.parameters()), UpdatePolicy(model, "grid"))
+        opt = PolicyOptimizer(torch.optim.Adam(model.parameters()), GridWeights(model))
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, policy: UpdatePolicy):
@@ -124,43 +179,3 @@ class PolicyOptimizer:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
-
-
-def parameter_groups(model: nn.Module, optimizer_spec: dict, policy: UpdatePolicy) -> list[dict]:
-    """Optimizer parameter groups: weight decay on weight matrices/kernels only (not on biases, BN or quantizer
-    parameters), the quantizer learning rate on quantizer parameters, and per-layer LR scales (Glorot)."""
-    lr = optimizer_spec["lr"]
-    quantizer_lr = optimizer_spec.get("quantizer_lr") or lr
-    decay = optimizer_spec.get("weight_decay", 0.0)
-    quantizer_params = {id(p) for q in quantizers_of(model) for p in q.parameters(recurse=False)}
-    scales = policy.step_scales()
-    groups: dict[tuple, dict] = {}
-
-    def add(param: nn.Parameter, group_lr: float, group_decay: float, tag: str) -> None:
-        key = (group_lr, group_decay, tag)
-        groups.setdefault(key, {"params": [], "lr": group_lr, "weight_decay": group_decay, "name": tag})
-        groups[key]["params"].append(param)
-
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if id(param) in quantizer_params:
-            add(param, quantizer_lr, 0.0, "quantizer")
-        elif param.dim() > 1:
-            scale = scales.get(id(param), 1.0)
-            add(param, lr * scale, decay, "weights" if scale == 1.0 else f"weights x{scale:.3g}")
-        else:
-            add(param, lr, 0.0, "biases and norms")
-    return list(groups.values())
-
-
-def build_optimizer(params: Iterable[dict], spec: dict) -> torch.optim.Optimizer:
-    kind = spec.get("type", "adam")
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=spec["lr"], betas=tuple(spec.get("betas", (0.9, 0.999))))
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec.get("betas", (0.9, 0.999))))
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.9),
-                               nesterov=spec.get("nesterov", False))
-    raise ValueError(f"unknown optimizer {kind!r}; valid choices: adam, adamw, sgd")

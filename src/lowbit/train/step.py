@@ -1,8 +1,8 @@
 """One training step of a (quantized) model, shared by the trainer and the speed benchmarks.
 
-``step(x, y)``: forward, task loss plus the active regularizers, backward, the memory budget's gradient clipping,
-optional gradient-norm clipping, optimizer step, then the update policy (clipping latent weights, rounding
-on-grid weights back onto the grid, keeping quantizer parameters in their boxes).
+``step(x, y)``: forward, task loss plus the active regularizers, backward, the active regularizers' gradient hooks
+(the memory budget's gradient clipping), optional gradient-norm clipping, optimizer step, then the update policy
+(clipping latent weights, rounding on-grid weights back onto the grid, keeping quantizer parameters in their boxes).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from torch import nn
 
 from ..recipes import Recipe, load_recipe
 from .losses import get_loss
-from .policies import UpdatePolicy, build_optimizer, parameter_groups
-from .regularizers import MemoryBudget, build_regularizers
+from .optimizers import build_optimizer, parameter_groups
+from .policies import LatentWeights, UpdatePolicy, build_policy
+from .regularizers import Regularizer, build_regularizers
 
 __all__ = ["TrainingStep", "StepOutput", "NonFiniteLoss"]
 
@@ -39,7 +40,7 @@ class StepOutput:
 class TrainingStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: UpdatePolicy,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 regularizers: Sequence = (), grad_clip: Optional[float] = None):
+                 regularizers: Sequence[Regularizer] = (), grad_clip: Optional[float] = None):
         self.model = model
         self.optimizer = optimizer
         self.policy = policy
@@ -47,7 +48,6 @@ class TrainingStep:
         self.regularizers = list(regularizers)
         self.grad_clip = grad_clip
         self.active = list(self.regularizers)
-        self._budgets = [r for r in self.regularizers if isinstance(r, MemoryBudget)]
 
     @classmethod
     def from_recipe(cls, model: nn.Module, recipe, example: Optional[torch.Tensor] = None, *,
@@ -55,22 +55,19 @@ class TrainingStep:
                     loss_fn: Optional[Callable] = None) -> "TrainingStep":
         """The step the recipe's ``train`` section describes, for an already converted ``model``.
 
-        ``example`` (a batch) is needed by memory budgets, which measure activation sizes once. With ``pretrain``
-        the step is the recipe's float pre-training step: no policy, no regularizers.
+        ``example`` (a batch) is passed to every regularizer's ``bind`` (memory budgets measure activation sizes on
+        it). With ``pretrain`` the step is the recipe's float pre-training step: no policy, no regularizers.
         """
         recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
         train = recipe.train
         spec = dict(optimizer_spec or train["optimizer"])
         if pretrain:
-            policy, regularizers = UpdatePolicy(model, "latent", clip=False), []
+            policy, regularizers = LatentWeights(model, clip=False), []
         else:
-            policy = UpdatePolicy.from_recipe(model, train["policy"])
+            policy = build_policy(model, train["policy"])
             regularizers = build_regularizers(train["regularizers"])
-            for reg in regularizers:
-                if isinstance(reg, MemoryBudget):
-                    if example is None:
-                        raise ValueError("a memory budget needs an example batch to measure activation sizes")
-                    reg.bind(model, example)
+            for reg in regularizers:  # before the optimizer exists: binding may run the model once
+                reg.bind(model, example)
         optimizer = build_optimizer(parameter_groups(model, spec, policy), spec)
         return cls(model, optimizer, policy, loss_fn or get_loss(train["loss"]), regularizers, train.get("grad_clip"))
 
@@ -91,9 +88,8 @@ class TrainingStep:
             raise NonFiniteLoss(float(objective.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        for budget in self._budgets:
-            if budget in self.active:
-                budget.after_backward(self.model)
+        for reg in self.active:
+            reg.after_backward(self.model)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()

@@ -34,7 +34,6 @@ from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_
 from ..summary import model_summary
 from .losses import get_loss
 from .progress import Progress
-from .regularizers import MemoryBudget
 from .schedule import build_scheduler
 from .step import NonFiniteLoss, TrainingStep
 
@@ -403,7 +402,7 @@ class Trainer:
             record.update(reg.describe(self.model))
         if self.phase == "train":
             record["bits"] = {name: bits for name, bits in model_summary(self.model).per_layer_bits().items()}
-        eligible = all(r.satisfied(self.model) for r in self.regularizers if isinstance(r, MemoryBudget))
+        eligible = all(r.satisfied(self.model) for r in self.regularizers)  # e.g. within every memory budget
         # best = highest validation accuracy, ties broken by lower validation loss (small validation sets tie often)
         is_best = self.phase == "train" and eligible and (
             not self.best or (record["val_acc"], -record["val_loss"]) > (self.best["val_acc"],
@@ -425,11 +424,7 @@ class Trainer:
         self._save(0, True)
 
     def _epoch_line(self, r: dict) -> str:
-        extra = ""
-        if "weight_kb" in r:
-            extra += f"  weights {r['weight_kb']:.2f} KB"
-        if "br_near_level" in r:
-            extra += f"  near-level {100 * r['br_near_level']:.1f}%"
+        extra = "".join(reg.log_line(r) for reg in self.regularizers)
         return (f"{r['phase']:>8} epoch {r['epoch']:>3}  loss {r['loss']:.4f}  train {100 * r['train_acc']:.2f}%  "
                 f"val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
                 f"{r['samples_per_s']:.0f} samples/s{extra}")

@@ -1,8 +1,5 @@
-"""Regularizers added to the task loss: Bin Regularization (Han et al. 2021) and memory budgets (Uhlich et al. 2020).
-
-Both are built from the recipe's ``train.regularizers`` list and share one small interface: ``active(epoch)``,
-``penalty(model) -> tensor`` and ``describe(model) -> dict`` of figures worth logging.
-"""
+"""Memory budgets (Uhlich et al. 2020): a penalty on weight and activation memory above a budget, with the bit widths
+of the learned quantizers inferred through a straight-through estimator."""
 
 from __future__ import annotations
 
@@ -12,69 +9,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..convert import quantized_layers
+from ...convert import quantized_layers
+from .base import REGULARIZERS, Regularizer
 
-__all__ = ["BinRegularizer", "MemoryBudget", "build_regularizers", "level_distance", "weight_memory_bits",
-           "activation_memory_bits", "measure_activation_sizes", "bin_regularization"]
+__all__ = ["MemoryBudget", "weight_memory_bits", "activation_memory_bits", "measure_activation_sizes", "KB"]
 
 KB = 8 * 1024  # bits per kilobyte
 
 
-def bin_regularization(weight: torch.Tensor, quantizer) -> torch.Tensor:
-    """``L_BR = Σ_i over non-empty bins [(mean(B_i) - t_i)^2 + Var(B_i)]`` for one weight tensor.
-
-    Bins are the current integer codes (same clipping as the forward quantizer), targets ``t_i`` the levels with the
-    step detached (the conservative choice: BR moves the weights, not the step). With the population variance,
-    ``(mean - t)^2 + Var`` is the mean squared distance to the target inside the bin, so the sum over bins is
-    ``Σ_j (w_j - t_{c_j})^2 / |B_{c_j}|``: one bincount and one gather, no loop over bins.
-    """
-    encoded = quantizer.encode(weight)
-    targets = encoded.dequantize().to(weight.dtype)
-    index = encoded.indices.reshape(-1).long()
-    counts = torch.bincount(index, minlength=2**encoded.bits).to(weight.dtype)
-    squared_error = (weight - targets).reshape(-1).square()
-    return (squared_error / counts[index]).sum()
-
-
-@dataclass
-class BinRegularizer:
-    """``λ Σ_layers L_BR(layer)`` on quantized weights, off before ``start_epoch`` (staged strategy S2)."""
-
-    strength: float = 0.5
-    start_epoch: int = 0
-
-    def active(self, epoch: int) -> bool:
-        return epoch >= self.start_epoch and self.strength > 0
-
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        terms = [bin_regularization(layer.weight, layer.weight_quantizer)
-                 for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
-        if not terms:
-            raise ValueError("bin_reg needs quantized weights, but the recipe quantizes none")
-        return self.strength * torch.stack(terms).sum()
-
-    @torch.no_grad()
-    def describe(self, model: nn.Module) -> dict:
-        """Mean |w - Q(w)| / step and the fraction of weights within 0.05 step of a level (BR's sharpness)."""
-        distances = [level_distance(layer.weight, layer.weight_quantizer)[0]
-                     for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
-        if not distances:
-            return {}
-        relative = torch.cat(distances)
-        return {"br_mean_distance": float(relative.mean()), "br_near_level": float((relative <= 0.05).float().mean())}
-
-
-@torch.no_grad()
-def level_distance(weight: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(|w - Q(w)| / s, w / s, bits)`` per weight (flattened), with ``s`` the quantizer's step: how far each latent
-    weight sits from its quantization level, in steps (0 on a level, 1/2 on a bin edge)."""
-    encoded = quantizer.encode(weight)
-    step = encoded.scale.float()
-    w = weight.detach().float()
-    return ((w - encoded.dequantize()).abs() / step).reshape(-1), (w / step).reshape(-1), int(encoded.bits)
-
-
-# ------------------------------------------------------------------------------------------ memory accounting
 def measure_activation_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Activations per sample (``M_l``) entering each quantized layer, from one forward pass on ``example``."""
     sizes: dict[str, int] = {}
@@ -127,8 +69,21 @@ def _bits(quantizer, differentiable: bool):
     return torch.tensor(float(quantizer.bits))
 
 
+@REGULARIZERS.register("memory_budget", options={
+    "weight_kb": {"type": "number", "exclusiveMinimum": 0, "description": "weight memory budget in KB"},
+    "weight_bits": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
+                    "description": "budget = memory of the same net at this homogeneous weight bit width"},
+    "activation_kb": {"type": "number", "exclusiveMinimum": 0, "description": "activation memory budget in KB"},
+    "activation_bits": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
+                        "description": "budget = activation memory at this homogeneous bit width"},
+    "activation_reduce": {"enum": ["sum", "max"], "default": "max",
+                          "description": "total (8b) or largest single layer (8c) activation memory"},
+    "strength": {"type": "number", "minimum": 0, "default": 0.1, "description": "lambda of the squared excess"},
+    "clip_grads": {"type": "boolean", "default": True,
+                   "description": "clip d / q_max gradients to [-d, d] while the budget is on"},
+})
 @dataclass
-class MemoryBudget:
+class MemoryBudget(Regularizer):
     """``λ relu(S_w[KB] - S_w0)^2 + λ relu(S_a[KB] - S_a0)^2`` with bits inferred through an STE.
 
     Budgets are given in KB or as the memory of the same network at a homogeneous bit width (``weight_bits: 2``
@@ -145,8 +100,10 @@ class MemoryBudget:
     clip_grads: bool = True
     activation_sizes: dict = field(default_factory=dict)
 
-    def bind(self, model: nn.Module, example: torch.Tensor) -> None:
+    def bind(self, model: nn.Module, example: Optional[torch.Tensor]) -> None:
         """Resolve homogeneous-bit budgets into KB for this model (needs one example batch)."""
+        if example is None:
+            raise ValueError("a memory budget needs an example batch to measure activation sizes")
         self.activation_sizes = measure_activation_sizes(model, example)
         if self.weight_bits is not None:
             n = sum(p.numel() for _, layer in quantized_layers(model) for p in (layer.weight, layer.bias)
@@ -197,16 +154,5 @@ class MemoryBudget:
                 "activation_kb": round(usage["activation_kb"], 3), "activation_budget_kb": self.activation_kb,
                 "budget_satisfied": self.satisfied(model)}
 
-
-def build_regularizers(specs: list[dict]) -> list:
-    built = []
-    for spec in specs:
-        options = {k: v for k, v in spec.items() if k != "type"}
-        if spec["type"] == "bin_reg":
-            built.append(BinRegularizer(**options))
-        elif spec["type"] == "memory_budget":
-            built.append(MemoryBudget(**options))
-        else:
-            raise ValueError(f"unknown regularizer {spec['type']!r}; valid choices: bin_reg, memory_budget")
-    return built
-
+    def log_line(self, record: dict) -> str:
+        return f"  weights {record['weight_kb']:.2f} KB" if "weight_kb" in record else ""
