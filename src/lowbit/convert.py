@@ -17,20 +17,20 @@ from typing import Iterator, Optional, Union
 
 from torch import nn
 
+from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
+from .nn.slots import SLOTS
 from .quantizers import build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
-from .recipes.schema import SLOT_NAMES
 from .rounding import derive_seed
-from .errors import ConfigError
 
 __all__ = ["quantize", "quantized_layers", "quantizers_of", "layer_plan"]
 
-ROLE_OF_SLOT = {"weight": "weight", "input": "activation", "bias": "bias", "grad": "gradient"}
 
 
-def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
+def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted path ``name`` inside ``root`` (``"layer1.0.conv1"``)."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
@@ -55,19 +55,19 @@ def layer_plan(model: nn.Module, recipe: Union[Recipe, str, dict]) -> dict[str, 
     first, last = names[0], names[-1]
     plan: dict[str, Optional[dict]] = {}
     for name in names:
-        slots = {slot: spec.get(slot) for slot in SLOT_NAMES}
+        slots = {slot: spec.get(slot) for slot in SLOTS}
         slots["bifurcate"] = spec.get("bifurcate", True)
         keep_float = False
         for override in spec.get("overrides", []):
             if not _matches(override["match"], name, first, last):
                 continue
             keep_float = override.get("float", False)
-            for slot in SLOT_NAMES:
+            for slot in SLOTS:
                 if slot in override:
                     slots[slot] = effective_slot(slots[slot], override[slot], spec.get(slot))
             if "bifurcate" in override:
                 slots["bifurcate"] = override["bifurcate"]
-        quantized = any(slots[slot] is not None for slot in SLOT_NAMES)
+        quantized = any(slots[slot] is not None for slot in SLOTS)
         plan[name] = None if keep_float or not quantized else slots
     return plan
 
@@ -91,14 +91,14 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
             continue
         float_layer = model.get_submodule(name)
         quantizers = {
-            slot: build_quantizer(slots[slot], role=ROLE_OF_SLOT[slot], seed=derive_seed(seed, name, slot))
-            for slot in SLOT_NAMES if slots[slot] is not None
+            slot: build_quantizer(slots[slot], role=SLOTS[slot].role, seed=derive_seed(seed, name, slot))
+            for slot in SLOTS if slots[slot] is not None
         }
         if "bias" in quantizers and float_layer.bias is None:
             del quantizers["bias"]
         quantizers = {slot: q.to(float_layer.weight.device) for slot, q in quantizers.items()}
         layer = QUANTIZED_LAYERS[type(float_layer)].from_float(float_layer, bifurcate=slots["bifurcate"], **quantizers)
-        _set_child(model, name, layer)
+        replace_submodule(model, name, layer)
     batchnorm = recipe.quantize.get("batchnorm", {})
     if batchnorm.get("type", "keep") == "range":
         for name, module in list(model.named_modules()):
@@ -106,7 +106,7 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
                 grad = batchnorm.get("grad")
                 grad_quantizer = None if grad is None else build_quantizer(
                     grad, role="gradient", seed=derive_seed(seed, name, "grad"))
-                _set_child(model, name, RANGE_BATCHNORMS[type(module)].from_batchnorm(
+                replace_submodule(model, name, RANGE_BATCHNORMS[type(module)].from_batchnorm(
                     module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer))
     return model
 

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .convert import quantized_layers  # noqa: E402
-from .runs import RunFiles, load_checkpoint  # noqa: E402
 from .errors import ConfigError
+from .runs import RunFiles, load_checkpoint  # noqa: E402
 
 __all__ = ["plot_run", "plot_curves", "plot_bits", "plot_weight_histograms"]
 

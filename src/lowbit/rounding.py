@@ -26,6 +26,8 @@ from enum import Enum
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 __all__ = [
     "Rounding",
     "NoiseSource",
@@ -51,7 +53,7 @@ class Rounding(str, Enum):
             return cls(value)
         except ValueError:
             valid = ", ".join(r.value for r in cls)
-            raise ValueError(f"unknown rounding {value!r}; valid choices: {valid}") from None
+            raise ConfigError(f"unknown rounding {value!r}; valid choices: {valid}") from None
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -87,7 +89,7 @@ class NoiseSource:
 
     def __init__(self, seed: int = 0, resolution_bits: int = 16):
         if resolution_bits not in (16, 24):
-            raise ValueError(f"noise resolution must be 16 or 24 bits, got {resolution_bits}")
+            raise ConfigError(f"noise resolution must be 16 or 24 bits, got {resolution_bits}")
         self.seed = int(seed)
         self.resolution_bits = resolution_bits
         self._generator: torch.Generator | None = None

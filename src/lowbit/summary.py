@@ -19,7 +19,8 @@ from .nn.layers import QuantizedLayer
 
 __all__ = ["LayerRow", "ModelSummary", "model_summary"]
 
-KB = 8 * 1024
+#: bits in a kilobyte (memory is reported in KB = 1024 bytes)
+BITS_PER_KB = 8 * 1024
 
 
 @dataclass
@@ -69,7 +70,7 @@ class ModelSummary:
             lines.append(f"{r.name:<28.28} {r.kind:<12} {wb:>6} {ab:>6} {r.params:>10,} {r.memory_kb:>10.2f} "
                          f"{r.macs:>12,}")
         lines.append(f"{'other parameters (32-bit)':<28} {'':<12} {'':>6} {'':>6} {self.other_params:>10,} "
-                     f"{self.other_params * 32 / KB:>10.2f}")
+                     f"{self.other_params * 32 / BITS_PER_KB:>10.2f}")
         lines.append("-" * len(header))
         lines.append(f"total parameters: {self.total_params:,}   MACs per sample: {self.macs:,}   "
                      f"BOPs: {self.bops:,}")
@@ -127,7 +128,7 @@ def model_summary(model: nn.Module, input_shape: Optional[tuple[int, ...]] = Non
         memory_bits += bits
         counted.update({id(module.weight), id(module.bias)})
         kind = type(module).__name__
-        rows.append(LayerRow(name, kind, w_bits, a_bits, params, bits / KB, macs.get(name, 0)))
+        rows.append(LayerRow(name, kind, w_bits, a_bits, params, bits / BITS_PER_KB, macs.get(name, 0)))
 
     quantizer_params = {id(p) for q in quantizers_of(model) for p in q.parameters(recurse=False)}
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted and id(p) not in quantizer_params)
@@ -138,6 +139,6 @@ def model_summary(model: nn.Module, input_shape: Optional[tuple[int, ...]] = Non
     notes = []
     if input_shape is None:
         notes.append("(MACs not measured: give an input shape)")
-    return ModelSummary(rows=rows, other_params=other, total_params=total, memory_kb=memory_bits / KB,
-                        float_memory_kb=total * 32 / KB, macs=sum(r.macs for r in rows),
+    return ModelSummary(rows=rows, other_params=other, total_params=total, memory_kb=memory_bits / BITS_PER_KB,
+                        float_memory_kb=total * 32 / BITS_PER_KB, macs=sum(r.macs for r in rows),
                         bops=sum(r.bops for r in rows), notes=notes)

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .augment import augment_batch, check_augment
 from .rng import STREAM_AUGMENT, STREAM_ORDER, check_seed, torch_generator
 from .splits import TensorSplit
-from ..errors import ConfigError
 
 
 def _channel_tensor(values: float | Sequence[float], channels: int, what: str) -> torch.Tensor:

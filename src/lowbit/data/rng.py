@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from ..errors import ConfigError
 
 # Stream identifiers, so that e.g. the validation split and the test subset drawn from

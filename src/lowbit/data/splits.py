@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .rng import STREAM_TEST_SUBSET, STREAM_TRAIN_SUBSET, STREAM_VAL, check_seed, numpy_rng
 from ..errors import ConfigError
+from .rng import STREAM_TEST_SUBSET, STREAM_TRAIN_SUBSET, STREAM_VAL, check_seed, numpy_rng
 
 
 @dataclass

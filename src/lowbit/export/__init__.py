@@ -2,8 +2,8 @@
 exported model computes what the trained one does."""
 
 from .bitpack import pack_bits, packed_nbytes, unpack_bits
-from .from_checkpoint import ExportResult, export_checkpoint, verify_export
 from .errors import ExportError, PackedFileError
+from .from_checkpoint import ExportResult, export_checkpoint, verify_export
 from .frozen import FrozenCodes
 from .onnx_export import OnnxExport, export_onnx
 from .packed import PackedInfo, load_packed, packed_info, read_packed_header, save_packed

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..convert import quantized_layers
-from ..nn.layers import SLOTS
+from ..nn.slots import SLOTS
 from ..quantizers.base import Quantizer
 from ..quantizers.codes import QuantizedTensor
 
@@ -54,7 +54,7 @@ class EncodedSlot:
     @property
     def quantizer_prefix(self) -> str:
         """State-dict prefix of the slot's quantizer (its parameters are not needed once the codes are stored)."""
-        return join_name(self.layer, SLOTS[self.slot]) + "."
+        return join_name(self.layer, SLOTS[self.slot].attribute) + "."
 
 
 @contextlib.contextmanager
@@ -98,7 +98,7 @@ def encode_model(model: nn.Module) -> list[EncodedSlot]:
     with eval_mode(model):
         for name, layer in quantized_layers(model):
             for slot in CODE_SLOTS:
-                quantizer = getattr(layer, SLOTS[slot])
+                quantizer = getattr(layer, SLOTS[slot].attribute)
                 tensor = getattr(layer, slot)
                 if quantizer is not None and tensor is not None:
                     encoded.append(_encode_one(name, slot, quantizer, tensor))
@@ -111,7 +111,7 @@ def as_exported(model: nn.Module) -> nn.Module:
     exported = copy.deepcopy(model)
     for _, layer in quantized_layers(exported):
         for slot in CODE_SLOTS:
-            quantizer = getattr(layer, SLOTS[slot])
+            quantizer = getattr(layer, SLOTS[slot].attribute)
             if quantizer is not None and quantizer.eval_mode == "float":
                 quantizer.eval_mode = "deterministic"
     return exported.eval()

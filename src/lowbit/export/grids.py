@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..quantizers.codes import QuantizedTensor
 from ..quantizers.grids import IntegerGrid
 
@@ -88,7 +89,7 @@ def weight_codes(qt: QuantizedTensor, weight_dtype: str = "auto") -> Optional[We
     """The codes of a weight in an 8-bit container, or ``None`` when they do not fit one (> 8 bits, non-integer
     levels or zero point, parameters along another axis)."""
     if weight_dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"unknown weight_dtype {weight_dtype!r}; valid choices: {', '.join(WEIGHT_DTYPES)}")
+        raise ConfigError(f"unknown weight_dtype {weight_dtype!r}; valid choices: {', '.join(WEIGHT_DTYPES)}")
     levels = qt.levels.detach().cpu().numpy()
     channels = qt.indices.shape[0] if qt.indices.dim() else 1
     try:

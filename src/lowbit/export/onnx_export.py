@@ -27,6 +27,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..convert import replace_submodule
 from ..nn.activation import QuantAct
 from ..nn.layers import QuantizedLayer
 from ..quantizers.base import Quantizer
@@ -84,11 +85,6 @@ class OnnxExport:
         return asdict(self)
 
 
-def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def _activation_grid(quantizer: Quantizer, where: str) -> Optional[Grid]:
     """The grid an activation quantizer applies in eval mode (``None``: values pass through), or an
     :class:`ExportError` naming the layer input when it has none fixed."""
@@ -144,10 +140,10 @@ def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
             module.grad_quantizer = None
         elif isinstance(module, QuantAct):
             grid = _activation_grid(module.quantizer, name)
-            _set_child(deploy, name, nn.Identity() if grid is None else placeholder(ActMark(name, grid)))
+            replace_submodule(deploy, name, nn.Identity() if grid is None else placeholder(ActMark(name, grid)))
         elif is_foldable_norm(module):
             a, b = affine_of(module)
-            _set_child(deploy, name, placeholder(AffineMark(name, a, b)))
+            replace_submodule(deploy, name, placeholder(AffineMark(name, a, b)))
     strays = [n for n, m in deploy.named_modules() if isinstance(m, Quantizer)]
     if strays:
         raise ExportError(f"cannot export quantizer {strays[0]!r}: only quantizers in the slots of quantized layers "

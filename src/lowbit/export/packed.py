@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..nn.layers import SLOTS, QuantizedLayer
+from ..nn.layers import QuantizedLayer
+from ..nn.slots import SLOTS
 from .bitpack import pack_bits, unpack_bits
 from .encode import EncodedSlot, encode_model
 from .errors import ExportError, PackedFileError
@@ -321,7 +322,7 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
             codes, values = None, tensors[STATE + name]
         with torch.no_grad():
             target.copy_(values.to(target.dtype))
-        attribute = SLOTS[entry["slot"]]
+        attribute = SLOTS[entry["slot"]].attribute
         role = "bias" if entry["slot"] == "bias" else "weight"
         setattr(layer, attribute, FrozenCodes(codes, bits=entry["bits"], signed=entry["signed"], role=role))
         allowed_missing.add(name)

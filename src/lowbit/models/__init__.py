@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import ConfigError
 from .cnn import SmallCNN, build_small_cnn
 from .common import check_input_shape
 from .mlp import MLP, build_mlp
 from .resnet import BasicBlock, CifarResNet, PadShortcut, build_resnet8, build_resnet20, build_resnet56
 from .vgg import BCVGG, build_bc_vgg
-from ..errors import ConfigError
 
 #: name -> (builder(input_shape, num_classes, **options), one-line description)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {

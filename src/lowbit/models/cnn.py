@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import check_bool, check_int
 from ..errors import ConfigError
+from .common import check_bool, check_int
 
 
 def _pooled(size: int, pools: int) -> int:

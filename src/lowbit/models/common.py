@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 from torch import nn
+
 from ..errors import ConfigError
 
 

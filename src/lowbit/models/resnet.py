@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_bool, kaiming_init
 from ..errors import ConfigError
+from .common import check_bool, kaiming_init
 
 SHORTCUTS = ("A", "B")
 STAGE_CHANNELS = (16, 32, 64)

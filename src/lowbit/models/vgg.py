@@ -7,8 +7,8 @@ import numbers
 import torch
 from torch import nn
 
-from .common import check_bool, check_int, glorot_init
 from ..errors import ConfigError
+from .common import check_bool, check_int, glorot_init
 
 #: Conv channel counts at width 1.0: (2×128C3)–MP2–(2×256C3)–MP2–(2×512C3)–MP2.
 BC_VGG_CHANNELS = (128, 256, 512)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quantizers.base import Quantizer
 from ..errors import ConfigError
+from ..quantizers.base import Quantizer
 
 __all__ = ["QuantAct"]
 

@@ -16,15 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..quantizers.base import Quantizer
 from ..registry import Registry
 from .gradient import bifurcated_conv2d, bifurcated_linear
+from .slots import SLOTS
 
 __all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "SLOTS", "QUANTIZED_LAYERS"]
-
-#: slot name -> attribute holding its quantizer
-SLOTS = {"weight": "weight_quantizer", "input": "input_quantizer", "bias": "bias_quantizer",
-         "grad": "grad_quantizer"}
 
 #: float layer class -> its quantized replacement, which has ``from_float(layer, **slots)``; ``lowbit.quantize``
 #: swaps modules whose type is exactly a registered class (a subclass of ``nn.Linear`` is not matched)
@@ -41,9 +39,9 @@ class QuantizedLayer:
                    bias: Optional[Quantizer] = None, grad: Optional[Quantizer] = None,
                    bifurcate: bool = True) -> None:
         for slot, quantizer in (("weight", weight), ("input", input), ("bias", bias), ("grad", grad)):
-            self.register_module(SLOTS[slot], quantizer)
+            self.register_module(SLOTS[slot].attribute, quantizer)
         if bias is not None and self.bias is None:
-            raise ValueError("a bias quantizer was given for a layer without bias")
+            raise ConfigError("a bias quantizer was given for a layer without bias")
         self.bifurcate = bool(bifurcate)
         # set by the grid update policy (R / SR): the stored weights are already on the quantizer's grid, so the
         # forward pass uses them as they are (quantizing again is the identity, but costs time and, for SR, noise)
@@ -57,7 +55,7 @@ class QuantizedLayer:
     def quantizers(self) -> dict[str, Quantizer]:
         """The non-empty slots, by slot name."""
         found = {}
-        for slot, attribute in SLOTS.items():
+        for slot, attribute in ((s.name, s.attribute) for s in SLOTS.values()):
             quantizer = getattr(self, attribute)
             if quantizer is not None:
                 found[slot] = quantizer

@@ -21,10 +21,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..quantizers.base import Quantizer
 from ..registry import Registry
 from .gradient import quantize_gradient
-from ..errors import ConfigError
 
 __all__ = ["RangeBatchNorm1d", "RangeBatchNorm2d", "range_scale_constant", "ESTIMATORS", "RANGE_BATCHNORMS"]
 

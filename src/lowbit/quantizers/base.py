@@ -31,6 +31,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..rounding import NoiseSource, Rounding
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import Grid, GridUnavailable
@@ -68,9 +69,9 @@ class Quantizer(nn.Module):
                  seed: int = 0):
         super().__init__()
         if role not in ROLES:
-            raise ValueError(f"unknown quantizer role {role!r}; valid roles: {', '.join(ROLES)}")
+            raise ConfigError(f"unknown quantizer role {role!r}; valid roles: {', '.join(ROLES)}")
         if eval_mode not in EVAL_MODES:
-            raise ValueError(f"unknown eval_mode {eval_mode!r}; valid choices: {', '.join(EVAL_MODES)}")
+            raise ConfigError(f"unknown eval_mode {eval_mode!r}; valid choices: {', '.join(EVAL_MODES)}")
         self.role = role
         self.rounding = Rounding.parse(rounding)
         self.eval_mode = eval_mode

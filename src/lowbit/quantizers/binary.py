@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ..rounding import stochastic_threshold
-from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, QuantizedTensor
+from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, QuantizedTensor, Quantizer
 from .grids import SignGrid, float32
 
 __all__ = ["BinaryQuantizer"]
@@ -50,7 +51,7 @@ class BinaryQuantizer(Quantizer):
                  eval_mode: str = "deterministic", seed: int = 0):
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         if not scale > 0:
-            raise ValueError(f"binary scale H must be positive, got {scale}")
+            raise ConfigError(f"binary scale H must be positive, got {scale}")
         self.scale = float(scale)
         self._bits, self._signed = 1, True
 

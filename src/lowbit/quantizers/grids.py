@@ -23,6 +23,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["IntegerGrid", "AffineFloat", "Pow2Grid", "SignGrid", "Grid", "GridUnavailable", "float32",
            "HALF_EVEN", "HALF_AWAY"]
 
@@ -30,7 +32,7 @@ __all__ = ["IntegerGrid", "AffineFloat", "Pow2Grid", "SignGrid", "Grid", "GridUn
 HALF_EVEN, HALF_AWAY = "half_even", "half_away"
 
 
-class GridUnavailable(ValueError):
+class GridUnavailable(ConfigError):
     """The quantizer has no fixed eval-mode grid (yet): it has not seen data, or it derives its range from every
     tensor it quantizes. The message says which, and what to do instead."""
 

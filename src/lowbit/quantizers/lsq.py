@@ -30,6 +30,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..rounding import outside_mask
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
@@ -82,7 +83,7 @@ class LSQQuantizer(Quantizer):
                  seed: int = 0):
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         if grad_scale not in GRAD_SCALES:
-            raise ValueError(f"unknown grad_scale {grad_scale!r}; valid choices: {', '.join(GRAD_SCALES)}")
+            raise ConfigError(f"unknown grad_scale {grad_scale!r}; valid choices: {', '.join(GRAD_SCALES)}")
         if signed is None:
             signed = "auto" if role == "activation" else True
         self._bits = int(bits)

@@ -25,6 +25,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..errors import ConfigError
 from ..rounding import stochastic_round_
 from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype
@@ -109,15 +110,15 @@ class MinMaxQuantizer(Quantizer):
             zero_point = "exact" if role == "gradient" else "integer"
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         if granularity not in GRANULARITIES:
-            raise ValueError(f"unknown granularity {granularity!r}; valid choices: {', '.join(GRANULARITIES)}")
+            raise ConfigError(f"unknown granularity {granularity!r}; valid choices: {', '.join(GRANULARITIES)}")
         if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+            raise ConfigError(f"momentum must be in (0, 1], got {momentum}")
         self._bits = int(bits)
         self.q_max = 2**self._bits - 1
         self.granularity = granularity
         self.momentum = float(momentum)
         if zero_point not in ("integer", "exact"):
-            raise ValueError(f"unknown zero_point {zero_point!r}; valid choices: integer, exact")
+            raise ConfigError(f"unknown zero_point {zero_point!r}; valid choices: integer, exact")
         self.integer_zero = zero_point == "integer"
         self.register_buffer("running_min", torch.tensor(0.0))
         self.register_buffer("running_max", torch.tensor(0.0))
@@ -182,7 +183,7 @@ class MinMaxQuantizer(Quantizer):
         x = x.detach()
         scale, zero_point = self.quant_params(x)
         if not self.integer_zero:
-            raise ValueError("encode() needs an integer zero point; build the quantizer with zero_point: integer")
+            raise ConfigError("encode() needs an integer zero point; build the quantizer with zero_point: integer")
         q = torch.round(x * torch.reciprocal(scale)).add_(zero_point).clamp_(0, self.q_max)
         per_channel = self.granularity == "channel" and x.dim() >= 2
         return QuantizedTensor(indices=q.to(index_dtype(self._bits)), bits=self._bits, scale=scale,

@@ -47,6 +47,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..rounding import at_least, round_half_away
 from .base import EVAL_MODE_OPTION, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
@@ -217,7 +218,7 @@ class _ParametricBase(Quantizer):
         # the two learned scalars, registered under the names the paper uses
         unknown = [name for name in frozen if name not in (first, second)]
         if unknown:
-            raise ValueError(f"{parametrization} learns {first} and {second}; cannot freeze {', '.join(unknown)}")
+            raise ConfigError(f"{parametrization} learns {first} and {second}; cannot freeze {', '.join(unknown)}")
         for name in (first, second):
             # frozen scalars keep their initial value: e.g. U2 with b frozen is a homogeneous net with learned q_max
             self.register_parameter(name, nn.Parameter(torch.tensor(1.0), requires_grad=name not in frozen))
@@ -448,12 +449,12 @@ def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBas
     """Build the uniform (U1-U3) or power-of-two (P1-P3) learned quantizer named by ``parametrization``."""
     key = str(parametrization).upper()
     if key not in PARAMETRIZATIONS:
-        raise ValueError(f"unknown parametrization {parametrization!r}; valid choices: {', '.join(PARAMETRIZATIONS)}")
+        raise ConfigError(f"unknown parametrization {parametrization!r}; valid choices: {', '.join(PARAMETRIZATIONS)}")
     cls = ParametricUniformQuantizer if key.startswith("U") else ParametricPow2Quantizer
     if cls is ParametricUniformQuantizer and "with_zero" in options:
-        raise ValueError("with_zero applies to the power-of-two parametrizations P1-P3 only")
+        raise ConfigError("with_zero applies to the power-of-two parametrizations P1-P3 only")
     if cls is ParametricPow2Quantizer and "pow2_step" in options:
-        raise ValueError("pow2_step applies to the uniform parametrizations U1-U3 only")
+        raise ConfigError("pow2_step applies to the uniform parametrizations U1-U3 only")
     return cls(parametrization=key, **options)
 
 

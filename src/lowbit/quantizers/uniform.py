@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import ConfigError
 from ..rounding import round_half_away, stochastic_round_
 from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
@@ -59,13 +60,13 @@ class UniformQuantizer(Quantizer):
         self._bits = int(bits)
         self._signed = (role != "activation") if signed is None else bool(signed)
         if self._signed and self._bits < 2:
-            raise ValueError("a signed uniform grid needs at least 2 bits; use type: binary for 1 bit")
+            raise ConfigError("a signed uniform grid needs at least 2 bits; use type: binary for 1 bit")
         self.q_n, self.q_p = integer_range(self._bits, self._signed, symmetric)
         self.symmetric = symmetric
         self.register_buffer("step", torch.tensor(float(step) if step is not None else 1.0))
         if step is not None:
             if not step > 0:
-                raise ValueError(f"uniform step must be positive, got {step}")
+                raise ConfigError(f"uniform step must be positive, got {step}")
             self.mark_initialized()
 
     def clip_range(self) -> tuple[float, float]:

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from ..errors import ConfigError
-from .schema import (SLOT_NAMES, explain, fill_defaults, quantizer_spec_schema, recipe_schema,
-                     validation_errors)
+from ..nn.slots import SLOTS
+from .schema import explain, fill_defaults, quantizer_spec_schema, recipe_schema, validation_errors
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "list_recipes", "recipe_dir", "merge", "set_value",
            "recipe_schema"]
@@ -198,7 +198,7 @@ def _check_overrides(data: dict, source: str) -> None:
     spec_schema = quantizer_spec_schema()
     quantize = data["quantize"]
     for i, override in enumerate(quantize.get("overrides", [])):
-        for slot in SLOT_NAMES:
+        for slot in SLOTS:
             if slot not in override or override[slot] is None:
                 continue
             merged = effective_slot(quantize.get(slot), override[slot])

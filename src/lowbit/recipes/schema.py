@@ -19,7 +19,6 @@ from ..quantizers import QUANTIZERS
 
 __all__ = ["recipe_schema", "quantizer_spec_schema", "validation_errors", "explain", "fill_defaults"]
 
-SLOT_NAMES = ("weight", "input", "bias", "grad")
 
 
 def quantizer_spec_schema(require_type: bool = True) -> dict:
@@ -32,10 +31,10 @@ def _nullable(schema: dict) -> dict:
 
 
 def _slots(require_type: bool) -> dict:
-    descriptions = {"weight": "weights", "input": "layer inputs (activations)", "bias": "biases",
-                    "grad": "gradient w.r.t. the layer output (Banner)"}
-    return {slot: {**_nullable(quantizer_spec_schema(require_type)), "description": descriptions[slot]}
-            for slot in SLOT_NAMES}
+    from ..nn.slots import SLOTS
+
+    return {name: {**_nullable(quantizer_spec_schema(require_type)), "description": slot.description}
+            for name, slot in SLOTS.items()}
 
 
 def _choices(registry) -> str:

@@ -257,7 +257,7 @@ def lsq_table(mode: Mode) -> Table:
         cells.append(Cell(id=f"lsq/br-w{bits}a{bits}", label=f"LSQ + BR W{bits}/A{bits} (BR from epoch {e // 2 + 1})",
                           recipe=f"lsq-br-w{bits}a{bits}", role=f"br{bits}", changes=dict(staged),
                           probes=("weights",), **base))
-    cells.append(Cell(id="lsq/br-w2a2-lambda50", label=f"LSQ + BR W2/A2, λ = 50 (investigation)",
+    cells.append(Cell(id="lsq/br-w2a2-lambda50", label="LSQ + BR W2/A2, λ = 50 (investigation)",
                       recipe="lsq-br-w2a2", role="br2-lambda50",
                       changes={"train.regularizers": [{"type": "bin_reg", "strength": 50.0, "start_epoch": e // 2}]},
                       probes=("weights",), **base))

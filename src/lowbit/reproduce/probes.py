@@ -21,12 +21,11 @@ from torch import nn
 
 from ..convert import quantized_layers
 from ..data import BatchLoader
-from ..summary import model_summary
+from ..summary import BITS_PER_KB, model_summary
 from ..train.regularizers import level_distance, weight_memory_bits
 
 __all__ = ["accuracy", "sign_eval", "weight_statistics", "memory_usage", "PROBES"]
 
-KB = 8 * 1024
 HIST_BIN = 0.02  # histogram bin width in units of the step
 
 
@@ -113,8 +112,8 @@ def memory_usage(model: nn.Module, budget_bits: float = 3.0) -> dict:
               for name, layer in quantized_layers(model)}
     n = sum(counts.values())
     bits = model_summary(model).per_layer_bits()
-    return {"weight_kb": float(weight_memory_bits(model)) / KB, "budget_kb": n * budget_bits / KB,
-            "budget_bits": budget_bits, "homogeneous_kb": {str(b): n * b / KB for b in (2, 3, 4, 8)},
+    return {"weight_kb": float(weight_memory_bits(model)) / BITS_PER_KB, "budget_kb": n * budget_bits / BITS_PER_KB,
+            "budget_bits": budget_bits, "homogeneous_kb": {str(b): n * b / BITS_PER_KB for b in (2, 3, 4, 8)},
             "params": int(n), "layer_shares": {name: c / n for name, c in counts.items()}, "bits": bits}
 
 

@@ -31,8 +31,8 @@ from typing import Callable, Optional
 import torch
 
 from .. import __version__
-from .experiments import Cell, Mode, cells_of
 from ..runs import RunFiles
+from .experiments import Cell, Mode, cells_of
 from .probes import run_probes, selected_checkpoint
 
 __all__ = ["Job", "plan_jobs", "Runner", "estimate_seconds", "raw_path", "read_raw", "format_duration",

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..convert import quantized_layers, quantizers_of
+from ..errors import ConfigError
 from ..registry import Registry
 
 __all__ = ["UpdatePolicy", "LatentWeights", "GridWeights", "POLICIES", "build_policy", "glorot_lr_scale",
@@ -66,7 +67,7 @@ class UpdatePolicy(ABC):
 
     def __init__(self, model: nn.Module, *, lr_scale: str = "none", init: str = "keep"):
         if init not in ("keep", "uniform"):
-            raise ValueError(f"unknown weight init {init!r}; valid choices: keep, uniform")
+            raise ConfigError(f"unknown weight init {init!r}; valid choices: keep, uniform")
         self.lr_scale = lr_scale
         self.init = init
         self.model = model
@@ -90,7 +91,7 @@ class UpdatePolicy(ABC):
             for weight, quantizer in self._weighted:
                 bounds = quantizer.clip_range()
                 if bounds is None:
-                    raise ValueError(f"init: uniform needs a quantizer with a fixed range; {quantizer.kind} has none")
+                    raise ConfigError(f"init: uniform needs a quantizer with a fixed range; {quantizer.kind} has none")
                 weight.uniform_(*bounds)
         self.after_step()
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ...convert import quantized_layers
+from ...errors import ConfigError
 from .base import REGULARIZERS, Regularizer
 
 __all__ = ["BinRegularizer", "bin_regularization", "level_distance"]
@@ -58,7 +59,7 @@ class BinRegularizer(Regularizer):
         terms = [bin_regularization(layer.weight, layer.weight_quantizer)
                  for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
         if not terms:
-            raise ValueError("bin_reg needs quantized weights, but the recipe quantizes none")
+            raise ConfigError("bin_reg needs quantized weights, but the recipe quantizes none")
         return self.strength * torch.stack(terms).sum()
 
     @torch.no_grad()

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ...convert import quantized_layers
+from ...errors import ConfigError
+from ...summary import BITS_PER_KB
 from .base import REGULARIZERS, Regularizer
 
-__all__ = ["MemoryBudget", "weight_memory_bits", "activation_memory_bits", "measure_activation_sizes", "KB"]
+__all__ = ["MemoryBudget", "weight_memory_bits", "activation_memory_bits", "measure_activation_sizes"]
 
-KB = 8 * 1024  # bits per kilobyte
 
 
 def measure_activation_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -103,17 +104,17 @@ class MemoryBudget(Regularizer):
     def bind(self, model: nn.Module, example: Optional[torch.Tensor]) -> None:
         """Resolve homogeneous-bit budgets into KB for this model (needs one example batch)."""
         if example is None:
-            raise ValueError("a memory budget needs an example batch to measure activation sizes")
+            raise ConfigError("a memory budget needs an example batch to measure activation sizes")
         self.activation_sizes = measure_activation_sizes(model, example)
         if self.weight_bits is not None:
             n = sum(p.numel() for _, layer in quantized_layers(model) for p in (layer.weight, layer.bias)
                     if p is not None)
-            self.weight_kb = n * self.weight_bits / KB
+            self.weight_kb = n * self.weight_bits / BITS_PER_KB
         if self.activation_bits is not None:
             sizes = [self.activation_sizes[name] for name, layer in quantized_layers(model)
                      if layer.input_quantizer is not None and name in self.activation_sizes]
             total = sum(sizes) if self.activation_reduce == "sum" else max(sizes, default=0)
-            self.activation_kb = total * self.activation_bits / KB
+            self.activation_kb = total * self.activation_bits / BITS_PER_KB
 
     def active(self, epoch: int) -> bool:
         return self.strength > 0
@@ -121,11 +122,11 @@ class MemoryBudget(Regularizer):
     def penalty(self, model: nn.Module) -> torch.Tensor:
         loss = torch.zeros(())
         if self.weight_kb is not None:
-            excess = torch.relu(weight_memory_bits(model, differentiable=True) / KB - self.weight_kb)
+            excess = torch.relu(weight_memory_bits(model, differentiable=True) / BITS_PER_KB - self.weight_kb)
             loss = loss + excess.square()
         if self.activation_kb is not None:
             used = activation_memory_bits(model, self.activation_sizes, self.activation_reduce, differentiable=True)
-            loss = loss + torch.relu(used / KB - self.activation_kb).square()
+            loss = loss + torch.relu(used / BITS_PER_KB - self.activation_kb).square()
         return self.strength * loss
 
     def after_backward(self, model: nn.Module) -> None:
@@ -138,8 +139,8 @@ class MemoryBudget(Regularizer):
 
     @torch.no_grad()
     def usage(self, model: nn.Module) -> dict:
-        weight_kb = float(weight_memory_bits(model)) / KB
-        act_kb = float(activation_memory_bits(model, self.activation_sizes, self.activation_reduce)) / KB
+        weight_kb = float(weight_memory_bits(model)) / BITS_PER_KB
+        act_kb = float(activation_memory_bits(model, self.activation_sizes, self.activation_reduce)) / BITS_PER_KB
         return {"weight_kb": weight_kb, "activation_kb": act_kb}
 
     def satisfied(self, model: nn.Module) -> bool:
