@@ -77,7 +77,7 @@ def test_unknown_names_list_the_valid_choices_with_a_suggestion():
     with pytest.raises(ValueError, match=r"unknown loss 'squared_hinj' \(did you mean 'squared_hinge'\?\); "
                                          r"valid choices: cross_entropy, squared_hinge"):
         get_loss("squared_hinj")
-    with pytest.raises(ValueError, match="unknown quantizer type 'lsqq'.*did you mean 'lsq'.*binary, uniform"):
+    with pytest.raises(ValueError, match="unknown quantizer type 'lsqq'.*did you mean 'lsq'.*binary, lsq, minmax"):
         build_quantizer({"type": "lsqq"}, role="weight")
     with pytest.raises(DatasetError, match="unknown dataset 'cifar1'.*valid choices: digits"):
         canonical_name("cifar1")

@@ -1,16 +1,15 @@
 """Quantizers: which grid, and how values are rounded onto it.
 
-``build_quantizer({"type": "lsq", "bits": 4}, role="weight")`` builds one from a recipe entry. The registry below is
-the only place that lists the families; the recipe schema reads it too (a family defined elsewhere registers itself
-with ``QUANTIZERS.register("name", factory)``).
+``build_quantizer({"type": "lsq", "bits": 4}, role="weight")`` builds one from a recipe entry. Each family registers
+itself in :data:`QUANTIZERS` in its own module (``@QUANTIZERS.register("lsq")``); importing the modules below is
+what makes them available, and the recipe schema reads the registry.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..registry import Registry
-from .base import Quantizer
+from .base import QUANTIZERS, Quantizer
 from .binary import BinaryQuantizer
 from .codes import QuantizedTensor
 from .lsq import LSQQuantizer
@@ -20,18 +19,8 @@ from .uniform import UniformQuantizer
 
 __all__ = [
     "Quantizer", "QuantizedTensor", "BinaryQuantizer", "UniformQuantizer", "MinMaxQuantizer", "LSQQuantizer",
-    "ParametricUniformQuantizer", "ParametricPow2Quantizer", "QUANTIZERS", "build_quantizer",
+    "ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "QUANTIZERS", "build_quantizer",
 ]
-
-#: recipe ``type`` -> constructor taking keyword options plus ``role`` and ``seed``; each family's options are its
-#: ``OPTIONS`` (JSON schema), which the recipe schema reads from here
-QUANTIZERS: Registry[str] = Registry("quantizer type")
-QUANTIZERS.register("binary", BinaryQuantizer)
-QUANTIZERS.register("uniform", UniformQuantizer)
-QUANTIZERS.register("minmax", MinMaxQuantizer)
-QUANTIZERS.register("lsq", LSQQuantizer)
-QUANTIZERS.register("parametric", make_parametric, keywords_from=(ParametricUniformQuantizer, ParametricPow2Quantizer))
-
 
 def build_quantizer(spec: Mapping[str, Any], *, role: str, seed: int = 0) -> Quantizer:
     """Instantiate the quantizer described by a (validated) recipe entry ``{"type": ..., **options}``."""

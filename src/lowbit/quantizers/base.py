@@ -32,11 +32,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from ..rounding import NoiseSource, Rounding
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import Grid, GridUnavailable
 
-__all__ = ["Quantizer", "QuantizedTensor", "ROLES", "EVAL_MODES", "ROUNDING_OPTION", "EVAL_MODE_OPTION", "bits_option",
+__all__ = ["Quantizer", "QUANTIZERS", "QuantizedTensor", "ROLES", "EVAL_MODES", "ROUNDING_OPTION", "EVAL_MODE_OPTION", "bits_option",
            "ceil_ste", "round_ste", "pow2_ste",
            "integer_range", "index_dtype", "Grid", "GridUnavailable"]
 
@@ -55,6 +56,11 @@ def bits_option(low: int, high: int, default: Optional[int] = None) -> dict:
     if default is not None:
         option["default"] = default
     return option
+
+
+#: recipe ``type`` -> constructor taking keyword options plus ``role`` and ``seed``; each family registers itself in
+#: its own module, with its ``OPTIONS`` (JSON schema) as the recipe options
+QUANTIZERS: Registry[str] = Registry("quantizer type")
 
 
 class Quantizer(nn.Module):

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from ..rounding import stochastic_threshold
-from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, QuantizedTensor, Quantizer
+from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, QuantizedTensor, Quantizer
 from .grids import SignGrid, float32
 
 __all__ = ["BinaryQuantizer"]
@@ -39,6 +39,7 @@ class _BinarizeSTE(torch.autograd.Function):
         return grad, None, None
 
 
+@QUANTIZERS.register("binary")
 class BinaryQuantizer(Quantizer):
     kind = "binary"
     OPTIONS = {

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..rounding import outside_mask
-from .base import EVAL_MODE_OPTION, Quantizer, bits_option
+from .base import EVAL_MODE_OPTION, QUANTIZERS, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import IntegerGrid, float32
 
@@ -65,6 +65,7 @@ class _LSQFunction(torch.autograd.Function):
         return grad_v, (grad_s * ctx.g).reshape(()), None, None, None
 
 
+@QUANTIZERS.register("lsq")
 class LSQQuantizer(Quantizer):
     kind = "lsq"
     OPTIONS = {

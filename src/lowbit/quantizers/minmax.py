@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from ..rounding import stochastic_round_
-from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
+from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype
 from .grids import AffineFloat, GridUnavailable, IntegerGrid, float32
 
@@ -82,6 +82,7 @@ class _AffineSTE(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+@QUANTIZERS.register("minmax")
 class MinMaxQuantizer(Quantizer):
     kind = "minmax"
     OPTIONS = {

@@ -49,7 +49,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..rounding import at_least, round_half_away
-from .base import EVAL_MODE_OPTION, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
+from .base import EVAL_MODE_OPTION, QUANTIZERS, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
 from .grids import HALF_AWAY, IntegerGrid, Pow2Grid, float32
 
@@ -445,6 +445,20 @@ class ParametricPow2Quantizer(_ParametricBase):
                                    zero_point=torch.zeros((), dtype=x.dtype), table=table)
 
 
+PARAMETRIC_OPTIONS = {
+    "parametrization": {"enum": list(PARAMETRIZATIONS), "default": "U3",
+                        "description": "U1 (b,d), U2 (b,q_max), U3 (d,q_max), P1 (b,q_max), P2 (b,q_min), P3 (q_min,q_max)"},
+    "signed": {"enum": [True, False, "auto", None], "default": None,
+               "description": "auto: decided from the first tensor; null: signed for weights, auto for activations"},
+    "init_bits": bits_option(2, 8, default=4),
+    "pow2_step": {"type": "boolean", "description": "U1-U3: snap d to a power of two (official code); default true"},
+    "with_zero": {"type": "boolean", "description": "P1-P3: add a zero level (one more bit); default true"},
+    "frozen": {"type": "array", "items": {"enum": ["b", "d", "q_max", "q_min"]}, "uniqueItems": True, "default": [],
+               "description": "learned scalars kept at their initial value (e.g. [b]: fixed bit width)"},
+    "eval_mode": EVAL_MODE_OPTION,
+}
+
+
 def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBase:
     """Build the uniform (U1-U3) or power-of-two (P1-P3) learned quantizer named by ``parametrization``."""
     key = str(parametrization).upper()
@@ -458,15 +472,5 @@ def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBas
     return cls(parametrization=key, **options)
 
 
-make_parametric.OPTIONS = {
-    "parametrization": {"enum": list(PARAMETRIZATIONS), "default": "U3",
-                        "description": "U1 (b,d), U2 (b,q_max), U3 (d,q_max), P1 (b,q_max), P2 (b,q_min), P3 (q_min,q_max)"},
-    "signed": {"enum": [True, False, "auto", None], "default": None,
-               "description": "auto: decided from the first tensor; null: signed for weights, auto for activations"},
-    "init_bits": bits_option(2, 8, default=4),
-    "pow2_step": {"type": "boolean", "description": "U1-U3: snap d to a power of two (official code); default true"},
-    "with_zero": {"type": "boolean", "description": "P1-P3: add a zero level (one more bit); default true"},
-    "frozen": {"type": "array", "items": {"enum": ["b", "d", "q_max", "q_min"]}, "uniqueItems": True, "default": [],
-               "description": "learned scalars kept at their initial value (e.g. [b]: fixed bit width)"},
-    "eval_mode": EVAL_MODE_OPTION,
-}
+QUANTIZERS.register("parametric", make_parametric, options=PARAMETRIC_OPTIONS,
+                    keywords_from=(ParametricUniformQuantizer, ParametricPow2Quantizer))

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError
 from ..rounding import round_half_away, stochastic_round_
-from .base import EVAL_MODE_OPTION, ROUNDING_OPTION, Quantizer, bits_option
+from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import HALF_AWAY, IntegerGrid, float32
 
@@ -41,6 +41,7 @@ class _UniformSTE(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+@QUANTIZERS.register("uniform")
 class UniformQuantizer(Quantizer):
     kind = "uniform"
     OPTIONS = {
