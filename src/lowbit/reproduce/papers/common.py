@@ -33,4 +33,4 @@ def shared_float(mode: Mode, budget: Budget) -> Cell:
     """
     return Cell(id="shared/float-cnn", label=SHARED_FLOAT_LABEL, recipe="fp32", role="float", model="small-cnn",
                 model_options=dict(CNN), data=mode.data, epochs=budget.pretrain_epochs,
-                train_subset=budget.train_subset, test_subset=budget.test_subset, kind="parametric")
+                train_subset=budget.train_subset, test_subset=budget.test_subset, kind="float")
