@@ -14,6 +14,7 @@ from lowbit.reproduce import claims as C
 from lowbit.reproduce.command import build_parser, cmd_reproduce
 from lowbit.reproduce.experiments import MODES, TABLE_KEYS, build_tables, cells_of, mode_named
 from lowbit.reproduce.gradients import autograd_partials, closed_form_partials, gradient_magnitudes
+from lowbit.reproduce.papers.lide import toy_checks
 from lowbit.reproduce.results import CellStats
 from lowbit.reproduce.runner import plan_jobs, raw_path
 from lowbit.reproduce.toy import run_toy
@@ -142,7 +143,7 @@ def test_bc_stoch_float_copy_converges_and_its_rounding_reaches_the_grid_point(t
 
 
 def test_toy_checks_pass_on_the_toy(toy):
-    assert all(c.passed for c in C.toy_checks(toy))
+    assert all(c.passed for c in toy_checks(toy))
 
 
 # ---------------------------------------------------------------------------------------- gradient magnitudes

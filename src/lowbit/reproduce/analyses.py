@@ -1,7 +1,8 @@
-"""The two analyses that need no training: Li & De's convex toy and Uhlich's gradient magnitudes.
+"""The papers' analyses that need no training (e.g. Li & De's convex toy, Uhlich's gradient magnitudes).
 
-Both are computed in seconds and stored as raw JSON beside the training runs (``OUT/<mode>/raw/analysis/``), so the
-page and its figures are drawn from files like every other number.
+Each is computed in seconds and stored as raw JSON beside the training runs (``OUT/<mode>/raw/analysis/``), so the
+page and its figures are drawn from files like every other number. A stored result is reused while its ``request``
+(the analysis's settings for the mode) is unchanged.
 """
 
 from __future__ import annotations
@@ -9,54 +10,47 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-from .experiments import Mode
-from .gradients import gradient_magnitudes
-from .runner import read_raw
-from .toy import run_toy
+from . import papers as registry
+from .modes import Mode
+from .paper import Paper
+from .rawfiles import analysis_path, read_raw
 
-__all__ = ["analysis_path", "ensure_analyses", "load_analysis"]
-
-ANALYSES = {"toy": "lide", "gradients": "uhlich"}  # analysis -> the table it belongs to
+__all__ = ["analysis_path", "ensure_analyses", "load_analysis", "load_analyses"]
 
 
-def analysis_path(out: Path, mode: Mode, name: str) -> Path:
-    return Path(out) / mode.name / "raw" / "analysis" / f"{name}.json"
-
-
-def _settings(mode: Mode, name: str) -> dict:
-    if name == "toy":
-        return {"steps": mode.toy_steps, "seed": 0}
-    return {"bits": list(range(2, 9)), "n": 200_000 if mode.name != "smoke" else 20_000, "q_max": 3.0, "seed": 0}
-
-
-def ensure_analyses(out: Path, mode: Mode, table_keys: list, fresh: bool = False, log=print) -> dict:
-    """Compute (or reuse) the analyses of the tables in ``table_keys``; returns ``name -> result``."""
+def ensure_analyses(out: Path, mode: Mode, table_keys: list, fresh: bool = False, log=print,
+                    papers: Optional[Sequence[Paper]] = None) -> dict:
+    """Compute (or reuse) the analyses of the papers in ``table_keys`` (among ``papers``, default: the registry);
+    returns ``name -> result``."""
     results = {}
-    for name, table in ANALYSES.items():
-        if table not in table_keys:
+    for paper in (papers if papers is not None else registry.registered()):
+        if paper.key not in table_keys:
             continue
-        path = analysis_path(out, mode, name)
-        settings = _settings(mode, name)
-        cached = None if fresh else read_raw(path)
-        if cached and cached.get("request") == settings:
-            results[name] = cached
-            continue
-        if name == "toy":
-            result = run_toy(steps=settings["steps"], seed=settings["seed"])
-        else:
-            result = gradient_magnitudes(bits=settings["bits"], n=settings["n"], q_max=settings["q_max"],
-                                         seed=settings["seed"])
-        result["request"] = settings
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, path)
-        log(f"analysis {name}: wrote {path}")
-        results[name] = result
+        for analysis in paper.analyses:
+            path = analysis_path(out, mode, analysis.name)
+            request = analysis.request(mode)
+            cached = None if fresh else read_raw(path)
+            if cached and cached.get("request") == request:
+                results[analysis.name] = cached
+                continue
+            result = analysis.compute(request)
+            result["request"] = request
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            os.replace(tmp, path)
+            log(f"analysis {analysis.name}: wrote {path}")
+            results[analysis.name] = result
     return results
 
 
 def load_analysis(out: Path, mode: Mode, name: str) -> Optional[dict]:
     return read_raw(analysis_path(out, mode, name))
+
+
+def load_analyses(out: Path, mode: Mode, tables: list) -> dict:
+    """``name -> stored result`` (``None`` where not computed) of every analysis of the papers of ``tables``."""
+    return {analysis.name: load_analysis(out, mode, analysis.name) for table in tables
+            for analysis in table.paper.analyses}

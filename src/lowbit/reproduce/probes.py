@@ -1,5 +1,7 @@
 """Measurements taken on a trained model after its run, stored in the cell's raw JSON.
 
+The papers register them under the names their cells use (:attr:`lowbit.reproduce.paper.Paper.probes`):
+
 * ``sign_eval`` (BinaryConnect): the test accuracy of a BC-stoch net evaluated three ways on the same checkpoint:
   with its real-valued weights W (the paper's protocol), with sign(W) (the ablation), and with real W after
   re-estimating the BatchNorm statistics for the real weights (a diagnostic: training-time BN statistics were
@@ -8,13 +10,13 @@
   weights to their quantization level in units of the step ``s``, the fraction within ``0.05 s`` of a level, and
   a histogram of ``w / s``.
 * ``memory`` (Uhlich): weight memory ``S_w = sum_l N_l b_l`` in KB (weights and biases at their quantizers' bits),
-  the budget (the same net at the reproduction's homogeneous ``BUDGET_BITS``), and the per-layer bit widths.
+  the budget (the same net at a homogeneous bit width, the paper's ``BUDGET_BITS``), and the per-layer bit widths.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ from ..data import BatchLoader
 from ..summary import BITS_PER_KB, model_summary
 from ..train.regularizers import level_distance, weight_memory_bits
 
-__all__ = ["accuracy", "sign_eval", "weight_statistics", "memory_usage", "PROBES"]
+__all__ = ["accuracy", "sign_eval", "weight_statistics", "memory_usage", "run_probes", "selected_checkpoint"]
 
 HIST_BIN = 0.02  # histogram bin width in units of the step
 
@@ -117,24 +119,9 @@ def memory_usage(model: nn.Module, budget_bits: float = 3.0) -> dict:
             "params": int(n), "layer_shares": {name: c / n for name, c in counts.items()}, "bits": bits}
 
 
-def run_probes(names, model: nn.Module, splits, *, batch_size: int = 100) -> dict:
-    """Run the named probes on ``model`` (the checkpoint the table reports)."""
-    out: dict = {}
-    for name in names:
-        if name == "sign_eval":
-            out[name] = sign_eval(model, splits, batch_size)
-        elif name == "weights":
-            out[name] = weight_statistics(model)
-        elif name == "memory":
-            from .experiments import BUDGET_BITS
-
-            out[name] = memory_usage(model, BUDGET_BITS)
-        else:
-            raise ValueError(f"unknown probe {name!r}; valid probes: {', '.join(PROBES)}")
-    return out
-
-
-PROBES = ("sign_eval", "weights", "memory")
+def run_probes(probes: Mapping[str, Callable[[nn.Module, object], dict]], model: nn.Module, splits) -> dict:
+    """``name -> probe(model, splits)`` for every probe of a cell, taken on the checkpoint its table reports."""
+    return {name: probe(model, splits) for name, probe in probes.items()}
 
 
 def selected_checkpoint(run_dir, select: str) -> Optional[str]:

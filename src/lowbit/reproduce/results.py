@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .experiments import Cell, Mode, Table
-from .runner import raw_path, read_raw
+from .cells import Cell, Table
+from .modes import Mode
+from .rawfiles import raw_path, read_raw
 
-__all__ = ["CellStats", "collect", "error_of"]
+__all__ = ["CellStats", "collect", "error_of", "by_role"]
 
 
 @dataclass
@@ -111,5 +112,5 @@ def collect(out: Path, mode: Mode, table: Table) -> dict:
 
 
 def by_role(stats: dict, column: str = "") -> dict:
-    """``role -> CellStats`` for the cells of one column (BinaryConnect: MLP / CNN)."""
+    """``role -> CellStats`` for the cells of one column (BinaryConnect: MLP / CNN), or of every column."""
     return {s.cell.role: s for s in stats.values() if not column or s.cell.column == column}

@@ -10,6 +10,9 @@ result) is skipped; a run that was killed continues from its last checkpoint. ``
 A fine-tuning cell needs its float parent's checkpoint (same seed); a parent whose JSON is cached but whose
 checkpoint is gone is re-run first.
 
+The runner knows no paper: a job carries its cell, which checkpoint its table reports and the probe functions its
+paper registered; the time estimate reads each cell's throughput class (:attr:`lowbit.reproduce.cells.Cell.kind`).
+
 Time: one torch thread by default. On a shared 2-core machine two threads per process were measured 3-10x slower
 than one (OpenMP barriers stall when another process holds a core); one thread also leaves a core to others.
 """
@@ -17,23 +20,25 @@ than one (OpenMP barriers stall when another process holds a core); one thread a
 from __future__ import annotations
 
 import json
-import math
-import os
 import platform
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
 from .. import __version__
 from ..runs import RunFiles
-from .experiments import Cell, Mode, cells_of
+from .cells import Cell, Table
+from .experiments import cells_of
+from .modes import Mode
+from .paper import Probe
 from .probes import run_probes, selected_checkpoint
+from .rawfiles import raw_path, read_raw, write_json
 
 __all__ = ["Job", "plan_jobs", "Runner", "estimate_seconds", "raw_path", "read_raw", "format_duration",
            "THROUGHPUT", "DATASET_SIZES"]
@@ -42,8 +47,9 @@ __all__ = ["Job", "plan_jobs", "Runner", "estimate_seconds", "raw_path", "read_r
 DATASET_SIZES = {"fashion-mnist": (60_000, 10_000), "digits": (1_438, 359)}
 
 #: Measured training throughput (samples/s, one torch thread, 2-core AMD EPYC, a second process running) by
-#: (input size, model, method); evaluation runs at roughly EVAL_FACTOR x the float training throughput. Used by
-#: --dry-run before any cell of a mode has run; afterwards the cells' own measured times replace it.
+#: (input size, model, method = the cell's ``kind``); evaluation runs at roughly EVAL_FACTOR x the float training
+#: throughput. Used by --dry-run before any cell of a mode has run; afterwards the cells' own measured times replace
+#: it. A kind missing here (a new paper's) is estimated at 1000 samples/s.
 THROUGHPUT = {
     ("28x28", "mlp512", "float"): 5600, ("28x28", "mlp512", "binary"): 4600, ("28x28", "mlp512", "binary-stoch"): 3200,
     ("28x28", "mlp256", "float"): 8000, ("28x28", "mlp256", "binary"): 7300, ("28x28", "mlp256", "grid"): 4200,
@@ -68,64 +74,44 @@ class Job:
     seed: int
     select: str             # which checkpoint the table reports (probes are taken on it)
     parent: Optional[Cell]  # the float cell this one fine-tunes from
-
-
-def raw_path(out: Path, mode: Mode, cell_id: str, seed: int) -> Path:
-    return Path(out) / mode.name / "raw" / cell_id / f"seed{seed}.json"
+    # name -> function of the cell's probes, from the paper that owns the cell (functions do not compare or hash)
+    probes: Mapping[str, Probe] = field(default_factory=dict, compare=False)
 
 
 def run_dir(work: Path, mode: Mode, cell_id: str, seed: int) -> Path:
     return Path(work) / mode.name / cell_id / f"seed{seed}"
 
 
-def read_raw(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def plan_jobs(tables: list, mode: Mode) -> list:
-    """Every (cell, seed) of ``tables``, parents before the cells that fine-tune from them, each once."""
+    """Every (cell, seed) of ``tables``, parents before the cells that fine-tune from them, each once.
+
+    A cell shared by several tables is run as the first table that lists it says (its ``select``, its paper's
+    probes). A probe name that the owning paper does not define is refused here, before anything is trained.
+    """
     cells = cells_of(tables)
-    select = {}
+    owner: dict[str, Table] = {}
     for table in tables:
         for cell in table.cells:
-            select.setdefault(cell.id, table.select)
+            owner.setdefault(cell.id, table)
     missing = [c.init_from for c in cells.values() if c.init_from and c.init_from not in cells]
     if missing:
         raise ValueError(f"cells fine-tune from {', '.join(sorted(set(missing)))}, which no table defines")
+    probes = {cell_id: _probes_of(cell, owner[cell_id]) for cell_id, cell in cells.items()}
     ordered = [c for c in cells.values() if not c.init_from] + [c for c in cells.values() if c.init_from]
-    return [Job(cell, seed, select[cell.id], cells.get(cell.init_from) if cell.init_from else None)
-            for cell in ordered for seed in range(mode.seeds)]
+    return [Job(cell, seed, owner[cell.id].select, cells.get(cell.init_from) if cell.init_from else None,
+                probes[cell.id]) for cell in ordered for seed in range(mode.seeds)]
+
+
+def _probes_of(cell: Cell, table: Table) -> dict:
+    available = table.paper.probes
+    unknown = [name for name in cell.probes if name not in available]
+    if unknown:
+        raise ValueError(f"cell {cell.id}: unknown probe {', '.join(map(repr, unknown))}; the {table.key} paper "
+                         f"defines: {', '.join(available) or 'none'}")
+    return {name: available[name] for name in cell.probes}
 
 
 # ------------------------------------------------------------------------------------------------- estimate
-def _method_kind(cell: Cell) -> str:
-    """The throughput class of a cell, from its recipe and changes."""
-    changes, recipe = cell.changes, cell.recipe
-    quantize = changes.get("quantize")
-    if quantize == {} or changes.get("quantize.weight", "unset") is None:
-        return "float"
-    if isinstance(quantize, dict) and quantize.get("batchnorm", {}).get("type") == "range" and "weight" not in quantize:
-        return "rangebn"
-    if recipe.startswith("bc-") or recipe in ("sr-adam", "r-adam", "big-sr-adam"):
-        if recipe == "big-sr-adam":
-            return "grid-big"
-        if recipe in ("sr-adam", "r-adam"):
-            return "grid"
-        return "binary-stoch" if recipe == "bc-stoch" else "binary"
-    if recipe.startswith("lsq-br"):
-        return "lsq-br"
-    if recipe.startswith("lsq"):
-        return "lsq"
-    if recipe.startswith("banner"):
-        return "minmax"
-    if recipe == "mp-p3":
-        return "pow2"
-    return "parametric"
-
-
 def _model_kind(cell: Cell) -> str:
     if cell.model == "mlp":
         return f"mlp{cell.model_options.get('hidden', 1024)}"
@@ -142,7 +128,7 @@ def estimate_seconds(cell: Cell, measured: Optional[dict] = None) -> float:
     test = min(test, cell.test_subset or test)
     size = "8x8" if cell.data == "digits" else "28x28"
     model = _model_kind(cell)
-    sps = THROUGHPUT.get((size, model, _method_kind(cell)), 1000)
+    sps = THROUGHPUT.get((size, model, cell.kind), 1000)
     eval_sps = EVAL_FACTOR * THROUGHPUT.get((size, model, "float"), 2000)
     train, val = 0.9 * pool, 0.1 * pool
     return cell.epochs * (train / sps + (val + test) / eval_sps) + RUN_OVERHEAD_S.get(cell.data, 2.0)
@@ -297,7 +283,7 @@ class Runner:
                 model = result.model
                 if job.select != "final" and path is not None and path == str(RunFiles(directory).best):
                     model = load_checkpoint(path).restore_model()
-                record["probes"] = run_probes(cell.probes, model, splits)
+                record["probes"] = run_probes(job.probes, model, splits)
                 record["probes"]["checkpoint"] = Path(path).name if path else None
         record["data"] = {"name": splits.name, "train": len(splits.train), "val": len(splits.val),
                           "test": len(splits.test)}
@@ -305,7 +291,7 @@ class Runner:
                             "threads": torch.get_num_threads(), "resumed": resumable}
         record["versions"] = {"lowbit": __version__, "torch": torch.__version__, "python": platform.python_version()}
         record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_json(raw_path(self.out, self.mode, cell.id, seed), record)
+        write_json(raw_path(self.out, self.mode, cell.id, seed), record)
         return record
 
 
@@ -315,7 +301,9 @@ def _cpu_seconds() -> float:
 
 
 def _cell_record(cell: Cell) -> dict:
+    """The cell as the raw JSON stores it (the throughput class is a planning hint, not part of the result)."""
     data = asdict(cell)
+    data.pop("kind")
     data["probes"] = list(cell.probes)
     return data
 
@@ -325,23 +313,3 @@ def _history(directory: Path) -> list:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _clean(value):
-    """JSON without NaN/inf (written as null), so every JSON reader accepts the raw files."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _clean(value.tolist())
-    return value
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=1, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)

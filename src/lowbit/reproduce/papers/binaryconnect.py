@@ -1,0 +1,136 @@
+"""BinaryConnect (Courbariaux, Bengio & David, NeurIPS 2015; ALGORITHMS.md 1): binary weights in the forward and
+backward pass, float latent weights that accumulate the updates.
+
+Table: an MLP and a small CNN (two columns), each trained as float, BC-det (``w_b = sign(w)``) and BC-stoch
+(``w_b = +1`` with probability ``hard_sigmoid(w) = clip((w + 1) / 2, 0, 1)``), plus both without clipping the latent
+weights to [-1, 1]. The paper's protocol: the test error at the best-validation epoch, BC-stoch tested with its
+real-valued weights; the ``sign_eval`` probe re-tests it with sign(W) (the paper's ablation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import figures as F
+from ..cells import Budget, Cell, Table
+from ..claims import lower, not_worse, probe_accuracy_as_error
+from ..markdown import mean_text, render_table
+from ..modes import Mode
+from ..paper import Paper
+from ..probes import sign_eval
+from ..results import by_role
+from .common import CNN, budget_kwargs, float_changes
+
+__all__ = ["PAPER"]
+
+# ------------------------------------------------------------------------------------------------------ prose
+TITLE = "BinaryConnect"
+AUTHORS = "Courbariaux, Bengio & David, NeurIPS 2015"
+CLAIM = ("Binarizing the weights during the forward and backward propagations, while float weights accumulate the "
+         "updates, costs little accuracy and acts as a regularizer: BC-det comes within about 1–2 points of the "
+         "float net, and BC-stoch, tested with its real-valued weights, matches or beats it (paper, permutation-"
+         "invariant MNIST: 1.29 % and 1.18 % against 1.30 % error). Clipping the latent weights to [-1, 1] is "
+         "needed, and testing BC-stoch with sign(W) instead of W costs accuracy.")
+SETUP = ("Squared hinge loss on a BatchNorm'd 10-way output, ADAM with LR 3e-3 decayed exponentially to 3e-5 over the "
+         "run, batch 100, Glorot per-layer LR scale, latent weights drawn from U(-1, 1) and clipped to [-1, 1] after "
+         "every step (recipes `bc-det`, `bc-stoch`); the float net runs the identical loop with no weight quantizer. "
+         "MLP input-512-512-10, small CNN conv16-conv32-fc128, both with BN after every layer. Test error at the "
+         "epoch with the best validation error, as the paper's code reports it.")
+# the checks, per column ("{column}" is MLP or CNN)
+PREDICTIONS = {
+    "det": "{column}: BC-det is within about 1–2 points of the float net",
+    "stoch": "{column}: BC-stoch tested with real W matches or beats the float net",
+    "det_clip": "{column}: turning off clipping makes BC-det worse",
+    "stoch_clip": "{column}: turning off clipping makes BC-stoch worse",
+    "sign": "{column}: testing BC-stoch with sign(W) costs accuracy",
+}
+# rows of the results table: (role, label) of trained cells, or (probe key, label) of the sign_eval probe
+ROWS_TRAINED = (("float", "float (same loop)"), ("bc-det", "BC-det (test with sign(W))"),
+                ("bc-stoch", "BC-stoch (test with real W, the paper's protocol)"))
+ROWS_PROBE = (("test_acc_sign_w", "ablation: BC-stoch tested with sign(W)"),
+              ("test_acc_real_w_bn_refit", "diagnostic: BC-stoch, real W after re-estimating BN statistics"))
+ROWS_ABLATION = (("bc-det-noclip", "ablation: BC-det without clipping"),
+                 ("bc-stoch-noclip", "ablation: BC-stoch without clipping (real W)"))
+CURVES = (("float", "float"), ("bc-det", "BC-det"), ("bc-stoch", "BC-stoch (real W)"),
+          ("bc-det-noclip", "BC-det no clip"), ("bc-stoch-noclip", "BC-stoch no clip"))
+FIGURE_TITLE = "BinaryConnect: test error per epoch"
+CAPTION = "Test error per epoch (mean over seeds; BC-det evaluated with sign(W), BC-stoch with real W)."
+
+# ---------------------------------------------------------------------------------------------- experiments
+MLP = {"hidden": 512, "depth": 2}          # ALGORITHMS 1.8: 784-512-512-10, BN after each layer, BN'd output
+COLUMNS = (("MLP", "mlp", MLP), ("CNN", "small-cnn", CNN))
+BUDGETS = {"full": Budget(epochs=15, train_subset=15_000, test_subset=5_000), "quick": Budget(epochs=30)}
+
+
+def cells(mode: Mode, budget: Budget) -> list:
+    out = []
+    for column, model, options in COLUMNS:
+        base = dict(model=model, model_options=dict(options), column=column, **budget_kwargs(mode, budget))
+        tag = column.lower()
+        out += [
+            Cell(id=f"bc/{tag}/float", label="float (same loop, no binarization)", recipe="bc-det", role="float",
+                 changes=float_changes("bc-float"), kind="float", **base),
+            Cell(id=f"bc/{tag}/bc-det", label="BC-det (test with sign(W))", recipe="bc-det", role="bc-det",
+                 kind="binary", **base),
+            Cell(id=f"bc/{tag}/bc-stoch", label="BC-stoch (test with real W)", recipe="bc-stoch", role="bc-stoch",
+                 probes=("sign_eval",), kind="binary-stoch", **base),
+            Cell(id=f"bc/{tag}/bc-det-noclip", label="BC-det, no clipping (ablation)", recipe="bc-det",
+                 role="bc-det-noclip", changes={"train.policy.clip": False}, kind="binary", **base),
+            Cell(id=f"bc/{tag}/bc-stoch-noclip", label="BC-stoch, no clipping (ablation)", recipe="bc-stoch",
+                 role="bc-stoch-noclip", changes={"train.policy.clip": False}, probes=("sign_eval",),
+                 kind="binary-stoch", **base),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- checks
+def checks(stats: dict, analyses: dict) -> list:
+    out = []
+    for column, _, _ in COLUMNS:
+        r = by_role(stats, column)
+        if not r:
+            continue
+        text = {key: claim.format(column=column) for key, claim in PREDICTIONS.items()}
+        f, det, sto = r.get("float"), r.get("bc-det"), r.get("bc-stoch")
+        out += [
+            not_worse(text["det"], det, f, "BC-det", "float", 2.0),
+            not_worse(text["stoch"], sto, f, "BC-stoch", "float", 0.5),
+            lower(text["det_clip"], det, r.get("bc-det-noclip"), "BC-det", "BC-det no clip"),
+            lower(text["stoch_clip"], sto, r.get("bc-stoch-noclip"), "BC-stoch", "BC-stoch no clip"),
+            lower(text["sign"], sto, probe_accuracy_as_error(sto, "sign_eval", "test_acc_sign_w"), "BC-stoch real W",
+                  "BC-stoch sign(W)"),
+        ]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- table, figures
+def _sign_eval_error(s, key: str) -> str:
+    """The error (%) of BC-stoch re-evaluated by the ``sign_eval`` probe."""
+    return "–" if s is None else mean_text([100 * (1 - v) for v in s.probe_values("sign_eval", key)])
+
+
+def markdown(table: Table, stats: dict) -> str:
+    cols = [c for c in table.columns if any(s.cell.column == c for s in stats.values())]
+    by = {(s.cell.column, s.cell.role): s for s in stats.values()}
+
+    def trained(role: str, label: str) -> list:
+        return [label] + [by[(c, role)].format() if (c, role) in by else "–" for c in cols]
+
+    rows = [trained(role, label) for role, label in ROWS_TRAINED]
+    rows += [[label] + [_sign_eval_error(by.get((c, "bc-stoch")), key) for c in cols] for key, label in ROWS_PROBE]
+    rows += [trained(role, label) for role, label in ROWS_ABLATION]
+    return render_table(["method (test error %)"] + cols, rows)
+
+
+def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
+    panels = []
+    for column in table.columns:
+        by = by_role(stats, column)
+        panels.append((column, [(label, by[role]) for role, label in CURVES if role in by]))
+    path = F.curves_figure(panels, fig_dir / "bc_curves.png", FIGURE_TITLE)
+    return [(CAPTION, path)] if path else []
+
+
+PAPER = Paper(key="bc", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="best_val", budgets=BUDGETS,
+              cells=cells, checks=checks, markdown=markdown, figures=figures, columns=("MLP", "CNN"),
+              probes={"sign_eval": sign_eval})

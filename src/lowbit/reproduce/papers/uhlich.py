@@ -1,0 +1,281 @@
+"""Mixed precision DNNs: all you need is a good parametrization (Uhlich et al., ICLR 2020; ALGORITHMS.md 5).
+
+A uniform quantizer ``Q(x) = d round(clip(x, -q_max, q_max) / d)`` parametrized by (d, q_max) (U3; P3 for
+power-of-two grids) learns per-layer bit widths ``b = ceil(log2(q_max / d + 1)) + 1`` under the memory penalty
+``0.1 (relu(S_w − S_w0)² + relu(S_a − S_a0)²)``. Table: a small CNN fine-tuned from the shared float model at fixed
+and learned bit widths, the budget being the weight memory of the same net at :data:`BUDGET_BITS` bits. Analysis: the
+gradient magnitudes of U1/U2/U3 (:mod:`lowbit.reproduce.gradients`). The ``memory`` probe measures ``S_w`` and the
+learned bit widths at the reported checkpoint.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from .. import figures as F
+from ..cells import Budget, Cell, Table
+from ..claims import Check, fmt_error, lower
+from ..gradients import gradient_magnitudes
+from ..markdown import render_table
+from ..modes import Mode
+from ..paper import Analysis, Paper
+from ..probes import memory_usage
+from ..results import CellStats, by_role
+from .common import CNN, budget_kwargs, shared_float
+
+__all__ = ["PAPER", "BUDGET_BITS"]
+
+# Budget = the weight memory of the same net at 3 bits. Signed uniform and power-of-two grids need at least 2 bits
+# ({-d, 0, d}), so a budget equal to the 2-bit net leaves no room for any layer to take more bits: the only
+# allocation that meets it is the homogeneous 2-bit one (checked: U3 ends at 4/2/2/3 bits, 3 % over it).
+BUDGET_BITS = 3
+
+# ------------------------------------------------------------------------------------------------------ prose
+TITLE = "Mixed precision: learned step and range"
+AUTHORS = "Uhlich et al., ICLR 2020"
+CLAIM = ("Parametrizing a uniform quantizer by its step d and range q_max (U3; P3 = (q_min, q_max) for power-of-two "
+         "grids) gives bounded, nearly decoupled gradients, so per-layer bit widths can be learned under a memory "
+         "budget: the learned heterogeneous network meets the budget with a lower error than a fixed homogeneous "
+         "one, while parametrizations through the bit width (U1 = (b, d), U2 = (b, q_max)) train worse.")
+SETUP = ("Small CNN conv16-conv32-fc128 fine-tuned from the shared float checkpoint with ADAM LR 1e-3, cosine, batch "
+         "64; weights, biases and activations quantized with the parametric quantizers (network input in float; d "
+         "snapped to powers of two as in the official code). Learned cells start at 4 bits and carry the penalty 0.1 "
+         "(relu(S_w − S_w0)² + relu(S_a − S_a0)²), memories in KB, with S_w0 = the weight memory of the same net at "
+         f"{BUDGET_BITS} bits and S_a0 = its largest activation at 4 bits (constraints 8a + 8c); their test error is "
+         "read at the best validation epoch among those meeting both budgets. Fixed and homogeneous cells carry no "
+         "penalty; they report the best validation epoch.")
+PREDICTIONS = {
+    "u3_budget": "U3 meets the weight-memory budget",
+    "heterogeneous": "U3's learned allocation is heterogeneous (layers get different weight bit widths)",
+    "u3_vs_fixed": "U3 has lower error than the fixed homogeneous net of the same memory",
+    "u3_vs_homogeneous": "U3 has lower error than the homogeneous net with learned q_max",
+    "p3_budget": "P3 meets the weight-memory budget",
+    "p3_vs_fixed": "P3 has lower error than the fixed homogeneous net of the same memory",
+    "learned_q_max": "learning q_max beats a fixed grid at the same bit width",
+    "bit_width_worse": "{name} (bit width parametrized) ends worse than U3",
+    "u3_bounded": "U3's partial derivatives are bounded: |∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1 for every b",
+    "u1_grows": "U1's partial derivatives grow with b (per element, ∂Q/∂d outside the range ~ 2^(b−1))",
+    "means_grow": "the mean magnitudes of the U1/U2 partials grow with b",
+}
+RULES = {
+    "budget": "weight KB ≤ budget at the reported checkpoint, in every seed",
+    "heterogeneous": "in at least one seed, the weight bits differ between layers",
+    "bit_width_worse": "err({name}) > err(U3) (ordering), or {name} diverged / never met the budget (no admissible "
+                       "checkpoint)",
+    "u3_bounded": "max over x and b of |∂Q/∂d| ≤ 0.5 and of |∂Q/∂q_max| ≤ 1",
+    "u1_grows": "max |∂Q/∂d| of U1 at b = {b1} ≥ 2^({b1}−2)",
+    "means_grow": "mean |∂Q/∂θ| at b = {b1} > at b = {b0} for every U1/U2 partial",
+}
+TABLE_HEADER = ["method", "test error %", "weight KB", "≤ budget (seeds)", "weight bits per layer",
+                "activation bits per layer"]
+ALLOCATIONS = (("u3", "U3 (d, q_max)"), ("p3", "P3 (q_min, q_max)"), ("u1", "U1 (b, d)"), ("u2", "U2 (b, q_max)"))
+BITS_CAPTION = ("Learned per-layer weight bit widths (seed 0) at the reported checkpoint, or at the last epoch for a "
+                "run that never met the budget.")
+GRADIENTS_CAPTION = ("Gradient magnitudes of the three uniform parametrizations for x ~ N(0, 1), q_max = 3σ fixed (so "
+                     "d = q_max/(2^(b−1)−1) shrinks as b grows): mean over samples (left) and the largest per-sample "
+                     "value (right).")
+
+# ---------------------------------------------------------------------------------------------- experiments
+BUDGETS = {"full": Budget(epochs=6, train_subset=15_000, test_subset=5_000, pretrain_epochs=12),
+           "quick": Budget(epochs=12, pretrain_epochs=30)}
+
+
+def _parametric(parametrization: str, bits: int, frozen: tuple = (), pow2_step: bool = True) -> dict:
+    spec = {"type": "parametric", "parametrization": parametrization, "init_bits": bits}
+    if frozen:
+        spec["frozen"] = list(frozen)
+    if not pow2_step:
+        spec["pow2_step"] = False
+    return spec
+
+
+def _quantize(weight: dict, activation: dict) -> dict:
+    """Weights and biases with ``weight``, activations with ``activation``; the network input is not quantized."""
+    return {"weight": weight, "bias": dict(weight), "input": activation,
+            "overrides": [{"match": "first", "input": None}]}
+
+
+def _fixed(bits: int) -> dict:
+    """U3 with d and q_max frozen at their initial values: a fixed homogeneous grid, no penalty."""
+    return {"name": f"mp-fixed-w{bits}", "train.regularizers": [],
+            "quantize": _quantize(_parametric("U3", bits, ("d", "q_max")), _parametric("U3", 4, ("d", "q_max")))}
+
+
+def _homogeneous() -> dict:
+    """U2 with b frozen learns q_max at a fixed bit width; d = q_max / (2^(b-1) - 1) is left unsnapped, because
+    snapping it to a power of two can make q_max / d exceed 2^(b-1) - 1 and the inferred width b + 1 (measured: a
+    "3-bit" net at 4 bits in its large layer, 100 KB instead of 76 KB)."""
+    return {"name": f"mp-homogeneous-w{BUDGET_BITS}", "train.regularizers": [],
+            "quantize": _quantize(_parametric("U2", BUDGET_BITS, ("b",), pow2_step=False),
+                                  _parametric("U2", 4, ("b",), pow2_step=False))}
+
+
+def cells(mode: Mode, budget: Budget) -> list:
+    base = dict(model="small-cnn", model_options=dict(CNN), init_from="shared/float-cnn",
+                **budget_kwargs(mode, budget))
+    penalty = [{"type": "memory_budget", "weight_bits": BUDGET_BITS, "activation_bits": 4,
+                "activation_reduce": "max", "strength": 0.1}]
+    out = [shared_float(mode, budget)]
+    for bits in (2, BUDGET_BITS, 4):
+        out.append(Cell(id=f"uhlich/fixed-w{bits}", label=f"fixed {bits}-bit W (4-bit A), d and q_max fixed",
+                        recipe="mp-u3", role=f"fixed{bits}", changes=_fixed(bits), probes=("memory",),
+                        kind="parametric", **base))
+    out.append(Cell(id=f"uhlich/homogeneous-w{BUDGET_BITS}",
+                    label=f"homogeneous {BUDGET_BITS}-bit W (4-bit A), learned q_max (U2, b frozen, d not snapped)",
+                    recipe="mp-u3", role="homog", changes=_homogeneous(), probes=("memory",), kind="parametric",
+                    **base))
+    for name in ("U3", "P3", "U1", "U2"):
+        out.append(Cell(id=f"uhlich/{name.lower()}-budget",
+                        label=f"learned bit widths, {name}, budget = {BUDGET_BITS}-bit W",
+                        recipe=f"mp-{name.lower()}", role=name.lower(), changes={"train.regularizers": penalty},
+                        probes=("memory",), kind="pow2" if name == "P3" else "parametric", **base))
+    return out
+
+
+def memory_probe(model, splits) -> dict:
+    """Weight memory at the reported checkpoint, the budget (the net at BUDGET_BITS) and the per-layer bits."""
+    return memory_usage(model, BUDGET_BITS)
+
+
+def gradients_request(mode: Mode) -> dict:
+    return {"bits": list(range(2, 9)), "n": 200_000 if mode.name != "smoke" else 20_000, "q_max": 3.0, "seed": 0}
+
+
+def gradients_compute(request: dict) -> dict:
+    return gradient_magnitudes(bits=request["bits"], n=request["n"], q_max=request["q_max"], seed=request["seed"])
+
+
+GRADIENTS = Analysis(name="gradients", request=gradients_request, compute=gradients_compute)
+
+
+# --------------------------------------------------------------------------------------------------- checks
+def checks(stats: dict, analyses: dict) -> list:
+    r = by_role(stats)
+    u3, p3, homog = r.get("u3"), r.get("p3"), r.get("homog")
+    fixed_role = next((k for k in ("fixed3", "fixed2") if k in r), "fixed3")
+    fixed, fixed_name = r.get(fixed_role), f"fixed {fixed_role[-1]}-bit"
+    out = [budget_met(PREDICTIONS["u3_budget"], u3), heterogeneous(u3),
+           lower(PREDICTIONS["u3_vs_fixed"], u3, fixed, "U3", fixed_name),
+           lower(PREDICTIONS["u3_vs_homogeneous"], u3, homog, "U3", "homogeneous learned"),
+           budget_met(PREDICTIONS["p3_budget"], p3),
+           lower(PREDICTIONS["p3_vs_fixed"], p3, fixed, "P3", fixed_name),
+           lower(PREDICTIONS["learned_q_max"], homog, fixed, "homogeneous learned", fixed_name)]
+    for name in ("U1", "U2"):
+        out.append(worse_or_failed(PREDICTIONS["bit_width_worse"].format(name=name), r.get(name.lower()), u3, name))
+    return out + gradient_checks(analyses.get("gradients"))
+
+
+def _memories(s: Optional[CellStats]) -> list:
+    """The ``memory`` probe of every seed that has one."""
+    return [rec["probes"]["memory"] for rec in (s.records if s else []) if rec.get("probes", {}).get("memory")]
+
+
+def budget_met(claim: str, s: Optional[CellStats]) -> Check:
+    """Every seed's reported checkpoint is within the weight budget (a diverged seed counts as not within)."""
+    rule = RULES["budget"]
+    if s is None or not s.records:
+        return Check(claim, rule, "–", None)
+    probed = [rec["probes"] for rec in s.records if rec.get("probes", {}).get("memory")]
+    met = [p["memory"]["weight_kb"] <= p["memory"]["budget_kb"] + 1e-9 for p in probed] + [False] * s.diverged
+    if not met:
+        return Check(claim, rule, "–", None)
+    shown = ", ".join(f"{p['memory']['weight_kb']:.2f}/{p['memory']['budget_kb']:.2f} KB ({p.get('checkpoint')})"
+                      for p in probed)
+    if s.diverged:
+        shown += f", {s.diverged} diverged"
+    return Check(claim, rule, f"{sum(met)}/{len(met)} seeds: {shown}", all(met))
+
+
+def heterogeneous(s: Optional[CellStats]) -> Check:
+    claim, rule = PREDICTIONS["heterogeneous"], RULES["heterogeneous"]
+    if s is None or not s.records:
+        return Check(claim, rule, "–", None)
+    allocations = [tuple(v["weight"] for v in memory["bits"].values()) for memory in _memories(s)]
+    if not allocations:
+        return Check(claim, rule, "–", None)
+    return Check(claim, rule, "; ".join("/".join(str(b) for b in a) for a in allocations),
+                 any(len(set(a)) > 1 for a in allocations))
+
+
+def worse_or_failed(claim: str, s: Optional[CellStats], u3: Optional[CellStats], name: str) -> Check:
+    """``name`` ends worse than U3: by the ordering rule, or because it has no admissible checkpoint at all."""
+    rule = RULES["bit_width_worse"].format(name=name)
+    if s is not None and s.records and (s.diverged or s.unmet) and not s.errors:
+        detail = ", ".join(f"{m['weight_kb']:.2f}/{m['budget_kb']:.2f} KB at the end" for m in _memories(s))
+        final = f"; final-epoch error {sum(s.final_errors) / len(s.final_errors):.2f}%" if s.final_errors else ""
+        return Check(claim, rule, f"{name}: {s.format()} ({detail}{final}); U3 {fmt_error(u3)}", True)
+    return lower(claim, u3, s, "U3", name)
+
+
+def gradient_checks(grads: Optional[dict]) -> list:
+    """U3's partials are bounded (|∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1); U1's grow like 2^(b−1); U1/U2 means grow."""
+    keys = ("u3_bounded", "u1_grows", "means_grow")
+    if not grads:
+        return [Check(PREDICTIONS[k], "–", "–", None) for k in keys]
+    mx, mean = grads["max"], grads["mean"]
+    bounded = max(mx["U3/d"]) <= 0.5 + 1e-9 and max(mx["U3/q_max"]) <= 1 + 1e-9
+    grows = mx["U1/d"][-1] >= 2 ** (grads["bits"][-1] - 2)
+    ratios = {k: mean[k][-1] / mean[k][0] for k in ("U1/b", "U1/d", "U2/b", "U2/q_max")}
+    b0, b1 = grads["bits"][0], grads["bits"][-1]
+    observed = [f"max |∂Q/∂d| = {max(mx['U3/d']):.3f}, max |∂Q/∂q_max| = {max(mx['U3/q_max']):.3f}",
+                f"max |∂Q/∂d| = {', '.join(f'{v:.0f}' for v in mx['U1/d'])} for b = {b0}..{b1}",
+                ", ".join(f"{k}: ×{v:.2f}" for k, v in ratios.items())]
+    passed = [bounded, grows, all(v > 1 for v in ratios.values())]
+    return [Check(PREDICTIONS[k], RULES[k].format(b0=b0, b1=b1), o, ok) for k, o, ok in zip(keys, observed, passed)]
+
+
+# ------------------------------------------------------------------------------------------- table, figures
+def _bits_text(s: CellStats, slot: str = "weight") -> str:
+    """The distinct per-layer bit allocations of the seeds ("4/2/2/3"; "f" = a float layer)."""
+    allocations = ["/".join(str(v[slot]) if v[slot] is not None else "f" for v in memory["bits"].values())
+                   for memory in _memories(s)]
+    if not allocations:
+        return "–"
+    return "; ".join(sorted(set(allocations), key=allocations.index))
+
+
+def markdown(table: Table, stats: dict) -> str:
+    rows = []
+    for s in stats.values():
+        memory = _memories(s)
+        kb = f"{statistics.fmean(m['weight_kb'] for m in memory):.2f}" if memory else "–"
+        met = f"{sum(m['weight_kb'] <= m['budget_kb'] + 1e-9 for m in memory)}/{len(memory)}" if memory else "–"
+        if s.cell.role == "float":
+            kb = "float (32-bit)"
+        error = s.format()
+        if not s.errors and s.unmet and s.final_errors:
+            error += f" (final epoch: {statistics.fmean(s.final_errors):.2f})"
+        rows.append([s.cell.label, error, kb, met, _bits_text(s), _bits_text(s, "input") if memory else "–"])
+    budget = next((m["budget_kb"] for s in stats.values() for m in _memories(s)), None)
+    header = list(TABLE_HEADER)
+    if budget:
+        header[2] = f"weight KB (budget {budget:.2f})"
+    return render_table(header, rows)
+
+
+def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
+    out = []
+    r = by_role(stats)
+    allocations, shares = [], None
+    for role, label in ALLOCATIONS:
+        memories = _memories(r.get(role))
+        if memories:
+            allocations.append((label, {k: v["weight"] for k, v in memories[0]["bits"].items()}))
+        shares = shares or next((m["layer_shares"] for m in memories if "layer_shares" in m), None)
+    budget_bits = next((c.changes["train.regularizers"][0]["weight_bits"] for c in table.cells
+                        if c.changes.get("train.regularizers")), None)
+    path = F.bits_figure(allocations, fig_dir / "uhlich_bits.png",
+                         f"budget = the net at {budget_bits:g}-bit weights" if budget_bits else "", budget_bits, shares)
+    if path:
+        out.append((BITS_CAPTION, path))
+    grads = analyses.get("gradients")
+    if grads:
+        out.append((GRADIENTS_CAPTION, F.gradient_figure(grads, fig_dir / "uhlich_gradients.png")))
+    return out
+
+
+PAPER = Paper(key="uhlich", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="best_budget",
+              budgets=BUDGETS, cells=cells, checks=checks, markdown=markdown, figures=figures,
+              probes={"memory": memory_probe}, analyses=(GRADIENTS,))
