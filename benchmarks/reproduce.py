@@ -8,7 +8,7 @@
 
 import sys
 
-from lowbit.reproduce.command import main
+from lowbit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["reproduce", *sys.argv[1:]]))

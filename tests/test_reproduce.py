@@ -11,7 +11,7 @@ import torch
 
 from lowbit.recipes import load_recipe
 from lowbit.reproduce import claims as C
-from lowbit.reproduce.command import build_parser, cmd_reproduce
+from lowbit.cli import main as lowbit_main
 from lowbit.reproduce.experiments import MODES, TABLE_KEYS, build_tables, cells_of, mode_named
 from lowbit.reproduce.gradients import autograd_partials, closed_form_partials, gradient_magnitudes
 from lowbit.reproduce.papers.lide import toy_checks
@@ -60,9 +60,8 @@ def test_fingerprint_changes_with_the_configuration():
 
 # ------------------------------------------------------------------------------------------------ smoke run
 def _reproduce(tmp_path, *extra):
-    args = build_parser().parse_args(["--smoke", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"),
-                                      *extra])
-    return cmd_reproduce(args)
+    return lowbit_main(["reproduce", "--smoke", "--out", str(tmp_path / "results"), "--work",
+                        str(tmp_path / "work"), *extra])
 
 
 def test_smoke_run_writes_page_raw_json_and_figures_and_resumes(tmp_path, capsys):

@@ -14,7 +14,7 @@ from lowbit.reproduce import figures as F
 from lowbit.reproduce import papers as registry
 from lowbit.reproduce.cells import Budget, Cell, Table
 from lowbit.reproduce.claims import Check, lower
-from lowbit.reproduce.command import build_parser, cmd_reproduce
+from lowbit.cli import main as lowbit_main
 from lowbit.reproduce.experiments import build_tables, mode_named
 from lowbit.reproduce.markdown import render_table
 from lowbit.reproduce.modes import Mode
@@ -73,10 +73,9 @@ def sixth_paper(monkeypatch):
 
 def test_a_sixth_paper_runs_through_plan_run_and_report_without_touching_the_runner(sixth_paper, tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
-    args = build_parser().parse_args(["--smoke", "--only", "fake", "--out", str(out), "--work", str(work)])
     threads = torch.get_num_threads()
     try:
-        assert cmd_reproduce(args) == 0
+        assert lowbit_main(["reproduce", "--smoke", "--only", "fake", "--out", str(out), "--work", str(work)]) == 0
     finally:
         torch.set_num_threads(threads)
     mode = mode_named("smoke")

@@ -13,7 +13,7 @@ is generic over the registered papers, each piece one job:
   Li & De's convex toy and Uhlich's gradient magnitudes;
 * :mod:`.results` — aggregates raw JSON per cell; :mod:`.claims` — the rules that turn predictions into checks;
 * :mod:`.markdown`, :mod:`.figures` and :mod:`.report` — tables, PNG figures and the Markdown results page;
-* :mod:`.command` — the command line.
+* :mod:`.suite` — :func:`~.suite.run_suite`, what ``lowbit reproduce`` runs (its options: :mod:`lowbit.cli.reproduce`).
 """
 
 from .experiments import MODES, TABLE_KEYS, Cell, Mode, Table, build_tables, mode_named
@@ -30,17 +30,10 @@ __all__ = ["MODES", "TABLE_KEYS", "Cell", "Mode", "Table", "Paper", "Analysis", 
 def reproduce(mode: str = "quick", *, only=None, seeds=None, out: str = "docs/results", work: str = "runs/reproduce",
               fresh: bool = False, threads: int = 1) -> str:
     """Run a mode and write its results page; returns the page's path (the Python form of the command)."""
-    from .command import build_parser, cmd_reproduce
-
-    argv = [] if mode == "full" else [f"--{mode}"]
-    argv += ["--out", str(out), "--work", str(work), "--threads", str(threads)]
-    if only:
-        argv += ["--only", ",".join(only)]
-    if seeds:
-        argv += ["--seeds", str(seeds)]
-    if fresh:
-        argv.append("--fresh")
-    cmd_reproduce(build_parser().parse_args(argv))
     from pathlib import Path
 
+    from .suite import SuiteOptions, run_suite
+
+    run_suite(SuiteOptions(mode=mode, seeds=seeds, only=only, out=str(out), work=str(work), fresh=fresh,
+                           threads=threads))
     return str(Path(out) / mode / "README.md")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from ..errors import ConfigError
 from . import papers as registry
 from .cells import Budget, Cell, Table
 from .modes import MODES, Mode, mode_named
@@ -33,7 +34,7 @@ def build_tables(mode: Mode, only: Optional[Sequence[str]] = None,
     wanted = list(only) if only else keys
     unknown = [k for k in wanted if k not in keys]
     if unknown:
-        raise ValueError(f"unknown table {', '.join(unknown)}; valid tables: {', '.join(keys)}")
+        raise ConfigError(f"unknown table {', '.join(unknown)}; valid tables: {', '.join(keys)}")
     return [paper.table(mode) for paper in papers if paper.key in wanted]
 
 
