@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from timing import stable_allocator, time_call
 
 import lowbit
 from lowbit.data import BatchLoader, load_dataset
@@ -39,6 +38,7 @@ from lowbit.export import export_onnx, runtime_kernels, save_packed
 from lowbit.export.verify import INTEGER_KERNELS, compare_logits, onnx_logits, ort_session, torch_logits
 from lowbit.models import build_model
 from lowbit.train import TrainConfig, run
+from timing import stable_allocator, time_call
 
 RECIPE = "lsq-w8a8"
 SIZE_RECIPES = ("lsq-w8a8", "lsq-w4a4", "bc-det")  # packed sizes at 8, 4 (8-bit first/last layer) and 1 bit
@@ -60,19 +60,39 @@ def calibrate(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
 
 
 def small_cnn(args):
-    config = TrainConfig(recipe=RECIPE, data="fashion-mnist", epochs=1, pretrain_epochs=1,
-                         train_subset=args.train_subset, test_subset=1000, batch_size=64, quiet=True)
+    config = TrainConfig(
+        recipe=RECIPE,
+        data="fashion-mnist",
+        epochs=1,
+        pretrain_epochs=1,
+        train_subset=args.train_subset,
+        test_subset=1000,
+        batch_size=64,
+        quiet=True,
+    )
     result = run(config)
     splits = load_dataset("fashion-mnist")
     test = BatchLoader(splits.test, 1000, normalize=(splits.mean, splits.std))
     shape, classes = tuple(splits.input_shape), splits.num_classes
     qmodel = result.model.eval()
-    fresh = {r: calibrate(lowbit.quantize(build_model("small-cnn", shape, classes), r, seed=0), next(iter(test))[0])
-             for r in SIZE_RECIPES if r != RECIPE}
-    note = (f"trained with {RECIPE}: 1 float pre-training epoch and 1 quantized epoch on {args.train_subset} "
-            f"Fashion-MNIST training images")
-    return {"name": "small-cnn", "input_shape": shape, "qmodel": qmodel, "float": float_copy(qmodel, "small-cnn",
-            shape, classes), "sized": {RECIPE: qmodel, **fresh}, "test": test, "how": note}
+    fresh = {
+        r: calibrate(lowbit.quantize(build_model("small-cnn", shape, classes), r, seed=0), next(iter(test))[0])
+        for r in SIZE_RECIPES
+        if r != RECIPE
+    }
+    note = (
+        f"trained with {RECIPE}: 1 float pre-training epoch and 1 quantized epoch on {args.train_subset} "
+        f"Fashion-MNIST training images"
+    )
+    return {
+        "name": "small-cnn",
+        "input_shape": shape,
+        "qmodel": qmodel,
+        "float": float_copy(qmodel, "small-cnn", shape, classes),
+        "sized": {RECIPE: qmodel, **fresh},
+        "test": test,
+        "how": note,
+    }
 
 
 def resnet20(args):
@@ -81,10 +101,19 @@ def resnet20(args):
     float_model = build_model("resnet20", shape, classes).eval()
     x = torch.randn(256, *shape)
     sized = {r: calibrate(lowbit.quantize(float_model, r, seed=0), x) for r in SIZE_RECIPES}
-    note = (f"freshly quantized with {RECIPE} from He-initialised weights; LSQ steps from one batch of 256 N(0,1) "
-            f"inputs (no CIFAR-10 here; latency does not depend on the weight values)")
-    return {"name": "resnet20", "input_shape": shape, "qmodel": sized[RECIPE], "float": float_model, "sized": sized,
-            "test": None, "how": note}
+    note = (
+        f"freshly quantized with {RECIPE} from He-initialised weights; LSQ steps from one batch of 256 N(0,1) "
+        f"inputs (no CIFAR-10 here; latency does not depend on the weight values)"
+    )
+    return {
+        "name": "resnet20",
+        "input_shape": shape,
+        "qmodel": sized[RECIPE],
+        "float": float_model,
+        "sized": sized,
+        "test": None,
+        "how": note,
+    }
 
 
 def sizes(entry, tmp: Path) -> dict:
@@ -105,11 +134,16 @@ FLOAT_LAYERS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul")
 
 
 def latency(variants: dict[str, tuple[str, list]], shape, threads: int, batches, rounds: int, repeats: int) -> dict:
-    sessions = {name: ort_session(path, threads=threads, disabled_optimizers=disabled)
-                for name, (path, disabled) in variants.items()}
+    sessions = {
+        name: ort_session(path, threads=threads, disabled_optimizers=disabled)
+        for name, (path, disabled) in variants.items()
+    }
     inputs = {b: np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32) for b in batches}
-    calls = {(name, b): (lambda s=s, x=inputs[b]: s.run(None, {s.get_inputs()[0].name: x}))
-             for name, s in sessions.items() for b in batches}
+    calls = {
+        (name, b): (lambda s=s, x=inputs[b]: s.run(None, {s.get_inputs()[0].name: x}))
+        for name, s in sessions.items()
+        for b in batches
+    }
     for call in calls.values():
         time_call(call, 0, warmup=3)
     samples = {key: [] for key in calls}
@@ -124,15 +158,22 @@ def benchmark(entry, args, tmp: Path) -> dict:
     fp32 = export_onnx(entry["float"], tmp / f"{name}-fp32.onnx", input_shape=shape, allow_float=True)
     int8 = export_onnx(entry["qmodel"], tmp / f"{name}-int8.onnx", input_shape=shape)
     kernels = runtime_kernels(int8.path)
-    row = {"model": name, "input_shape": list(shape), "how": entry["how"],
-           "fp32_onnx_bytes": fp32.file_bytes, "int8_onnx_bytes": int8.file_bytes, **sizes(entry, tmp),
-           "int8_kernels": {k: v for k, v in kernels.items() if k in INTEGER_KERNELS},
-           "int8_float_layers": {k: v for k, v in kernels.items() if k in FLOAT_LAYERS},
-           "int8_runtime_graph": kernels,
-           "int8_noprop_runtime_graph": runtime_kernels(int8.path, disabled_optimizers=NO_PROPAGATION),
-           "fp32_kernels": {k: v for k, v in runtime_kernels(fp32.path).items() if k in FLOAT_LAYERS},
-           "weight_containers": sorted({w["container"] for w in int8.weights.values()}),
-           "folded_batchnorm": len(int8.folded), "int32_biases": len(int8.integer_biases)}
+    row = {
+        "model": name,
+        "input_shape": list(shape),
+        "how": entry["how"],
+        "fp32_onnx_bytes": fp32.file_bytes,
+        "int8_onnx_bytes": int8.file_bytes,
+        **sizes(entry, tmp),
+        "int8_kernels": {k: v for k, v in kernels.items() if k in INTEGER_KERNELS},
+        "int8_float_layers": {k: v for k, v in kernels.items() if k in FLOAT_LAYERS},
+        "int8_runtime_graph": kernels,
+        "int8_noprop_runtime_graph": runtime_kernels(int8.path, disabled_optimizers=NO_PROPAGATION),
+        "fp32_kernels": {k: v for k, v in runtime_kernels(fp32.path).items() if k in FLOAT_LAYERS},
+        "weight_containers": sorted({w["container"] for w in int8.weights.values()}),
+        "folded_batchnorm": len(int8.folded),
+        "int32_biases": len(int8.integer_biases),
+    }
     variants = {"fp32": (fp32.path, []), "int8": (int8.path, []), "int8_noprop": (int8.path, NO_PROPAGATION)}
     row.update(latency(variants, shape, args.threads, args.batches, args.rounds, args.repeats))
     for b in args.batches:
@@ -143,9 +184,16 @@ def benchmark(entry, args, tmp: Path) -> dict:
         got = onnx_logits(int8.path, entry["test"], threads=args.threads)
         labels = np.concatenate([y.numpy() for _, y in entry["test"]])
         parity = compare_logits(expected, got)
-        row.update({"test_samples": parity.samples, "torch_accuracy": float(np.mean(expected.argmax(1) == labels)),
-                    "onnx_int8_accuracy": float(np.mean(got.argmax(1) == labels)), "agree": parity.agree,
-                    "max_abs_logit_diff": parity.max_abs_diff, "max_abs_logit": parity.max_abs_logit})
+        row.update(
+            {
+                "test_samples": parity.samples,
+                "torch_accuracy": float(np.mean(expected.argmax(1) == labels)),
+                "onnx_int8_accuracy": float(np.mean(got.argmax(1) == labels)),
+                "agree": parity.agree,
+                "max_abs_logit_diff": parity.max_abs_diff,
+                "max_abs_logit": parity.max_abs_logit,
+            }
+        )
     print(json.dumps({k: v for k, v in row.items() if k != "how"}), flush=True)
     return row
 
@@ -164,35 +212,55 @@ def markdown(result: dict) -> str:
     ]
     for row in result["rows"]:
         for b in result["batches"]:
-            lines.append(f"| {row['model']} | {b} | {row[f'fp32_batch{b}_ms']:.3f} | {row[f'int8_batch{b}_ms']:.3f} | "
-                         f"**{row[f'ratio_batch{b}']:.2f}** | {row[f'int8_noprop_batch{b}_ms']:.3f} | "
-                         f"{row[f'ratio_noprop_batch{b}']:.2f} |")
-    lines += ["", "int8 is the default onnxruntime session; the last two columns disable onnxruntime's "
-              "`QDQPropagationTransformer` (`disabled_optimizers=[\"QDQPropagationTransformer\"]`), which otherwise "
-              "moves the QuantizeLinear in front of a max-pooling that follows a float layer (the unquantized first "
-              "convolution), where onnxruntime pools uint8 NCHW tensors slowly."]
-    lines += ["", "File sizes (bytes):", "",
-              "| model | float32 ONNX | int8 ONNX | packed 8-bit | packed 4-bit | packed 1-bit (BC) |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            lines.append(
+                f"| {row['model']} | {b} | {row[f'fp32_batch{b}_ms']:.3f} | {row[f'int8_batch{b}_ms']:.3f} | "
+                f"**{row[f'ratio_batch{b}']:.2f}** | {row[f'int8_noprop_batch{b}_ms']:.3f} | "
+                f"{row[f'ratio_noprop_batch{b}']:.2f} |"
+            )
+    lines += [
+        "",
+        "int8 is the default onnxruntime session; the last two columns disable onnxruntime's "
+        '`QDQPropagationTransformer` (`disabled_optimizers=["QDQPropagationTransformer"]`), which otherwise '
+        "moves the QuantizeLinear in front of a max-pooling that follows a float layer (the unquantized first "
+        "convolution), where onnxruntime pools uint8 NCHW tensors slowly.",
+    ]
+    lines += [
+        "",
+        "File sizes (bytes):",
+        "",
+        "| model | float32 ONNX | int8 ONNX | packed 8-bit | packed 4-bit | packed 1-bit (BC) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in result["rows"]:
-        lines.append(f"| {row['model']} | {row['fp32_onnx_bytes']:,} | {row['int8_onnx_bytes']:,} | "
-                     f"{row['packed_lsq-w8a8']:,} | {row['packed_lsq-w4a4']:,} | {row['packed_bc-det']:,} |")
-    lines += ["", "Packed 4-bit is `lsq-w4a4` (first and last layer at 8 bits), 1-bit is `bc-det`; packed files hold "
-              "BatchNorm and quantizer parameters in float32.", "", "What onnxruntime runs (from its optimised "
-              "graph):", ""]
+        lines.append(
+            f"| {row['model']} | {row['fp32_onnx_bytes']:,} | {row['int8_onnx_bytes']:,} | "
+            f"{row['packed_lsq-w8a8']:,} | {row['packed_lsq-w4a4']:,} | {row['packed_bc-det']:,} |"
+        )
+    lines += [
+        "",
+        "Packed 4-bit is `lsq-w4a4` (first and last layer at 8 bits), 1-bit is `bc-det`; packed files hold "
+        "BatchNorm and quantizer parameters in float32.",
+        "",
+        "What onnxruntime runs (from its optimised graph):",
+        "",
+    ]
     for row in result["rows"]:
         integer = ", ".join(f"{v} {k}" for k, v in sorted(row["int8_kernels"].items())) or "none"
         floats = ", ".join(f"{v} {k}" for k, v in sorted(row["int8_float_layers"].items())) or "none"
-        lines.append(f"* {row['model']}: integer kernels {integer}; float layers left {floats} "
-                     f"(float32 model: {', '.join(f'{v} {k}' for k, v in sorted(row['fp32_kernels'].items()))}). "
-                     f"{row['folded_batchnorm']} BatchNorm folded, {row['int32_biases']} int32 biases, weight "
-                     f"containers {', '.join(row['weight_containers'])}.")
+        lines.append(
+            f"* {row['model']}: integer kernels {integer}; float layers left {floats} "
+            f"(float32 model: {', '.join(f'{v} {k}' for k, v in sorted(row['fp32_kernels'].items()))}). "
+            f"{row['folded_batchnorm']} BatchNorm folded, {row['int32_biases']} int32 biases, weight "
+            f"containers {', '.join(row['weight_containers'])}."
+        )
     for row in result["rows"]:
         if "agree" in row:
-            lines.append(f"* {row['model']} on the Fashion-MNIST test set: PyTorch (fake-quantized) accuracy "
-                         f"{100 * row['torch_accuracy']:.2f}%, onnxruntime int8 {100 * row['onnx_int8_accuracy']:.2f}%; "
-                         f"same class on {row['agree']}/{row['test_samples']} samples, max |logit difference| "
-                         f"{row['max_abs_logit_diff']:.3g} (logits up to {row['max_abs_logit']:.3g}).")
+            lines.append(
+                f"* {row['model']} on the Fashion-MNIST test set: PyTorch (fake-quantized) accuracy "
+                f"{100 * row['torch_accuracy']:.2f}%, onnxruntime int8 {100 * row['onnx_int8_accuracy']:.2f}%; "
+                f"same class on {row['agree']}/{row['test_samples']} samples, max |logit difference| "
+                f"{row['max_abs_logit_diff']:.3g} (logits up to {row['max_abs_logit']:.3g})."
+            )
     lines += ["", "Models:", ""] + [f"* {row['model']}: {row['how']}." for row in result["rows"]]
     return "\n".join(lines) + "\n"
 
@@ -213,13 +281,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for build in (small_cnn, resnet20):
             rows.append(benchmark(build(args), args, Path(tmp)))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     argv = " ".join(sys.argv[1:])
-    result = {"command": f"python benchmarks/inference.py{' ' + argv if argv else ''}", "threads": args.threads,
-              "rounds": args.rounds, "repeats": args.repeats, "batches": args.batches, "stable_allocator": allocator,
-              "onnxruntime": ort.__version__, "torch": torch.__version__, "lowbit": lowbit.__version__, "cpu": cpu,
-              "rows": rows}
+    result = {
+        "command": f"python benchmarks/inference.py{' ' + argv if argv else ''}",
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "batches": args.batches,
+        "stable_allocator": allocator,
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "lowbit": lowbit.__version__,
+        "cpu": cpu,
+        "rows": rows,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference.json").write_text(json.dumps(result, indent=2))

@@ -23,26 +23,41 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from timing import stable_allocator
 from torch import nn
 
 import lowbit
 from lowbit.models import build_model
 from lowbit.train import TrainingStep
+from timing import stable_allocator
 
 LOWBIT_RECIPES = ["lsq-w8a8", "lsq-w4a4", "bc-det", "bc-stoch", "sr-adam", "banner-w8a8g8", "mp-u3"]
-TARGETS = {"lsq-w8a8": 1.15, "lsq-w4a4": 1.15, "bc-det": 1.05, "bc-stoch": 1.15, "sr-adam": 1.15,
-           "banner-w8a8g8": 1.5, "mp-u3": 1.25}
+TARGETS = {
+    "lsq-w8a8": 1.15,
+    "lsq-w4a4": 1.15,
+    "bc-det": 1.05,
+    "bc-stoch": 1.15,
+    "sr-adam": 1.15,
+    "banner-w8a8g8": 1.5,
+    "mp-u3": 1.25,
+}
 # which peers do "the same kind of quantization" as each lowbit recipe. No peer library binarizes stochastically
 # (bc-stoch) or stores weights on the grid (sr-adam), so those two have no same-kind peer; the deterministic binary
 # peer is still shown for scale.
-KIND = {"lsq-w8a8": "int8 W+A", "lsq-w4a4": "int8 W+A", "banner-w8a8g8": "int8 W+A", "mp-u3": "int8 W+A",
-        "bc-det": "binary W", "bc-stoch": "stochastic binary W", "sr-adam": "binary W on the grid (SR)"}
+KIND = {
+    "lsq-w8a8": "int8 W+A",
+    "lsq-w4a4": "int8 W+A",
+    "banner-w8a8g8": "int8 W+A",
+    "mp-u3": "int8 W+A",
+    "bc-det": "binary W",
+    "bc-stoch": "stochastic binary W",
+    "sr-adam": "binary W on the grid (SR)",
+}
 #: the hand-written fixed-scale fake-quant is a reference (what the cheapest unfused STE costs), not a peer library
 REFERENCE_KIND = "reference (fixed scale)"
 
@@ -62,8 +77,10 @@ def data(batch: int, batches: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]
         return list(loader)[:batches]
     except Exception:  # no dataset: synthetic data of the same shape
         gen = torch.Generator().manual_seed(0)
-        return [(torch.randn(batch, 1, 28, 28, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
-                for _ in range(batches)]
+        return [
+            (torch.randn(batch, 1, 28, 28, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
+            for _ in range(batches)
+        ]
 
 
 class Config:
@@ -101,8 +118,9 @@ def lowbit_step(recipe_name: str, example: torch.Tensor, compile_model: bool) ->
     model = lowbit.quantize(float_model(), recipe)
     model.train()
     model(example)  # data-dependent initialisation, as the trainer's first batch does
-    runner = TrainingStep.from_recipe(model, recipe, example, optimizer_spec={**recipe.train["optimizer"],
-                                                                              "type": "adam", "lr": 1e-3})
+    runner = TrainingStep.from_recipe(
+        model, recipe, example, optimizer_spec={**recipe.train["optimizer"], "type": "adam", "lr": 1e-3}
+    )
     runner.policy.start()
     if compile_model:
         runner.model = torch.compile(model)
@@ -113,8 +131,12 @@ def lowbit_step(recipe_name: str, example: torch.Tensor, compile_model: bool) ->
 def brevitas_models() -> dict[str, nn.Module]:
     try:
         import brevitas.nn as qnn
-        from brevitas.quant import (Int8ActPerTensorFloat, Int8WeightPerTensorFloat, SignedBinaryWeightPerTensorConst,
-                                    Uint8ActPerTensorFloat)
+        from brevitas.quant import (
+            Int8ActPerTensorFloat,
+            Int8WeightPerTensorFloat,
+            SignedBinaryWeightPerTensorConst,
+            Uint8ActPerTensorFloat,
+        )
     except ImportError:
         return {}
 
@@ -123,17 +145,25 @@ def brevitas_models() -> dict[str, nn.Module]:
         relu = (lambda: qnn.QuantReLU(act_quant=Uint8ActPerTensorFloat, return_quant_tensor=False)) if act else nn.ReLU
         layers = [qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, return_quant_tensor=False)] if act else []
         layers += [
-            qnn.QuantConv2d(1, 32, 3, padding=1, bias=False, weight_quant=weight_quant), nn.BatchNorm2d(32), relu(),
+            qnn.QuantConv2d(1, 32, 3, padding=1, bias=False, weight_quant=weight_quant),
+            nn.BatchNorm2d(32),
+            relu(),
             nn.MaxPool2d(2),
-            qnn.QuantConv2d(32, 64, 3, padding=1, bias=False, weight_quant=weight_quant), nn.BatchNorm2d(64), relu(),
-            nn.MaxPool2d(2), nn.Flatten(),
-            qnn.QuantLinear(64 * 7 * 7, 256, bias=True, weight_quant=weight_quant), relu(),
+            qnn.QuantConv2d(32, 64, 3, padding=1, bias=False, weight_quant=weight_quant),
+            nn.BatchNorm2d(64),
+            relu(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            qnn.QuantLinear(64 * 7 * 7, 256, bias=True, weight_quant=weight_quant),
+            relu(),
             qnn.QuantLinear(256, 10, bias=True, weight_quant=weight_quant),
         ]
         return nn.Sequential(*layers)
 
-    return {"Brevitas int8 W+A": cnn(Int8WeightPerTensorFloat, act=True),
-            "Brevitas binary W": cnn(SignedBinaryWeightPerTensorConst, act=False)}
+    return {
+        "Brevitas int8 W+A": cnn(Int8WeightPerTensorFloat, act=True),
+        "Brevitas binary W": cnn(SignedBinaryWeightPerTensorConst, act=False),
+    }
 
 
 def torch_ao_models() -> dict[str, nn.Module]:
@@ -148,12 +178,25 @@ def torch_ao_models() -> dict[str, nn.Module]:
 
     learnable = float_model()
     learnable.train()
-    act = lfq._LearnableFakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
-                                               dtype=torch.quint8, scale=0.1, zero_point=0.0,
-                                               use_grad_scaling=True)
-    weight = lfq._LearnableFakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=-128,
-                                                  quant_max=127, dtype=torch.qint8, scale=0.1, zero_point=0.0,
-                                                  qscheme=torch.per_tensor_symmetric, use_grad_scaling=True)
+    act = lfq._LearnableFakeQuantize.with_args(
+        observer=tq.MovingAverageMinMaxObserver,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        scale=0.1,
+        zero_point=0.0,
+        use_grad_scaling=True,
+    )
+    weight = lfq._LearnableFakeQuantize.with_args(
+        observer=tq.MovingAverageMinMaxObserver,
+        quant_min=-128,
+        quant_max=127,
+        dtype=torch.qint8,
+        scale=0.1,
+        zero_point=0.0,
+        qscheme=torch.per_tensor_symmetric,
+        use_grad_scaling=True,
+    )
     learnable.qconfig = tq.QConfig(activation=act, weight=weight)
     models["torch.ao learnable fake-quant (LSQ)"] = tq.prepare_qat(learnable, inplace=False)
     return models
@@ -189,8 +232,12 @@ class _STEWeight(nn.Module):
 # ------------------------------------------------------------------------------------------------- main
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12,
-                        help="interleaved rounds; short rounds keep every configuration close in time to float32")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=12,
+        help="interleaved rounds; short rounds keep every configuration close in time to float32",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps per configuration before round 1")
     parser.add_argument("--batch", type=int, default=128)
@@ -215,15 +262,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
         compiled_float = torch.compile(float_model())
         configs.append(Config("float32 (compiled)", "float", plain_step(compiled_float)))
         for name in recipes:
-            configs.append(Config(f"lowbit {name} (compiled)", KIND.get(name, "other"),
-                                  lowbit_step(name, example, True)))
+            configs.append(
+                Config(f"lowbit {name} (compiled)", KIND.get(name, "other"), lowbit_step(name, example, True))
+            )
     if not args.no_peers:
         for name, model in brevitas_models().items():
             configs.append(Config(name, "int8 W+A" if "int8" in name else "binary W", plain_step(model)))
         for name, model in torch_ao_models().items():
             configs.append(Config(name, "int8 W+A", plain_step(model)))
-        configs.append(Config("minimal unfused STE (int8 W+A)", REFERENCE_KIND,
-                              plain_step(MinimalSTE(float_model()))))
+        configs.append(Config("minimal unfused STE (int8 W+A)", REFERENCE_KIND, plain_step(MinimalSTE(float_model()))))
 
     for config in configs:
         started = time.perf_counter()
@@ -243,13 +290,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
         # the ratio of each round (to float32 timed seconds earlier in the same round), then the median over
         # rounds: on a shared machine the speed drifts by 10-20 % over a minute, which a ratio of two overall
         # medians would attribute to whichever configuration ran in the slow period
-        ratio = statistics.median(_round_median(config, i, args.steps) / _round_median(base, i, args.steps)
-                                  for i in range(args.rounds))
+        ratio = statistics.median(
+            _round_median(config, i, args.steps) / _round_median(base, i, args.steps) for i in range(args.rounds)
+        )
         recipe = config.name.removeprefix("lowbit ").removesuffix(" (compiled)")
-        rows.append({"config": config.name, "kind": config.kind, "ms_per_step": ms, "ratio": ratio,
-                     "reference": base.name,
-                     "target": TARGETS.get(recipe) if config.name.startswith("lowbit") else None,
-                     "per_round_ms": [1000 * _round_median(config, i, args.steps) for i in range(args.rounds)]})
+        rows.append(
+            {
+                "config": config.name,
+                "kind": config.kind,
+                "ms_per_step": ms,
+                "ratio": ratio,
+                "reference": base.name,
+                "target": TARGETS.get(recipe) if config.name.startswith("lowbit") else None,
+                "per_round_ms": [1000 * _round_median(config, i, args.steps) for i in range(args.rounds)],
+            }
+        )
     peers = [r for r in rows if not r["config"].startswith(("lowbit", "float32")) and r["kind"] != REFERENCE_KIND]
     for row in rows:
         if row["config"].startswith("lowbit"):
@@ -265,11 +320,20 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"{row['config']:<42} {row['ms_per_step']:8.1f} {row['ratio']:8.2f} {target:>7}  {rounds}")
 
     given = sys.argv[1:] if argv is None else argv
-    result = {"command": " ".join(["python benchmarks/overhead.py", *map(shlex.quote, given)]),
-              "batch": args.batch, "threads": args.threads, "rounds": args.rounds, "steps_per_round": args.steps,
-              "warmup_steps": args.warmup, "stable_allocator": allocator, "torch": torch.__version__,
-              "machine": platform.machine(), "cpu_count": os.cpu_count(), "rows": rows,
-              "reference_float_ms": 1000 * reference["float"]}
+    result = {
+        "command": " ".join(["python benchmarks/overhead.py", *map(shlex.quote, given)]),
+        "batch": args.batch,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "warmup_steps": args.warmup,
+        "stable_allocator": allocator,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+        "reference_float_ms": 1000 * reference["float"],
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.tag}" if args.tag else ""
@@ -279,8 +343,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return result
 
 
-def _round_median(config: "Config", index: int, steps: int) -> float:
-    return statistics.median(config.samples[index * steps:(index + 1) * steps])
+def _round_median(config: Config, index: int, steps: int) -> float:
+    return statistics.median(config.samples[index * steps : (index + 1) * steps])
 
 
 def markdown(result: dict) -> str:
@@ -307,8 +371,10 @@ def markdown(result: dict) -> str:
         faster = {True: "yes", False: "**no**", None: ""}[row.get("faster_than_peers")]
         if row["config"].startswith("lowbit") and row.get("faster_than_peers") is None:
             faster = "no same-kind peer"
-        lines.append(f"| {row['config']} | {row['kind']} | {row['ms_per_step']:.1f} | {row['ratio']:.3f} | "
-                     f"{target} | {meets} | {faster} | {min(row['per_round_ms']):.1f}-{max(row['per_round_ms']):.1f} |")
+        lines.append(
+            f"| {row['config']} | {row['kind']} | {row['ms_per_step']:.1f} | {row['ratio']:.3f} | "
+            f"{target} | {meets} | {faster} | {min(row['per_round_ms']):.1f}-{max(row['per_round_ms']):.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

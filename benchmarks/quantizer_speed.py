@@ -16,9 +16,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from timing import stable_allocator, time_call
 
 from lowbit.quantizers import build_quantizer
+from timing import stable_allocator, time_call
 
 CASES = [
     ("binary, deterministic (BC-det)", {"type": "binary"}, "weight", None),
@@ -26,8 +26,7 @@ CASES = [
     ("uniform 4-bit, nearest (R)", {"type": "uniform", "bits": 4}, "weight", None),
     ("uniform 4-bit, stochastic (SR)", {"type": "uniform", "bits": 4, "rounding": "stochastic"}, "weight", None),
     ("min-max 8-bit, per tensor", {"type": "minmax", "bits": 8}, "weight", None),
-    ("min-max 8-bit, per channel", {"type": "minmax", "bits": 8, "granularity": "channel"}, "weight",
-     (1000, 1000)),
+    ("min-max 8-bit, per channel", {"type": "minmax", "bits": 8, "granularity": "channel"}, "weight", (1000, 1000)),
     ("min-max 8-bit, per-sample activations", {"type": "minmax", "bits": 8}, "activation", (250, 4000)),
     ("min-max 8-bit, stochastic gradient", {"type": "minmax", "bits": 8}, "gradient", None),
     ("LSQ 4-bit weights", {"type": "lsq", "bits": 4}, "weight", None),
@@ -64,14 +63,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    steps = {"clone": forward_backward(lambda x: x.clone(), None, args.numel),
-             "plain STE": forward_backward(lambda x: x + (torch.round(x) - x).detach(), None, args.numel)}
+    steps = {
+        "clone": forward_backward(lambda x: x.clone(), None, args.numel),
+        "plain STE": forward_backward(lambda x: x + (torch.round(x) - x).detach(), None, args.numel),
+    }
     for name, spec, role, shape in CASES:
         quantizer = build_quantizer(spec, role=role, seed=0).train()
         if role == "gradient":
             # a gradient quantizer runs in the backward pass on a tensor that needs no graph
-            steps[name] = forward_backward(lambda x, q=quantizer: x + (q(x.detach()) - x).detach(), shape,
-                                           args.numel)
+            steps[name] = forward_backward(lambda x, q=quantizer: x + (q(x.detach()) - x).detach(), shape, args.numel)
         else:
             steps[name] = forward_backward(quantizer, shape, args.numel)
     # interleaved rounds, so that frequency changes and background load hit every entry alike
@@ -86,15 +86,27 @@ def main() -> None:
     rows = []
     for name, _, _, _ in CASES:
         seconds = median[name]
-        rows.append({"quantizer": name, "ms": 1000 * seconds, "vs_clone": seconds / clone,
-                     "vs_plain_ste": seconds / plain_ste})
-        print(f"{name:<40} {1000 * seconds:7.2f} ms  {seconds / clone:5.1f}x clone  "
-              f"{seconds / plain_ste:5.2f}x plain STE", flush=True)
+        rows.append(
+            {"quantizer": name, "ms": 1000 * seconds, "vs_clone": seconds / clone, "vs_plain_ste": seconds / plain_ste}
+        )
+        print(
+            f"{name:<40} {1000 * seconds:7.2f} ms  {seconds / clone:5.1f}x clone  "
+            f"{seconds / plain_ste:5.2f}x plain STE",
+            flush=True,
+        )
 
     result = {
-        "numel": args.numel, "threads": args.threads, "stable_allocator": allocator, "repeats": args.repeats, "rounds": args.rounds,
-        "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-        "clone_ms": 1000 * clone, "plain_ste_ms": 1000 * plain_ste, "rows": rows,
+        "numel": args.numel,
+        "threads": args.threads,
+        "stable_allocator": allocator,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "clone_ms": 1000 * clone,
+        "plain_ste_ms": 1000 * plain_ste,
+        "rows": rows,
         "command": "python benchmarks/quantizer_speed.py",
     }
     out = Path(args.out)

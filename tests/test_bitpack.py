@@ -54,10 +54,17 @@ def test_known_bytes():
     assert pack_bits([0x1234], 16).tolist() == [0x34, 0x12]
 
 
-@pytest.mark.parametrize("codes, bits, match", [
-    ([4], 2, "0..3"), ([-1], 3, "0..7"), ([1.5], 4, "integers"), ([1], 0, "1..16"), ([1], 17, "1..16"),
-    ([1], True, "1..16"),
-])
+@pytest.mark.parametrize(
+    "codes, bits, match",
+    [
+        ([4], 2, "0..3"),
+        ([-1], 3, "0..7"),
+        ([1.5], 4, "integers"),
+        ([1], 0, "1..16"),
+        ([1], 17, "1..16"),
+        ([1], True, "1..16"),
+    ],
+)
 def test_bad_input_is_refused(codes, bits, match):
     with pytest.raises(ValueError, match=match):
         pack_bits(np.array(codes), bits)

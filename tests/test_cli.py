@@ -47,13 +47,16 @@ def test_summary_of_a_recipe_and_recipe_listing(capsys):
     assert json.loads(capsys.readouterr().out)["title"] == "lowbit recipe"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["train", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
-    (["train", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
-    (["train", "--epochs", "-3"], "must be >= 0"),
-    (["train", "--set", "quantize.weight.bits=99"], "quantize.weight.bits"),
-    (["eval", "/nonexistent/run"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+        (["train", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["train", "--epochs", "-3"], "must be >= 0"),
+        (["train", "--set", "quantize.weight.bits=99"], "quantize.weight.bits"),
+        (["eval", "/nonexistent/run"], "does not exist"),
+    ],
+)
 def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(args, fragment):
     result = run_cli(*args)
     assert result.returncode != 0

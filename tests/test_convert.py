@@ -66,8 +66,12 @@ def test_glob_override_and_float_layers():
     plan = lowbit.convert.layer_plan(resnet(), recipe)
     assert all(plan[name] is None for name in plan if name.startswith("layer1."))
     assert plan["fc"] is None
-    assert plan["conv1"]["weight"] == {"type": "binary", "scale": 1.0, "rounding": "nearest",
-                                       "eval_mode": "deterministic"}
+    assert plan["conv1"]["weight"] == {
+        "type": "binary",
+        "scale": 1.0,
+        "rounding": "nearest",
+        "eval_mode": "deterministic",
+    }
     quantized = lowbit.quantize(resnet(), recipe)
     assert isinstance(quantized.fc, nn.Linear) and not isinstance(quantized.fc, QuantLinear)
 

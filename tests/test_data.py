@@ -201,7 +201,11 @@ def test_synthetic_idx_reads_back_exactly(tmp_path, gz):
     s = load_dataset("mnist", tmp_path, val_fraction=0.25, seed=5)
     assert s.input_shape == (1, 28, 28) and len(s.train) == 30 and len(s.val) == 10 and len(s.test) == 20
     check_split_partition(s, 40, 20)
-    for split, x_key, y_key in ((s.train, "train_x", "train_y"), (s.val, "train_x", "train_y"), (s.test, "test_x", "test_y")):
+    for split, x_key, y_key in (
+        (s.train, "train_x", "train_y"),
+        (s.val, "train_x", "train_y"),
+        (s.test, "test_x", "test_y"),
+    ):
         idx = split.index.numpy()
         np.testing.assert_array_equal(split.x[:, 0].numpy(), arrays[x_key][idx])
         np.testing.assert_array_equal(split.y.numpy(), arrays[y_key][idx])

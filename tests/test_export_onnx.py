@@ -23,8 +23,18 @@ from lowbit.train import TrainConfig, run
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 # one recipe per family and grid: binary (deterministic, stochastic-trained, grid policy), LSQ at 2/4/8 bits,
 # min-max per channel with Range BN, Uhlich uniform and power-of-two grids
-PARITY = ["bc-det", "bc-stoch", "sr-adam", "lsq-w2a2", "lsq-w4a4", "lsq-w8a8", "banner-w8a8g8", "mp-u1", "mp-u3",
-          "mp-p3"]
+PARITY = [
+    "bc-det",
+    "bc-stoch",
+    "sr-adam",
+    "lsq-w2a2",
+    "lsq-w4a4",
+    "lsq-w8a8",
+    "banner-w8a8g8",
+    "mp-u1",
+    "mp-u3",
+    "mp-p3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +80,12 @@ def check_parity(model, run_dir, x, tmp_path, label):
     onnx.checker.check_model(onnx.load(deployed.path), full_check=True)
     got = onnx_logits(deployed.path, x)
     fused = compare_logits(expected, got, runtime_kernels(deployed.path))
-    print(f"{label}: as written {as_written.agree}/{as_written.samples} same class, max |logit diff| "
-          f"{as_written.max_abs_diff:.3g}; integer kernels {fused.agree}/{fused.samples}, max |logit diff| "
-          f"{fused.max_abs_diff:.3g} (logits up to {fused.max_abs_logit:.3g}); "
-          f"{sorted(k for k in fused.kernels if k.startswith('Q'))}")
+    print(
+        f"{label}: as written {as_written.agree}/{as_written.samples} same class, max |logit diff| "
+        f"{as_written.max_abs_diff:.3g}; integer kernels {fused.agree}/{fused.samples}, max |logit diff| "
+        f"{fused.max_abs_diff:.3g} (logits up to {fused.max_abs_logit:.3g}); "
+        f"{sorted(k for k in fused.kernels if k.startswith('Q'))}"
+    )
     assert as_written.samples == fused.samples == len(x)
     assert as_written.agree == as_written.samples
     assert as_written.max_abs_diff < 0.01 * as_written.max_abs_logit
@@ -114,8 +126,10 @@ def test_weights_are_integers_on_their_grid_and_batchnorm_is_folded(tmp_path, di
     conv = model.features[0]
     bn = model.features[1]
     a = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
-    decoded = (inits["features.0.weight_quantized"].astype(np.float64) - inits["features.0.weight_zero_point"]
-               .reshape(-1, 1, 1, 1)) * inits["features.0.weight_scale"].reshape(-1, 1, 1, 1)
+    decoded = (
+        inits["features.0.weight_quantized"].astype(np.float64)
+        - inits["features.0.weight_zero_point"].reshape(-1, 1, 1, 1)
+    ) * inits["features.0.weight_scale"].reshape(-1, 1, 1, 1)
     expected = conv.weight_quantizer(conv.weight).detach().numpy() * a.reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-7)
     # 4-bit unsigned activations: uint8 QDQ after a Clip to the 16-level grid
@@ -158,8 +172,12 @@ def test_resnet_exports_with_residual_adds(tmp_path):
 
 def _calibrated(quantizer_spec, weight_spec=None):
     torch.manual_seed(0)
-    layer = QuantLinear(16, 4, input_quantizer=build_quantizer(quantizer_spec, role="activation"),
-                        weight_quantizer=build_quantizer(weight_spec or {"type": "lsq", "bits": 4}, role="weight"))
+    layer = QuantLinear(
+        16,
+        4,
+        input_quantizer=build_quantizer(quantizer_spec, role="activation"),
+        weight_quantizer=build_quantizer(weight_spec or {"type": "lsq", "bits": 4}, role="weight"),
+    )
     model = nn.Sequential(nn.Linear(8, 16), layer)
     x = torch.randn(256, 8)
     model.train()
@@ -167,12 +185,15 @@ def _calibrated(quantizer_spec, weight_spec=None):
     return model.eval(), x
 
 
-@pytest.mark.parametrize("spec", [
-    {"type": "binary"},  # sign activations: Where(x >= 0, H, -H)
-    {"type": "minmax", "bits": 8, "zero_point": "exact"},  # real-valued zero point: float affine ops
-    {"type": "uniform", "bits": 12, "signed": True},  # 4095 levels: more than a uint8 container holds
-    {"type": "parametric", "parametrization": "P3"},  # power-of-two grid
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "binary"},  # sign activations: Where(x >= 0, H, -H)
+        {"type": "minmax", "bits": 8, "zero_point": "exact"},  # real-valued zero point: float affine ops
+        {"type": "uniform", "bits": 12, "signed": True},  # 4095 levels: more than a uint8 container holds
+        {"type": "parametric", "parametrization": "P3"},  # power-of-two grid
+    ],
+)
 def test_grids_without_a_qdq_form_become_float_ops(spec, tmp_path):
     model, x = _calibrated(spec)
     info = export_onnx(model, tmp_path / "f.onnx", example=x)

@@ -8,13 +8,21 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.data import BatchLoader, load_dataset
-from lowbit.export import (ExportError, FrozenCodes, PackedFileError, export_checkpoint, load_packed, packed_info,
-                           read_packed_header, save_packed)
-from lowbit.export.bitpack import packed_nbytes
 from lowbit.cli import main as lowbit_main
-from lowbit.export.encode import as_exported
+from lowbit.data import BatchLoader, load_dataset
 from lowbit.errors import CheckpointError
+from lowbit.export import (
+    ExportError,
+    FrozenCodes,
+    PackedFileError,
+    export_checkpoint,
+    load_packed,
+    packed_info,
+    read_packed_header,
+    save_packed,
+)
+from lowbit.export.bitpack import packed_nbytes
+from lowbit.export.encode import as_exported
 from lowbit.runs import load_checkpoint
 from lowbit.train import TrainConfig, run
 
@@ -22,8 +30,16 @@ QUANTIZING = [r.name for r in lowbit.list_recipes() if r.name != "fp32"]
 
 
 def train_briefly(recipe, out, **overrides):
-    options = dict(recipe=recipe, data="digits", epochs=1, pretrain_epochs=0, train_subset=300, batch_size=64,
-                   quiet=True, out=str(out))
+    options = dict(
+        recipe=recipe,
+        data="digits",
+        epochs=1,
+        pretrain_epochs=0,
+        train_subset=300,
+        batch_size=64,
+        quiet=True,
+        out=str(out),
+    )
     options.update(overrides)
     run(TrainConfig(**options))
     return out
@@ -39,7 +55,9 @@ def digits_test():
 def test_every_recipe_round_trips_bit_for_bit(recipe, tmp_path, digits_test):
     run_dir = train_briefly(recipe, tmp_path / "run")
     result = export_checkpoint(run_dir, "packed")
-    trained = as_exported(load_checkpoint(run_dir).restore_model())  # BC-stoch: the sign(W) network it ships (see the notes)
+    trained = as_exported(
+        load_checkpoint(run_dir).restore_model()
+    )  # BC-stoch: the sign(W) network it ships (see the notes)
     rebuilt = load_packed(result.path)
     with torch.no_grad():
         assert torch.equal(trained(digits_test), rebuilt(digits_test))
@@ -80,8 +98,9 @@ def test_mixed_precision_tensors_keep_their_own_widths(tmp_path):
 
 def test_custom_model_needs_the_float_model(tmp_path, digits_test):
     torch.manual_seed(0)
-    float_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
-                                      torch.nn.Linear(32, 10))
+    float_model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
     qmodel = lowbit.quantize(float_model, "lsq-w4a4")
     qmodel.train()
     qmodel(digits_test[:64])  # initialise the activation steps from data
@@ -124,13 +143,13 @@ def _rewrite_header(path, change):
     """Rewrite the lowbit JSON of a packed file (same tensors)."""
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + length])
+    header = json.loads(raw[8 : 8 + length])
     lowbit_header = json.loads(header["__metadata__"]["lowbit"])
     change(lowbit_header)
     header["__metadata__"]["lowbit"] = json.dumps(lowbit_header)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
 
 
 def test_foreign_and_other_version_packed_files_are_refused(tmp_path):

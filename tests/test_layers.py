@@ -57,8 +57,13 @@ def test_conv_bifurcation_matches_the_two_halves_of_the_float_backward(padding, 
     x_ref = x.detach().clone().requires_grad_()
     w_ref = conv.weight.detach().clone().requires_grad_()
     b_ref = conv.bias.detach().clone().requires_grad_()
-    ref = F.conv2d(F.pad(x_ref, conv._reversed_padding_repeated_twice,
-                         mode="constant" if padding_mode == "zeros" else padding_mode), w_ref, b_ref)
+    ref = F.conv2d(
+        F.pad(
+            x_ref, conv._reversed_padding_repeated_twice, mode="constant" if padding_mode == "zeros" else padding_mode
+        ),
+        w_ref,
+        b_ref,
+    )
     assert torch.allclose(out, ref, atol=1e-6)
     (grad_x,) = torch.autograd.grad(ref, x_ref, upstream / 2, retain_graph=True)
     grad_w, grad_b = torch.autograd.grad(ref, (w_ref, b_ref), upstream)
@@ -103,8 +108,12 @@ def test_quantize_gradient_is_identity_forward():
 
 
 def test_slots_weight_input_bias_are_applied():
-    layer = QuantLinear(3, 2, weight_quantizer=BinaryQuantizer(), input_quantizer=LSQQuantizer(
-        bits=2, role="activation", signed=False, init_step=1.0))
+    layer = QuantLinear(
+        3,
+        2,
+        weight_quantizer=BinaryQuantizer(),
+        input_quantizer=LSQQuantizer(bits=2, role="activation", signed=False, init_step=1.0),
+    )
     x = torch.tensor([[0.2, 0.9, 3.7]])
     expected = F.linear(torch.tensor([[0.0, 1.0, 3.0]]), torch.where(layer.weight >= 0, 1.0, -1.0), layer.bias)
     assert torch.allclose(layer(x), expected)

@@ -34,8 +34,13 @@ def closed_form(v, s, q_n, q_p, g, upstream):
 
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.sampled_from([2, 3, 4, 8]), signed=st.booleans(), seed=st.integers(0, 10_000),
-       step=st.floats(0.01, 2.0), spread=st.floats(0.1, 20.0))
+@given(
+    bits=st.sampled_from([2, 3, 4, 8]),
+    signed=st.booleans(),
+    seed=st.integers(0, 10_000),
+    step=st.floats(0.01, 2.0),
+    spread=st.floats(0.1, 20.0),
+)
 def test_lsq_gradients_equal_eq3_times_gradient_scale(bits, signed, seed, step, spread):
     gen = torch.Generator().manual_seed(seed)
     v = (torch.randn(257, generator=gen, dtype=torch.float64) * spread).requires_grad_()

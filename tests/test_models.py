@@ -36,7 +36,7 @@ def n_params(model: nn.Module) -> int:
 
 def test_registry_covers_the_required_models():
     assert {"mlp", "small-cnn", "bc-vgg", "resnet8", "resnet20", "resnet56"} <= set(MODELS)
-    for name, (builder, description) in MODELS.items():
+    for _name, (builder, description) in MODELS.items():
         assert callable(builder) and isinstance(description, str) and description
 
 

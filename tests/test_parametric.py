@@ -198,8 +198,7 @@ def test_encoding_round_trips_uniform_and_pow2():
 
 
 def test_frozen_scalars_get_no_gradient_and_keep_their_value():
-    q = build_quantizer({"type": "parametric", "parametrization": "U2", "init_bits": 2, "frozen": ["b"]},
-                        role="weight")
+    q = build_quantizer({"type": "parametric", "parametrization": "U2", "init_bits": 2, "frozen": ["b"]}, role="weight")
     q(torch.randn(100)).sum().backward()
     assert q.b.grad is None and q.q_max.grad is not None
     assert q.bits == 2
@@ -208,8 +207,9 @@ def test_frozen_scalars_get_no_gradient_and_keep_their_value():
 
 
 @pytest.mark.parametrize("pow2_step", [False, True])
-@pytest.mark.parametrize("d_value, q_value", [(0.3, 1.7), (2.0, 1.7), (0.001, 0.5), (0.25, 0.25), (0.3, 0.1),
-                                              (0.3, 300.0)])
+@pytest.mark.parametrize(
+    "d_value, q_value", [(0.3, 1.7), (2.0, 1.7), (0.001, 0.5), (0.25, 0.25), (0.3, 0.1), (0.3, 300.0)]
+)
 def test_fused_u3_step_and_range_matches_autograd_through_the_composition(pow2_step, d_value, q_value):
     # outside both boxes, q_max below d, a tie between q_max and d: the fused node must give autograd's gradients
     from lowbit.quantizers.base import pow2_ste
@@ -230,8 +230,15 @@ def test_fused_u3_step_and_range_matches_autograd_through_the_composition(pow2_s
     assert torch.allclose(q.d.grad, d_ref.grad) and torch.allclose(q.q_max.grad, q_ref.grad)
 
 
-@pytest.mark.parametrize("parametrization, values", [("U3", {"d": 0.1, "q_max": 1.33}), ("U3", {"d": 0.25, "q_max": 7.9}),
-                                                     ("U1", {"b": 5.3, "d": 0.06}), ("U2", {"b": 3.0, "q_max": 2.2})])
+@pytest.mark.parametrize(
+    "parametrization, values",
+    [
+        ("U3", {"d": 0.1, "q_max": 1.33}),
+        ("U3", {"d": 0.25, "q_max": 7.9}),
+        ("U1", {"b": 5.3, "d": 0.06}),
+        ("U2", {"b": 3.0, "q_max": 2.2}),
+    ],
+)
 def test_inferred_bits_node_matches_autograd_through_the_straight_through_composition(parametrization, values):
     from lowbit.quantizers.base import ceil_ste, round_ste
 
@@ -272,8 +279,12 @@ def test_fused_pow2_quantizer_matches_its_plain_specification(signed, with_zero)
     from lowbit.quantizers.parametric import _Pow2Function
 
     torch.manual_seed(0)
-    x = torch.cat([torch.randn(5000, dtype=torch.float64) * 0.3, torch.tensor([0.0, 2**-3, 2**-4, 1.0, -1.0, 3.0],
-                                                                          dtype=torch.float64)])
+    x = torch.cat(
+        [
+            torch.randn(5000, dtype=torch.float64) * 0.3,
+            torch.tensor([0.0, 2**-3, 2**-4, 1.0, -1.0, 3.0], dtype=torch.float64),
+        ]
+    )
     q_min = torch.tensor(2.0**-4, dtype=torch.float64, requires_grad=True)
     q_max = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     x.requires_grad_()

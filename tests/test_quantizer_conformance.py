@@ -45,59 +45,77 @@ def _binary() -> list[Case]:
 
 def _uniform() -> list[Case]:
     cases = []
-    for role, bits, signed in itertools.product(("weight", "activation", "gradient", "bias"), (2, 4, 8, 12),
-                                                (True, False, None)):
+    for role, bits, signed in itertools.product(
+        ("weight", "activation", "gradient", "bias"), (2, 4, 8, 12), (True, False, None)
+    ):
         cases.append(Case({"bits": bits, "signed": signed}, role, positive=signed is False))
-    cases += [Case({"bits": 3, "symmetric": False}, "weight"), Case({"bits": 4, "step": 0.1}, "activation"),
-              Case({"bits": 4, "rounding": "stochastic"}, "weight"),
-              Case({"bits": 8, "rounding": "stochastic", "signed": True}, "gradient"),
-              Case({"bits": 2, "eval_mode": "float", "rounding": "stochastic"}, "weight")]
+    cases += [
+        Case({"bits": 3, "symmetric": False}, "weight"),
+        Case({"bits": 4, "step": 0.1}, "activation"),
+        Case({"bits": 4, "rounding": "stochastic"}, "weight"),
+        Case({"bits": 8, "rounding": "stochastic", "signed": True}, "gradient"),
+        Case({"bits": 2, "eval_mode": "float", "rounding": "stochastic"}, "weight"),
+    ]
     return cases
 
 
 def _minmax() -> list[Case]:
     cases = []
     for role, granularity, zero_point, (bits, rounding) in itertools.product(
-            ("weight", "activation", "gradient", "bias"), ("tensor", "channel", "sample"), ("integer", "exact"),
-            ((2, "nearest"), (8, "stochastic"), (5, "nearest"))):
+        ("weight", "activation", "gradient", "bias"),
+        ("tensor", "channel", "sample"),
+        ("integer", "exact"),
+        ((2, "nearest"), (8, "stochastic"), (5, "nearest")),
+    ):
         spec = {"bits": bits, "granularity": granularity, "zero_point": zero_point, "rounding": rounding}
         cases.append(Case(spec, role, fixed_grid=granularity == "sample", codes=zero_point == "integer"))
-    cases += [Case({}, role, fixed_grid=role == "activation", codes=role != "gradient") for role in
-              ("weight", "activation", "gradient")]  # Banner's defaults by role
+    cases += [
+        Case({}, role, fixed_grid=role == "activation", codes=role != "gradient")
+        for role in ("weight", "activation", "gradient")
+    ]  # Banner's defaults by role
     cases.append(Case({"bits": 4, "granularity": "sample"}, "activation", positive=True))
     cases.append(Case({"bits": 8, "eval_mode": "float"}, "activation"))
     return cases
 
 
 def _lsq() -> list[Case]:
-    cases = [Case({"bits": bits, "signed": signed}, role, positive=positive)
-             for role, bits, signed, positive in itertools.product(("weight", "activation"), (2, 3, 4, 8),
-                                                                   (True, False, "auto", None), (False, True))]
-    cases += [Case({"bits": 4, "init_step": 0.05}, "weight"), Case({"bits": 4, "grad_scale": "per_sample"},
-                                                                   "activation"),
-              Case({"bits": 2, "eval_mode": "float"}, "activation")]
+    cases = [
+        Case({"bits": bits, "signed": signed}, role, positive=positive)
+        for role, bits, signed, positive in itertools.product(
+            ("weight", "activation"), (2, 3, 4, 8), (True, False, "auto", None), (False, True)
+        )
+    ]
+    cases += [
+        Case({"bits": 4, "init_step": 0.05}, "weight"),
+        Case({"bits": 4, "grad_scale": "per_sample"}, "activation"),
+        Case({"bits": 2, "eval_mode": "float"}, "activation"),
+    ]
     return cases
 
 
 def _parametric() -> list[Case]:
     cases = []
     for name, role, signed, init_bits, positive in itertools.product(
-            ("U1", "U2", "U3", "P1", "P2", "P3"), ("weight", "activation"), (True, False, None), (3, 4, 8),
-            (False, True)):
+        ("U1", "U2", "U3", "P1", "P2", "P3"), ("weight", "activation"), (True, False, None), (3, 4, 8), (False, True)
+    ):
         if signed is True and name.startswith("P") and init_bits < 3:
             continue  # a signed power-of-two grid with a zero level needs a magnitude bit besides the two
         cases.append(Case({"parametrization": name, "signed": signed, "init_bits": init_bits}, role, positive))
     cases += [Case({"parametrization": p, "pow2_step": False}, "weight") for p in ("U1", "U2", "U3")]
-    cases += [Case({"parametrization": p, "with_zero": False}, role) for p in ("P1", "P2", "P3")
-              for role in ("weight", "activation")]
-    cases += [Case({"parametrization": "U2", "frozen": ["b"]}, "weight"),
-              Case({"parametrization": "P3", "eval_mode": "float"}, "activation")]
+    cases += [
+        Case({"parametrization": p, "with_zero": False}, role)
+        for p in ("P1", "P2", "P3")
+        for role in ("weight", "activation")
+    ]
+    cases += [
+        Case({"parametrization": "U2", "frozen": ["b"]}, "weight"),
+        Case({"parametrization": "P3", "eval_mode": "float"}, "activation"),
+    ]
     return cases
 
 
 #: recipe ``type`` -> configurations; every entry of ``QUANTIZERS`` needs one
-CONFIGS = {"binary": _binary(), "uniform": _uniform(), "minmax": _minmax(), "lsq": _lsq(),
-           "parametric": _parametric()}
+CONFIGS = {"binary": _binary(), "uniform": _uniform(), "minmax": _minmax(), "lsq": _lsq(), "parametric": _parametric()}
 
 
 def _cases():

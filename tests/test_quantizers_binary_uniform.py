@@ -56,10 +56,12 @@ def test_binary_eval_modes_sign_or_float_weights():
 
 def test_same_seed_gives_same_stochastic_binarization():
     w = torch.randn(1000)
-    assert torch.equal(BinaryQuantizer(rounding="stochastic", seed=5)(w),
-                       BinaryQuantizer(rounding="stochastic", seed=5)(w))
-    assert not torch.equal(BinaryQuantizer(rounding="stochastic", seed=5)(w),
-                           BinaryQuantizer(rounding="stochastic", seed=6)(w))
+    assert torch.equal(
+        BinaryQuantizer(rounding="stochastic", seed=5)(w), BinaryQuantizer(rounding="stochastic", seed=5)(w)
+    )
+    assert not torch.equal(
+        BinaryQuantizer(rounding="stochastic", seed=5)(w), BinaryQuantizer(rounding="stochastic", seed=6)(w)
+    )
 
 
 def test_binary_encoding_round_trips():
@@ -76,8 +78,7 @@ def q_d(w, step):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.floats(-1.0, 1.0, allow_nan=False), min_size=1, max_size=64),
-       st.sampled_from([0.25, 0.125, 0.1]))
+@given(st.lists(st.floats(-1.0, 1.0, allow_nan=False), min_size=1, max_size=64), st.sampled_from([0.25, 0.125, 0.1]))
 def test_uniform_nearest_is_li_de_deterministic_rounding(values, step):
     w = torch.tensor(values, dtype=torch.float64)
     q = UniformQuantizer(bits=8, step=step)  # range +-127 steps: no clipping for |w| <= 1

@@ -7,8 +7,25 @@ import pytest
 import lowbit
 from lowbit.recipes import RecipeError, load_recipe, recipe_schema
 
-REQUIRED = ["fp32", "bc-det", "bc-stoch", "r-adam", "sr-adam", "big-sr-adam", "lsq-w8a8", "lsq-w4a4", "lsq-w3a3",
-            "lsq-w2a2", "lsq-br-w2a2", "lsq-br-w3a3", "banner-w8a8g8", "mp-u1", "mp-u2", "mp-u3", "mp-p3"]
+REQUIRED = [
+    "fp32",
+    "bc-det",
+    "bc-stoch",
+    "r-adam",
+    "sr-adam",
+    "big-sr-adam",
+    "lsq-w8a8",
+    "lsq-w4a4",
+    "lsq-w3a3",
+    "lsq-w2a2",
+    "lsq-br-w2a2",
+    "lsq-br-w3a3",
+    "banner-w8a8g8",
+    "mp-u1",
+    "mp-u2",
+    "mp-u3",
+    "mp-p3",
+]
 
 
 def test_every_method_has_a_shipped_recipe_with_a_summary_and_a_paper():
@@ -38,22 +55,37 @@ def check_error(recipe, *fragments):
 
 
 def test_unknown_key_names_the_key_and_the_valid_keys():
-    check_error({"name": "x", "quantize": {"weight": {"type": "lsq", "bitz": 4}}},
-                "quantize.weight", "'bitz'", "did you mean 'bits'", "valid keys: type, bits")
+    check_error(
+        {"name": "x", "quantize": {"weight": {"type": "lsq", "bitz": 4}}},
+        "quantize.weight",
+        "'bitz'",
+        "did you mean 'bits'",
+        "valid keys: type, bits",
+    )
     check_error({"name": "x", "train": {"epochz": 3}}, "train", "'epochz'", "epochs")
 
 
 def test_bit_width_out_of_range_names_the_value_and_the_range():
-    check_error({"name": "x", "quantize": {"weight": {"type": "lsq", "bits": 9}}},
-                "quantize.weight.bits", "9", "2 <= bits <= 8")
-    check_error({"name": "x", "quantize": {"weight": {"type": "lsq"},
-                                           "overrides": [{"match": "first", "weight": {"bits": 0}}]}},
-                "quantize.overrides[0].weight.bits", "0 is out of range")
+    check_error(
+        {"name": "x", "quantize": {"weight": {"type": "lsq", "bits": 9}}}, "quantize.weight.bits", "9", "2 <= bits <= 8"
+    )
+    check_error(
+        {
+            "name": "x",
+            "quantize": {"weight": {"type": "lsq"}, "overrides": [{"match": "first", "weight": {"bits": 0}}]},
+        },
+        "quantize.overrides[0].weight.bits",
+        "0 is out of range",
+    )
 
 
 def test_unknown_quantizer_lists_the_families():
-    check_error({"name": "x", "quantize": {"weight": {"type": "ternary"}}},
-                "quantize.weight.type", "'ternary'", "binary, lsq, minmax, parametric, uniform")
+    check_error(
+        {"name": "x", "quantize": {"weight": {"type": "ternary"}}},
+        "quantize.weight.type",
+        "'ternary'",
+        "binary, lsq, minmax, parametric, uniform",
+    )
 
 
 def test_training_side_is_validated_too():
@@ -100,5 +132,8 @@ def test_schema_is_plain_json():
 
 
 def test_partial_override_needs_a_recipe_quantizer_to_modify():
-    check_error({"name": "x", "quantize": {"overrides": [{"match": "first", "input": {"bits": 8}}]}},
-                "quantize.overrides[0].input", "add a type")
+    check_error(
+        {"name": "x", "quantize": {"overrides": [{"match": "first", "input": {"bits": 8}}]}},
+        "quantize.overrides[0].input",
+        "add a type",
+    )

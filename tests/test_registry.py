@@ -30,8 +30,16 @@ COMPONENTS = [(registry.kind, component) for registry in registries() for compon
 
 def test_every_kind_of_component_has_a_registry():
     kinds = {registry.kind for registry in registries()}
-    assert {"quantizer type", "loss", "optimizer", "schedule", "update policy", "regularizer", "dataset",
-            "quantized layer type"} <= kinds
+    assert {
+        "quantizer type",
+        "loss",
+        "optimizer",
+        "schedule",
+        "update policy",
+        "regularizer",
+        "dataset",
+        "quantized layer type",
+    } <= kinds
 
 
 @pytest.mark.parametrize("kind, component", COMPONENTS, ids=[f"{k}:{c.name}" for k, c in COMPONENTS])
@@ -42,10 +50,12 @@ def test_declared_options_are_constructor_keywords_with_the_same_defaults(kind, 
         if "default" in schema:
             parameter = keywords[option]
             assert parameter.default is not inspect.Parameter.empty, (
-                f"{kind} {component.name}: {option!r} has a schema default but the constructor requires it")
+                f"{kind} {component.name}: {option!r} has a schema default but the constructor requires it"
+            )
             assert _plain(schema["default"]) == _plain(parameter.default), (
                 f"{kind} {component.name}: {option!r} defaults to {schema['default']!r} in the schema but to "
-                f"{parameter.default!r} in the constructor")
+                f"{parameter.default!r} in the constructor"
+            )
 
 
 @pytest.mark.parametrize("kind, component", COMPONENTS, ids=[f"{k}:{c.name}" for k, c in COMPONENTS])
@@ -66,16 +76,20 @@ def test_schema_enums_are_the_registered_names():
 
 def test_schema_defaults_come_from_the_registered_options():
     train = recipe_schema()["properties"]["train"]["properties"]
-    branches = {b["if"]["properties"]["type"]["const"]: b["then"]["properties"]
-                for b in train["regularizers"]["items"]["allOf"]}
+    branches = {
+        b["if"]["properties"]["type"]["const"]: b["then"]["properties"] for b in train["regularizers"]["items"]["allOf"]
+    }
     assert branches["bin_reg"]["strength"]["default"] == BinRegularizer().strength
     assert branches["memory_budget"]["strength"]["default"] == MemoryBudget().strength
     assert train["optimizer"]["properties"]["momentum"]["default"] == 0.9
 
 
 def test_unknown_names_list_the_valid_choices_with_a_suggestion():
-    with pytest.raises(ValueError, match=r"unknown loss 'squared_hinj' \(did you mean 'squared_hinge'\?\); "
-                                         r"valid choices: cross_entropy, squared_hinge"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown loss 'squared_hinj' \(did you mean 'squared_hinge'\?\); "
+        r"valid choices: cross_entropy, squared_hinge",
+    ):
         get_loss("squared_hinj")
     with pytest.raises(ValueError, match="unknown quantizer type 'lsqq'.*did you mean 'lsq'.*binary, lsq, minmax"):
         build_quantizer({"type": "lsqq"}, role="weight")

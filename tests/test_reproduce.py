@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lowbit.cli import main as lowbit_main
 from lowbit.recipes import load_recipe
 from lowbit.reproduce import claims as C
-from lowbit.cli import main as lowbit_main
 from lowbit.reproduce.experiments import MODES, TABLE_KEYS, build_tables, cells_of, mode_named
 from lowbit.reproduce.gradients import autograd_partials, closed_form_partials, gradient_magnitudes
 from lowbit.reproduce.papers.lide import toy_checks
@@ -60,8 +60,9 @@ def test_fingerprint_changes_with_the_configuration():
 
 # ------------------------------------------------------------------------------------------------ smoke run
 def _reproduce(tmp_path, *extra):
-    return lowbit_main(["reproduce", "--smoke", "--out", str(tmp_path / "results"), "--work",
-                        str(tmp_path / "work"), *extra])
+    return lowbit_main(
+        ["reproduce", "--smoke", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"), *extra]
+    )
 
 
 def test_smoke_run_writes_page_raw_json_and_figures_and_resumes(tmp_path, capsys):
@@ -206,8 +207,10 @@ def test_tolerance_checks_are_decided_on_the_means():
 def test_training_loss_check_needs_every_seed_and_an_effect_size():
     def stats(losses):
         s = CellStats(cell=None)
-        s.records = [{"seed": k, "history": [{"phase": "train", "loss": 9.0}, {"phase": "train", "loss": v}]}
-                     for k, v in enumerate(losses)]
+        s.records = [
+            {"seed": k, "history": [{"phase": "train", "loss": 9.0}, {"phase": "train", "loss": v}]}
+            for k, v in enumerate(losses)
+        ]
         return s
 
     base = stats([0.05, 0.05, 0.06])

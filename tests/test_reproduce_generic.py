@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lowbit.cli import main as lowbit_main
 from lowbit.reproduce import figures as F
 from lowbit.reproduce import papers as registry
 from lowbit.reproduce.cells import Budget, Cell, Table
 from lowbit.reproduce.claims import Check, lower
-from lowbit.cli import main as lowbit_main
 from lowbit.reproduce.experiments import build_tables, mode_named
 from lowbit.reproduce.markdown import render_table
 from lowbit.reproduce.modes import Mode
@@ -26,11 +26,18 @@ from lowbit.reproduce.runner import plan_jobs
 
 # ------------------------------------------------------------------- a sixth paper, as its module would read
 def _fake_cells(mode: Mode, budget: Budget) -> list:
-    base = dict(model="mlp", model_options={"hidden": 32, "depth": 1}, data=mode.data, epochs=budget.epochs,
-                train_subset=budget.train_subset, test_subset=budget.test_subset)
-    return [Cell(id="fake/float", label="float", recipe="fp32", role="float", kind="float", **base),
-            Cell(id="fake/binary", label="binary weights", recipe="bc-det", role="binary", probes=("parameters",),
-                 **base)]
+    base = dict(
+        model="mlp",
+        model_options={"hidden": 32, "depth": 1},
+        data=mode.data,
+        epochs=budget.epochs,
+        train_subset=budget.train_subset,
+        test_subset=budget.test_subset,
+    )
+    return [
+        Cell(id="fake/float", label="float", recipe="fp32", role="float", kind="float", **base),
+        Cell(id="fake/binary", label="binary weights", recipe="bc-det", role="binary", probes=("parameters",), **base),
+    ]
 
 
 def _count_parameters(model, splits) -> dict:
@@ -40,15 +47,22 @@ def _count_parameters(model, splits) -> dict:
 def _fake_checks(stats: dict, analyses: dict) -> list:
     r = by_role(stats)
     doubled = (analyses.get("doubling") or {}).get("double")
-    return [lower("float beats binary weights", r.get("float"), r.get("binary"), "float", "binary"),
-            Check("the analysis doubles", "double = 2 × value", f"double {doubled}",
-                  None if doubled is None else doubled == 4)]
+    return [
+        lower("float beats binary weights", r.get("float"), r.get("binary"), "float", "binary"),
+        Check(
+            "the analysis doubles", "double = 2 × value", f"double {doubled}", None if doubled is None else doubled == 4
+        ),
+    ]
 
 
 def _fake_markdown(table: Table, stats: dict) -> str:
-    return render_table(["method", "test error %", "parameters"],
-                        [[s.cell.label, s.format(), ", ".join(str(v) for v in s.probe_values("parameters", "count"))
-                          or "–"] for s in stats.values()])
+    return render_table(
+        ["method", "test error %", "parameters"],
+        [
+            [s.cell.label, s.format(), ", ".join(str(v) for v in s.probe_values("parameters", "count")) or "–"]
+            for s in stats.values()
+        ],
+    )
 
 
 def _fake_figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
@@ -56,13 +70,25 @@ def _fake_figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> l
     return [("Fake curves.", path)] if path else []
 
 
-FAKE = Paper(key="fake", title="A sixth paper", authors="Nobody et al., 2031",
-             claim="Binary weights cost accuracy on a tiny MLP.", setup="One hidden layer of 32 units.",
-             select="final", budgets={"full": Budget(epochs=1), "quick": Budget(epochs=1)}, cells=_fake_cells,
-             checks=_fake_checks, markdown=_fake_markdown, figures=_fake_figures,
-             probes={"parameters": _count_parameters},
-             analyses=(Analysis("doubling", request=lambda mode: {"value": 2},
-                                compute=lambda request: {"double": 2 * request["value"]}),))
+FAKE = Paper(
+    key="fake",
+    title="A sixth paper",
+    authors="Nobody et al., 2031",
+    claim="Binary weights cost accuracy on a tiny MLP.",
+    setup="One hidden layer of 32 units.",
+    select="final",
+    budgets={"full": Budget(epochs=1), "quick": Budget(epochs=1)},
+    cells=_fake_cells,
+    checks=_fake_checks,
+    markdown=_fake_markdown,
+    figures=_fake_figures,
+    probes={"parameters": _count_parameters},
+    analyses=(
+        Analysis(
+            "doubling", request=lambda mode: {"value": 2}, compute=lambda request: {"double": 2 * request["value"]}
+        ),
+    ),
+)
 
 
 @pytest.fixture
@@ -80,8 +106,8 @@ def test_a_sixth_paper_runs_through_plan_run_and_report_without_touching_the_run
         torch.set_num_threads(threads)
     mode = mode_named("smoke")
     binary = json.loads(raw_path(out, mode, "fake/binary", 0).read_text())
-    assert binary["probes"]["parameters"]["count"] > 0      # the paper's own probe ran on the trained model
-    assert "kind" not in binary["cell"]                     # a planning hint, not part of the result
+    assert binary["probes"]["parameters"]["count"] > 0  # the paper's own probe ran on the trained model
+    assert "kind" not in binary["cell"]  # a planning hint, not part of the result
     assert json.loads(analysis_path(out, mode, "doubling").read_text())["double"] == 4
     page = (out / "smoke" / "README.md").read_text()
     assert "# Reproducing the six papers" in page
@@ -90,9 +116,11 @@ def test_a_sixth_paper_runs_through_plan_run_and_report_without_touching_the_run
     assert "| binary weights |" in page and "![fake_curves](figures/fake_curves.png)" in page
     assert "| the analysis doubles | double = 2 × value | double 4 | pass |" in page
     summary = json.loads((out / "smoke" / "summary.json").read_text())
-    assert list(summary["tables"]) == ["fake"]               # only papers with results are on the page
-    assert [c["claim"] for c in summary["tables"]["fake"]["checks"]] == ["float beats binary weights",
-                                                                          "the analysis doubles"]
+    assert list(summary["tables"]) == ["fake"]  # only papers with results are on the page
+    assert [c["claim"] for c in summary["tables"]["fake"]["checks"]] == [
+        "float beats binary weights",
+        "the analysis doubles",
+    ]
 
 
 def test_only_accepts_a_registered_paper_and_the_plan_keeps_page_order(sixth_paper):
@@ -105,8 +133,18 @@ def test_a_probe_the_paper_does_not_define_is_refused_before_training():
     def cells(mode, budget):
         return [Cell(id="typo/a", label="a", recipe="fp32", role="a", model="mlp", probes=("weigths",))]
 
-    typo = Paper(key="typo", title="t", authors="a", claim="c", setup="s", select="final", budgets={}, cells=cells,
-                 checks=lambda stats, analyses: [], markdown=lambda table, stats: "")
+    typo = Paper(
+        key="typo",
+        title="t",
+        authors="a",
+        claim="c",
+        setup="s",
+        select="final",
+        budgets={},
+        cells=cells,
+        checks=lambda stats, analyses: [],
+        markdown=lambda table, stats: "",
+    )
     mode = mode_named("smoke")
     with pytest.raises(ValueError, match="unknown probe 'weigths'"):
         plan_jobs(build_tables(mode, papers=[typo]), mode)
@@ -126,13 +164,27 @@ def test_every_probe_named_by_a_cell_is_defined_by_its_paper():
                 assert set(cell.probes) <= set(paper.probes), (paper.key, cell.id)
 
 
-GENERIC_MODULES = ("runner.py", "report.py", "experiments.py", "analyses.py", "results.py", "markdown.py",
-                   "claims.py", "cells.py", "modes.py", "paper.py", "rawfiles.py", "probes.py")
+GENERIC_MODULES = (
+    "runner.py",
+    "report.py",
+    "experiments.py",
+    "analyses.py",
+    "results.py",
+    "markdown.py",
+    "claims.py",
+    "cells.py",
+    "modes.py",
+    "paper.py",
+    "rawfiles.py",
+    "probes.py",
+)
 
 
 # a branch on which paper, recipe or analysis this is: what the shared modules must not contain
-PAPER_BRANCH = re.compile(r"\.key\s*[!=]=|\bkey\s+in\s*\(|recipe\s*[!=]=|recipe\.startswith|"
-                          r"\bname\s*[!=]=\s*[\"'](toy|gradients|sign_eval|weights|memory)")
+PAPER_BRANCH = re.compile(
+    r"\.key\s*[!=]=|\bkey\s+in\s*\(|recipe\s*[!=]=|recipe\.startswith|"
+    r"\bname\s*[!=]=\s*[\"'](toy|gradients|sign_eval|weights|memory)"
+)
 
 
 @pytest.mark.parametrize("name", GENERIC_MODULES)

@@ -74,4 +74,3 @@ def test_noise_resolution_is_validated_and_24_bit_noise_uses_torch():
         NoiseSource(resolution_bits=12)
     a, b = NoiseSource(seed=5, resolution_bits=24), NoiseSource(seed=5, resolution_bits=24)
     assert torch.equal(a.uniform_like(torch.zeros(100)), b.uniform_like(torch.zeros(100)))
-

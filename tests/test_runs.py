@@ -19,16 +19,26 @@ from lowbit.train import TrainConfig, Trainer, run
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    run(TrainConfig(recipe="sr-adam", data="digits", epochs=1, out=str(out), quiet=True, train_subset=300,
-                    test_subset=60))
+    run(
+        TrainConfig(
+            recipe="sr-adam", data="digits", epochs=1, out=str(out), quiet=True, train_subset=300, test_subset=60
+        )
+    )
     return out
 
 
 def test_nested_state_round_trips_exactly(tmp_path):
-    tree = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": [1, 2.5, None, "x", True],
-            "c": (torch.tensor(3), {"nested": torch.zeros(0)}), 4: "int key", "$odd": torch.tensor([True, False]),
-            "np": np.arange(5, dtype=np.uint32), "bf16": torch.ones(3, dtype=torch.bfloat16), "big": 2**100,
-            "nan": float("nan")}
+    tree = {
+        "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "b": [1, 2.5, None, "x", True],
+        "c": (torch.tensor(3), {"nested": torch.zeros(0)}),
+        4: "int key",
+        "$odd": torch.tensor([True, False]),
+        "np": np.arange(5, dtype=np.uint32),
+        "bf16": torch.ones(3, dtype=torch.bfloat16),
+        "big": 2**100,
+        "nan": float("nan"),
+    }
     write_state(tmp_path / "s.safetensors", tree, {"kind": "test"})
     back, meta = read_state(tmp_path / "s.safetensors")
     assert meta == {"kind": "test"}
@@ -62,8 +72,9 @@ def test_global_generators_are_restored_exactly():
     state = capture_rng()
     expected = (torch.rand(3), random.random(), np.random.rand())
     restore_rng(state)
-    assert (torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
-            and np.random.rand() == expected[2])
+    assert (
+        torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
+    )
 
 
 def test_a_pickle_payload_is_never_executed(tmp_path):
@@ -74,8 +85,10 @@ def test_a_pickle_payload_is_never_executed(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    for name, writer in (("zip.pt", lambda p: torch.save({"x": Payload()}, p)),
-                         ("bare.pt", lambda p: p.write_bytes(pickle.dumps({"x": Payload()})))):
+    for name, writer in (
+        ("zip.pt", lambda p: torch.save({"x": Payload()}, p)),
+        ("bare.pt", lambda p: p.write_bytes(pickle.dumps({"x": Payload()}))),
+    ):
         path = tmp_path / name
         writer(path)
         with pytest.raises(CheckpointError, match="pickle format.*lowbit convert-checkpoint"):
@@ -106,13 +119,24 @@ def test_damaged_tensor_data_is_detected(run_dir, tmp_path):
 
 def test_a_trusted_old_checkpoint_converts_to_the_same_model(run_dir, tmp_path, capsys):
     current = load_checkpoint(run_dir / "last.safetensors")
-    old = {"format": "lowbit-checkpoint", "version": 1, "lowbit_version": "0.1.0", "phase": current.phase,
-           "epoch": current.epoch, "model_spec": {k: v for k, v in vars(current.model_spec).items()
-                                                   if k != "class_name"},
-           "data": vars(current.data), "recipe": current.recipe, "quantized": True, "seed": current.seed,
-           "model_state": current.model_state, "optimizer_state": current.optimizer_state,
-           "scheduler_state": current.scheduler_state, "rng": current.rng, "history": current.history,
-           "best": current.best}
+    old = {
+        "format": "lowbit-checkpoint",
+        "version": 1,
+        "lowbit_version": "0.1.0",
+        "phase": current.phase,
+        "epoch": current.epoch,
+        "model_spec": {k: v for k, v in vars(current.model_spec).items() if k != "class_name"},
+        "data": vars(current.data),
+        "recipe": current.recipe,
+        "quantized": True,
+        "seed": current.seed,
+        "model_state": current.model_state,
+        "optimizer_state": current.optimizer_state,
+        "scheduler_state": current.scheduler_state,
+        "rng": current.rng,
+        "history": current.history,
+        "best": current.best,
+    }
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     torch.save(old, legacy / "last.pt")
@@ -128,8 +152,12 @@ def test_a_trusted_old_checkpoint_converts_to_the_same_model(run_dir, tmp_path, 
 
 def test_a_custom_model_needs_the_users_float_model(tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-    Trainer(TrainConfig(recipe="bc-det", data="digits", epochs=1, out=str(tmp_path), quiet=True, train_subset=200,
-                        test_subset=50), model=model).fit()
+    Trainer(
+        TrainConfig(
+            recipe="bc-det", data="digits", epochs=1, out=str(tmp_path), quiet=True, train_subset=200, test_subset=50
+        ),
+        model=model,
+    ).fit()
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint.model_spec.class_name == "Sequential"
     with pytest.raises(CustomModelError, match="custom architecture \\(Sequential\\).*restore_model\\(model="):
@@ -152,8 +180,9 @@ def test_run_files_name_the_layout(run_dir):
 
 
 def _small(out, **changes):
-    config = TrainConfig(recipe="bc-det", data="digits", epochs=1, out=str(out), quiet=True, train_subset=200,
-                         test_subset=50)
+    config = TrainConfig(
+        recipe="bc-det", data="digits", epochs=1, out=str(out), quiet=True, train_subset=200, test_subset=50
+    )
     for key, value in changes.items():
         setattr(config, key, value)
     return config

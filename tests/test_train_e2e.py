@@ -20,14 +20,27 @@ LONGER = {"bc-stoch": 15}
 
 @pytest.mark.parametrize("recipe", [r.name for r in lowbit.list_recipes()])
 def test_every_shipped_recipe_trains_well_above_chance(recipe, tmp_path):
-    config = TrainConfig(recipe=recipe, data="digits", epochs=LONGER.get(recipe, 4), batch_size=32,
-                         pretrain_epochs=2 if lowbit.load_recipe(recipe).train.get("pretrain") else None,
-                         out=str(tmp_path), quiet=True)
+    config = TrainConfig(
+        recipe=recipe,
+        data="digits",
+        epochs=LONGER.get(recipe, 4),
+        batch_size=32,
+        pretrain_epochs=2 if lowbit.load_recipe(recipe).train.get("pretrain") else None,
+        out=str(tmp_path),
+        quiet=True,
+    )
     result = run(config)
     assert result["test_accuracy"] > 3.5 * CHANCE, result["test_accuracy"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("test_accuracy", "best_test_accuracy", "val_accuracy", "model_size_kb", "bits", "wall_time_s",
-                "recipe_resolved"):
+    for key in (
+        "test_accuracy",
+        "best_test_accuracy",
+        "val_accuracy",
+        "model_size_kb",
+        "bits",
+        "wall_time_s",
+        "recipe_resolved",
+    ):
         assert key in metrics
     assert metrics["recipe_resolved"]["name"] == recipe
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
@@ -47,12 +60,19 @@ def test_sr_weights_are_on_the_grid_after_training():
         assert set(layer.weight.unique().tolist()) <= {-1.0, 1.0}
 
 
-@pytest.mark.parametrize("recipe, pretrain", [("sr-adam", 0), ("lsq-w3a3", 2), ("banner-w8a8g8", 0),
-                                              ("mp-u3", 1)])
+@pytest.mark.parametrize("recipe, pretrain", [("sr-adam", 0), ("lsq-w3a3", 2), ("banner-w8a8g8", 0), ("mp-u3", 1)])
 def test_resume_after_a_kill_gives_the_same_final_weights(recipe, pretrain, tmp_path, monkeypatch):
     def config(out):
-        return TrainConfig(recipe=recipe, data="digits", epochs=3, pretrain_epochs=pretrain, out=str(out),
-                           seed=5, quiet=True, train_subset=600)
+        return TrainConfig(
+            recipe=recipe,
+            data="digits",
+            epochs=3,
+            pretrain_epochs=pretrain,
+            out=str(out),
+            seed=5,
+            quiet=True,
+            train_subset=600,
+        )
 
     reference = run(config(tmp_path / "straight")).model.state_dict()
 
@@ -96,24 +116,29 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert "last good checkpoint" in str(info.value) and "--lr" in str(info.value)
     kept = load_checkpoint(tmp_path / "last.safetensors")
     assert kept.epoch == 0  # the epoch-1 checkpoint, intact
-    assert all(torch.isfinite(v).all() for v in kept.model_state.values() if isinstance(v, torch.Tensor)
-               and v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in kept.model_state.values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
 
 
 def test_python_api_trains_a_user_model():
     from lowbit.models import build_model
 
     model = build_model("mlp", (1, 8, 8), 10, hidden=64, depth=2)
-    result = Trainer(TrainConfig(recipe="lsq-w4a4", data="digits", epochs=2, pretrain_epochs=1, quiet=True),
-                     model=model).fit()
+    result = Trainer(
+        TrainConfig(recipe="lsq-w4a4", data="digits", epochs=2, pretrain_epochs=1, quiet=True), model=model
+    ).fit()
     assert result["test_accuracy"] > 0.5
     assert result["model"] == "MLP"
 
 
 def test_fine_tuning_starts_from_a_float_checkpoint(tmp_path):
     float_run = run(TrainConfig(recipe="fp32", data="digits", epochs=2, out=str(tmp_path / "float"), quiet=True))
-    tuned = Trainer(TrainConfig(recipe="lsq-w4a4", data="digits", epochs=0, init_from=str(tmp_path / "float"),
-                                quiet=True))
+    tuned = Trainer(
+        TrainConfig(recipe="lsq-w4a4", data="digits", epochs=0, init_from=str(tmp_path / "float"), quiet=True)
+    )
     float_weights = float_run.model.state_dict()
     for name, value in tuned.model.state_dict().items():
         assert torch.equal(value, float_weights[name])

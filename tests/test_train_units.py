@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import lowbit
 from lowbit.models import build_model
@@ -91,7 +90,7 @@ def test_glorot_scale_multiplies_the_layer_learning_rate():
     model = lowbit.quantize(mlp(), "bc-det")
     policy = LatentWeights(model, lr_scale="glorot")
     groups = parameter_groups(model, {"lr": 0.01, "weight_decay": 0.0}, policy)
-    first = next(l for _, l in lowbit.quantized_layers(model))
+    first = next(layer for _, layer in lowbit.quantized_layers(model))
     group = next(g for g in groups if any(p is first.weight for p in g["params"]))
     assert group["lr"] == pytest.approx(0.01 * glorot_lr_scale(first.weight))
     bn_group = next(g for g in groups if g["name"] == "biases and norms")
@@ -126,9 +125,15 @@ def test_memory_budget_accounting_and_penalty():
     model = lowbit.quantize(mlp(), "mp-u3")
     example = torch.randn(4, 1, 4, 4)
     model(example)
-    n_params = sum(p.numel() for _, l in lowbit.quantized_layers(model) for p in (l.weight, l.bias) if p is not None)
-    bits = sum(p.numel() * q.bits for _, l in lowbit.quantized_layers(model)
-               for p, q in ((l.weight, l.weight_quantizer), (l.bias, l.bias_quantizer)) if p is not None)
+    n_params = sum(
+        p.numel() for _, layer in lowbit.quantized_layers(model) for p in (layer.weight, layer.bias) if p is not None
+    )
+    bits = sum(
+        p.numel() * q.bits
+        for _, layer in lowbit.quantized_layers(model)
+        for p, q in ((layer.weight, layer.weight_quantizer), (layer.bias, layer.bias_quantizer))
+        if p is not None
+    )
     assert weight_memory_bits(model).item() == bits
     budget = MemoryBudget(weight_bits=2, strength=0.1)
     budget.bind(model, example)
@@ -138,8 +143,11 @@ def test_memory_budget_accounting_and_penalty():
     excess = bits / 8 / 1024 - budget.weight_kb
     assert penalty.item() == pytest.approx(0.1 * excess**2, rel=1e-5)
     penalty.backward()
-    grads = [q.q_max.grad for q in lowbit.quantizers_of(model) if getattr(q, "q_max", None) is not None
-             and q.role == "weight"]
+    grads = [
+        q.q_max.grad
+        for q in lowbit.quantizers_of(model)
+        if getattr(q, "q_max", None) is not None and q.role == "weight"
+    ]
     assert any(g is not None and g.item() > 0 for g in grads)  # the penalty pushes q_max down
 
 
@@ -150,7 +158,7 @@ def test_activation_memory_max_and_sum():
     for reduce in ("sum", "max"):
         budget = MemoryBudget(activation_bits=4, activation_reduce=reduce)
         budget.bind(model, example)
-        sizes = [budget.activation_sizes[n] for n, l in lowbit.quantized_layers(model) if l.input_quantizer]
+        sizes = [budget.activation_sizes[n] for n, layer in lowbit.quantized_layers(model) if layer.input_quantizer]
         expected = (sum(sizes) if reduce == "sum" else max(sizes)) * 4 / 8 / 1024
         assert budget.activation_kb == pytest.approx(expected)
         assert budget.satisfied(model)  # activations start at 4 bits
@@ -167,8 +175,6 @@ def test_parameter_groups_keep_weight_decay_off_biases_norms_and_quantizers():
             assert (group["weight_decay"] > 0) == (p.dim() > 1)
     assert sum(len(g["params"]) for g in groups) == sum(1 for _ in model.parameters())
     assert any(g["name"] == "quantizer" for g in groups)
-
-
 
 
 def test_the_step_calls_only_the_regularizer_interface():
@@ -191,8 +197,9 @@ def test_the_step_calls_only_the_regularizer_interface():
 
     model = lowbit.quantize(mlp(), "bc-det")
     counting = Counting()
-    step = TrainingStep(model, torch.optim.SGD(model.parameters(), lr=0.1), LatentWeights(model),
-                        get_loss("cross_entropy"), [counting])
+    step = TrainingStep(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), LatentWeights(model), get_loss("cross_entropy"), [counting]
+    )
     x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
     step.set_epoch(0)
     assert step(x, y).regularizer.item() == 0.0 and counting.calls == []

@@ -23,6 +23,20 @@ from .recipes import Recipe, RecipeError, list_recipes, load_recipe
 from .runs import Checkpoint, load_checkpoint
 from .summary import model_summary
 
-__all__ = ["quantize", "quantized_layers", "quantizers_of", "model_summary", "load_packed", "load_recipe",
-           "list_recipes", "Recipe", "RecipeError", "load_checkpoint", "Checkpoint", "LowbitError", "ConfigError",
-           "CheckpointError", "__version__"]
+__all__ = [
+    "quantize",
+    "quantized_layers",
+    "quantizers_of",
+    "model_summary",
+    "load_packed",
+    "load_recipe",
+    "list_recipes",
+    "Recipe",
+    "RecipeError",
+    "load_checkpoint",
+    "Checkpoint",
+    "LowbitError",
+    "ConfigError",
+    "CheckpointError",
+    "__version__",
+]

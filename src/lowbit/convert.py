@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Optional, Union
 
 from torch import nn
 
@@ -26,7 +27,6 @@ from .recipes import Recipe, effective_slot, load_recipe
 from .rounding import derive_seed
 
 __all__ = ["quantize", "quantized_layers", "quantizers_of", "layer_plan"]
-
 
 
 def replace_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -72,8 +72,7 @@ def layer_plan(model: nn.Module, recipe: Union[Recipe, str, dict]) -> dict[str, 
     return plan
 
 
-def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 0,
-             inplace: bool = False) -> nn.Module:
+def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 0, inplace: bool = False) -> nn.Module:
     """Return ``model`` with its layers quantized as ``recipe`` says.
 
     Linear and Conv2d modules become :class:`QuantLinear` / :class:`QuantConv2d` holding the recipe's quantizers
@@ -92,7 +91,8 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
         float_layer = model.get_submodule(name)
         quantizers = {
             slot: build_quantizer(slots[slot], role=SLOTS[slot].role, seed=derive_seed(seed, name, slot))
-            for slot in SLOTS if slots[slot] is not None
+            for slot in SLOTS
+            if slots[slot] is not None
         }
         if "bias" in quantizers and float_layer.bias is None:
             del quantizers["bias"]
@@ -104,10 +104,18 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
         for name, module in list(model.named_modules()):
             if type(module) in RANGE_BATCHNORMS:
                 grad = batchnorm.get("grad")
-                grad_quantizer = None if grad is None else build_quantizer(
-                    grad, role="gradient", seed=derive_seed(seed, name, "grad"))
-                replace_submodule(model, name, RANGE_BATCHNORMS[type(module)].from_batchnorm(
-                    module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer))
+                grad_quantizer = (
+                    None
+                    if grad is None
+                    else build_quantizer(grad, role="gradient", seed=derive_seed(seed, name, "grad"))
+                )
+                replace_submodule(
+                    model,
+                    name,
+                    RANGE_BATCHNORMS[type(module)].from_batchnorm(
+                        module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer
+                    ),
+                )
     return model
 
 

@@ -99,7 +99,7 @@ def plot_weight_histograms(model: torch.nn.Module, path: Path, title: str = "", 
             ax.axvline(level, color="tab:red", linewidth=0.6, alpha=0.7)
         ax.set_title(f"{name} ({encoded.bits} bit)", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(layers):]:
+    for ax in list(axes.flat)[len(layers) :]:
         ax.axis("off")
     fig.suptitle(title + " (red: levels used by the quantized weights)", fontsize=9)
     fig.tight_layout()
@@ -122,9 +122,12 @@ def plot_run(run_dir: Union[str, Path], out_dir: Union[str, Path, None] = None) 
         written.append(plot_bits(history, out / "bits.png", title))
         checkpoint = load_checkpoint(run_dir)
         if checkpoint.quantized and checkpoint.model_spec.name is None:
-            warnings.warn(f"weights.png not written: {run_dir} holds a custom model ({checkpoint.model_spec.label}), "
-                          f"which lowbit cannot rebuild; in Python: plot_weight_histograms("
-                          f"load_checkpoint(run_dir).restore_model(MyNet()), 'weights.png')", stacklevel=2)
+            warnings.warn(
+                f"weights.png not written: {run_dir} holds a custom model ({checkpoint.model_spec.label}), "
+                f"which lowbit cannot rebuild; in Python: plot_weight_histograms("
+                f"load_checkpoint(run_dir).restore_model(MyNet()), 'weights.png')",
+                stacklevel=2,
+            )
         elif checkpoint.quantized:
             written.append(plot_weight_histograms(checkpoint.restore_model(), out / "weights.png", title))
     return written

@@ -20,8 +20,9 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Hashable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Generic, Optional, TypeVar
 
 from .errors import ConfigError
 
@@ -29,7 +30,7 @@ __all__ = ["Registry", "Component", "registries", "declared_keywords"]
 
 K = TypeVar("K", bound=Hashable)
 
-_ALL: list["Registry"] = []
+_ALL: list[Registry] = []
 
 
 @dataclass(frozen=True)
@@ -78,22 +79,33 @@ class Registry(Mapping[K, Callable[..., Any]]):
         _ALL.append(self)
 
     # ------------------------------------------------------------------------------------------ registration
-    def register(self, name: K, factory: Optional[Callable[..., Any]] = None, *,
-                 options: Optional[Mapping[str, dict]] = None, description: Optional[str] = None,
-                 aliases: Sequence[K] = (), keywords_from: Sequence[Callable[..., Any]] = ()):
+    def register(
+        self,
+        name: K,
+        factory: Optional[Callable[..., Any]] = None,
+        *,
+        options: Optional[Mapping[str, dict]] = None,
+        description: Optional[str] = None,
+        aliases: Sequence[K] = (),
+        keywords_from: Sequence[Callable[..., Any]] = (),
+    ):
         """Register ``factory`` under ``name``; without ``factory``, a decorator that registers what it decorates.
 
         ``options`` defaults to the factory's ``OPTIONS`` attribute (the quantizer families declare theirs there),
         ``description`` to the first paragraph of its docstring.
         """
+
         def add(target: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._components or name in self._aliases:
                 raise ValueError(f"{self.kind} {_display(name)!r} is registered twice")
             declared = options if options is not None else getattr(target, "OPTIONS", {})
             self._components[name] = Component(
-                name=name, factory=target, options=dict(declared),
+                name=name,
+                factory=target,
+                options=dict(declared),
                 description=description if description is not None else _summary(target),
-                keywords_from=(target, *keywords_from))
+                keywords_from=(target, *keywords_from),
+            )
             for alias in aliases:
                 self._aliases[alias] = name
             return target
@@ -160,16 +172,26 @@ class Registry(Mapping[K, Callable[..., Any]]):
 
     def schema_branches(self) -> list[dict]:
         """One ``if type == name then {that component's options only}`` branch per component."""
-        return [{"if": {"properties": {"type": {"const": name}}, "required": ["type"]},
-                 "then": {"properties": {"type": {"const": name}, **copy.deepcopy(dict(component.options))},
-                          "additionalProperties": False}}
-                for name, component in self._components.items()]
+        return [
+            {
+                "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                "then": {
+                    "properties": {"type": {"const": name}, **copy.deepcopy(dict(component.options))},
+                    "additionalProperties": False,
+                },
+            }
+            for name, component in self._components.items()
+        ]
 
     def spec_schema(self, *, require_type: bool = True, description: Optional[str] = None) -> dict:
         """``{"type": <name>, **options}`` accepting, for each type, exactly that component's options."""
         type_schema = self.type_schema(**({"description": description} if description else {}))
-        return {"type": "object", "required": ["type"] if require_type else [],
-                "properties": {"type": type_schema}, "allOf": self.schema_branches()}
+        return {
+            "type": "object",
+            "required": ["type"] if require_type else [],
+            "properties": {"type": type_schema},
+            "allOf": self.schema_branches(),
+        }
 
     def merged_options(self) -> dict[str, dict]:
         """Every component's options in one mapping, for recipe sections that accept the options of all types

@@ -48,7 +48,7 @@ class Rounding(str, Enum):
     STOCHASTIC = "stochastic"
 
     @classmethod
-    def parse(cls, value: "str | Rounding") -> "Rounding":
+    def parse(cls, value: str | Rounding) -> Rounding:
         try:
             return cls(value)
         except ValueError:

@@ -38,8 +38,20 @@ from torch import nn
 from .errors import CheckpointError, CustomModelError
 from .safe_state import StateFileError, is_safetensors_file, read_state, write_state
 
-__all__ = ["Checkpoint", "ModelSpec", "DataSpec", "RunFiles", "load_checkpoint", "capture_rng", "restore_rng",
-           "convert_legacy_checkpoint", "FORMAT", "VERSION", "CheckpointError", "CustomModelError"]
+__all__ = [
+    "Checkpoint",
+    "ModelSpec",
+    "DataSpec",
+    "RunFiles",
+    "load_checkpoint",
+    "capture_rng",
+    "restore_rng",
+    "convert_legacy_checkpoint",
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "CustomModelError",
+]
 
 PathLike = Union[str, os.PathLike]
 FORMAT = "lowbit-checkpoint"
@@ -75,8 +87,9 @@ class RunFiles:
     def read_history(self) -> list[dict]:
         """The per-epoch records of ``log.jsonl``."""
         if not self.log.exists():
-            raise CheckpointError(f"no training log {str(self.log)!r}: give a directory written by "
-                                  f"'lowbit train --out'")
+            raise CheckpointError(
+                f"no training log {str(self.log)!r}: give a directory written by 'lowbit train --out'"
+            )
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
     def read_metrics(self) -> Optional[dict]:
@@ -120,8 +133,10 @@ class RunFiles:
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
-                raise CheckpointError(f"run directory {str(self.root)!r} is in use by another lowbit process "
-                                      f"(pid {holder}); wait for it to finish, or train into another --out") from None
+                raise CheckpointError(
+                    f"run directory {str(self.root)!r} is in use by another lowbit process "
+                    f"(pid {holder}); wait for it to finish, or train into another --out"
+                ) from None
             handle.truncate(0)
             handle.write(str(os.getpid()))
             handle.flush()
@@ -145,9 +160,11 @@ class ModelSpec:
         from .models import build_model
 
         if self.name is None:
-            raise CustomModelError(f"the model is a custom architecture ({self.class_name or 'unknown class'}): "
-                                   f"pass your float model, e.g. checkpoint.restore_model(model=MyNet()), "
-                                   f"or export_checkpoint(path, model=MyNet())")
+            raise CustomModelError(
+                f"the model is a custom architecture ({self.class_name or 'unknown class'}): "
+                f"pass your float model, e.g. checkpoint.restore_model(model=MyNet()), "
+                f"or export_checkpoint(path, model=MyNet())"
+            )
         return build_model(self.name, tuple(self.input_shape), self.num_classes, **self.options)
 
     @property
@@ -207,12 +224,13 @@ class Checkpoint:
         meta["model_spec"] = asdict(self.model_spec)
         meta["data"] = asdict(self.data) if self.data is not None else None
         tree = {name: getattr(self, name) for name in _STATE_FIELDS}
-        return write_state(path, tree, {"format": FORMAT, "version": str(VERSION),
-                                        "checkpoint": json.dumps(meta, default=_json_value)})
+        return write_state(
+            path, tree, {"format": FORMAT, "version": str(VERSION), "checkpoint": json.dumps(meta, default=_json_value)}
+        )
 
     # ------------------------------------------------------------------------------------------ reading
     @classmethod
-    def load(cls, path: PathLike) -> "Checkpoint":
+    def load(cls, path: PathLike) -> Checkpoint:
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
@@ -225,17 +243,21 @@ class Checkpoint:
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{str(path)!r} is not a lowbit checkpoint (no '{FORMAT}' format tag)")
         if meta.get("version") != str(VERSION):
-            raise CheckpointError(f"checkpoint {str(path)!r} has format version {meta.get('version')}, this lowbit "
-                                  f"reads version {VERSION}; use the lowbit release that wrote it")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has format version {meta.get('version')}, this lowbit "
+                f"reads version {VERSION}; use the lowbit release that wrote it"
+            )
         try:
             info = json.loads(meta["checkpoint"])
             model_spec = ModelSpec(**info.pop("model_spec"))
             data = info.pop("data")
-            return cls(model_spec=model_spec, data=DataSpec(**data) if data is not None else None,
-                       **info, **tree, path=path)
+            return cls(
+                model_spec=model_spec, data=DataSpec(**data) if data is not None else None, **info, **tree, path=path
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {str(path)!r} has malformed metadata ({error}); it was not written "
-                                  f"by this lowbit version") from None
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has malformed metadata ({error}); it was not written by this lowbit version"
+            ) from None
 
     # --------------------------------------------------------------------------------------- the model
     def restore_model(self, model: Optional[nn.Module] = None) -> nn.Module:
@@ -253,14 +275,15 @@ class Checkpoint:
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as error:
-            raise CheckpointError(f"checkpoint {str(self.path)!r} does not fit the model "
-                                  f"{type(model).__name__}: {str(error).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} does not fit the model "
+                f"{type(model).__name__}: {str(error).splitlines()[0]}"
+            ) from None
         return model.eval()
 
 
 _STATE_FIELDS = ("model_state", "optimizer_state", "scheduler_state", "rng")
-_META_FIELDS = tuple(f.name for f in fields(Checkpoint)
-                     if f.name not in _STATE_FIELDS + ("model_spec", "data", "path"))
+_META_FIELDS = tuple(f.name for f in fields(Checkpoint) if f.name not in _STATE_FIELDS + ("model_spec", "data", "path"))
 
 
 def _json_value(value: Any) -> Any:
@@ -278,7 +301,8 @@ def _foreign(path: Path) -> CheckpointError:
         return CheckpointError(
             f"{str(path)!r} is a checkpoint in the pickle format of lowbit 0.1, which can run arbitrary code when "
             f"opened, so lowbit no longer reads it; if you trust its source, convert it once with "
-            f"'lowbit convert-checkpoint {path}'")
+            f"'lowbit convert-checkpoint {path}'"
+        )
     return CheckpointError(f"{str(path)!r} is not a lowbit checkpoint")
 
 
@@ -289,12 +313,16 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
         files = RunFiles(path)
         found = next((p for p in (files.best, files.last) if p.exists()), None)
         if found is None:
-            legacy = next((path / f"{n}{LEGACY_SUFFIX}" for n in ("best", "last")
-                           if (path / f"{n}{LEGACY_SUFFIX}").exists()), None)
+            legacy = next(
+                (path / f"{n}{LEGACY_SUFFIX}" for n in ("best", "last") if (path / f"{n}{LEGACY_SUFFIX}").exists()),
+                None,
+            )
             if legacy is not None:
                 raise _foreign(legacy)
-            raise CheckpointError(f"no checkpoint in {str(path)!r}: expected {files.best.name} or "
-                                  f"{files.last.name} written by 'lowbit train --out {path}'")
+            raise CheckpointError(
+                f"no checkpoint in {str(path)!r}: expected {files.best.name} or "
+                f"{files.last.name} written by 'lowbit train --out {path}'"
+            )
         path = found
     return Checkpoint.load(path)
 
@@ -324,14 +352,25 @@ def convert_legacy_checkpoint(source: PathLike, target: Optional[PathLike] = Non
     try:
         old = torch.load(source, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{str(source)!r} cannot be read as a lowbit 0.1 checkpoint "
-                              f"({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"{str(source)!r} cannot be read as a lowbit 0.1 checkpoint ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("version") != 1:
         raise CheckpointError(f"{str(source)!r} is not a lowbit 0.1 checkpoint (format {FORMAT!r}, version 1)")
     checkpoint = Checkpoint(
-        phase=old["phase"], epoch=old["epoch"], model_spec=ModelSpec(**old["model_spec"]),
-        data=DataSpec(**old["data"]) if old.get("data") else None, recipe=old["recipe"], quantized=old["quantized"],
-        seed=old["seed"], model_state=old["model_state"], optimizer_state=old.get("optimizer_state"),
-        scheduler_state=old.get("scheduler_state"), rng=old.get("rng"), history=old.get("history", []),
-        best=old.get("best", {}), lowbit_version=old.get("lowbit_version", ""))
+        phase=old["phase"],
+        epoch=old["epoch"],
+        model_spec=ModelSpec(**old["model_spec"]),
+        data=DataSpec(**old["data"]) if old.get("data") else None,
+        recipe=old["recipe"],
+        quantized=old["quantized"],
+        seed=old["seed"],
+        model_state=old["model_state"],
+        optimizer_state=old.get("optimizer_state"),
+        scheduler_state=old.get("scheduler_state"),
+        rng=old.get("rng"),
+        history=old.get("history", []),
+        best=old.get("best", {}),
+        lowbit_version=old.get("lowbit_version", ""),
+    )
     return checkpoint.save(target)

@@ -59,12 +59,15 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("$") for k in value):
             return {k: _encode(v, tensors, f"{where}.{k}") for k, v in value.items()}
-        return {"$dict": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}[{k!r}]")]
-                          for k, v in value.items()]}
+        return {
+            "$dict": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}[{k!r}]")] for k, v in value.items()]
+        }
     if isinstance(value, (Path, torch.dtype, torch.device)):
         return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} at {where or 'the top level'} in a state file: only "
-                    f"tensors, NumPy arrays, numbers, strings, lists, tuples and dicts are stored")
+    raise TypeError(
+        f"cannot store {type(value).__name__} at {where or 'the top level'} in a state file: only "
+        f"tensors, NumPy arrays, numbers, strings, lists, tuples and dicts are stored"
+    )
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -73,7 +76,7 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
-        (key, inner), = value.items()
+        ((key, inner),) = value.items()
         if key == "$tensor":
             if inner not in tensors:
                 raise StateFileError(f"the structure names tensor {inner!r}, which the file does not hold")
@@ -163,8 +166,7 @@ def read_state(path: PathLike) -> tuple[Any, dict[str, str]]:
     except Exception as error:
         raise StateFileError(f"{str(path)!r} cannot be read: {error}") from None
     if _checksum(tensors) != metadata.get("tensor_sha256"):
-        raise StateFileError(f"{str(path)!r} is damaged: its tensor data does not match the checksum written with "
-                             f"it")
+        raise StateFileError(f"{str(path)!r} is damaged: its tensor data does not match the checksum written with it")
     try:
         tree = _decode(json.loads(metadata.pop("structure")), tensors)
     except (ValueError, TypeError, KeyError) as error:

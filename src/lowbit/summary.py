@@ -67,15 +67,19 @@ class ModelSummary:
         for r in self.rows:
             wb = "-" if r.weight_bits is None else str(r.weight_bits)
             ab = "-" if r.input_bits is None else str(r.input_bits)
-            lines.append(f"{r.name:<28.28} {r.kind:<12} {wb:>6} {ab:>6} {r.params:>10,} {r.memory_kb:>10.2f} "
-                         f"{r.macs:>12,}")
-        lines.append(f"{'other parameters (32-bit)':<28} {'':<12} {'':>6} {'':>6} {self.other_params:>10,} "
-                     f"{self.other_params * 32 / BITS_PER_KB:>10.2f}")
+            lines.append(
+                f"{r.name:<28.28} {r.kind:<12} {wb:>6} {ab:>6} {r.params:>10,} {r.memory_kb:>10.2f} {r.macs:>12,}"
+            )
+        lines.append(
+            f"{'other parameters (32-bit)':<28} {'':<12} {'':>6} {'':>6} {self.other_params:>10,} "
+            f"{self.other_params * 32 / BITS_PER_KB:>10.2f}"
+        )
         lines.append("-" * len(header))
-        lines.append(f"total parameters: {self.total_params:,}   MACs per sample: {self.macs:,}   "
-                     f"BOPs: {self.bops:,}")
-        lines.append(f"model size: {self.memory_kb:.2f} KB (float32: {self.float_memory_kb:.2f} KB, "
-                     f"{self.compression:.1f}x smaller)")
+        lines.append(f"total parameters: {self.total_params:,}   MACs per sample: {self.macs:,}   BOPs: {self.bops:,}")
+        lines.append(
+            f"model size: {self.memory_kb:.2f} KB (float32: {self.float_memory_kb:.2f} KB, "
+            f"{self.compression:.1f}x smaller)"
+        )
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -90,8 +94,9 @@ def _macs_per_sample(module: nn.Module, output: torch.Tensor) -> int:
     return 0
 
 
-def model_summary(model: nn.Module, input_shape: Optional[tuple[int, ...]] = None,
-                  example: Optional[torch.Tensor] = None) -> ModelSummary:
+def model_summary(
+    model: nn.Module, input_shape: Optional[tuple[int, ...]] = None, example: Optional[torch.Tensor] = None
+) -> ModelSummary:
     """Summarise ``model``; with ``input_shape`` (C, H, W) or an ``example`` batch the MACs are measured by one
     forward pass in eval mode (an example from the data also initialises data-dependent quantizers sensibly)."""
     if example is not None:
@@ -99,15 +104,20 @@ def model_summary(model: nn.Module, input_shape: Optional[tuple[int, ...]] = Non
     macs: dict[str, int] = {}
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if input_shape is not None:
-        hooks = [m.register_forward_hook(lambda mod, _i, out, _n=name: macs.__setitem__(_n, _macs_per_sample(mod, out)))
-                 for name, m in layers]
+        hooks = [
+            m.register_forward_hook(lambda mod, _i, out, _n=name: macs.__setitem__(_n, _macs_per_sample(mod, out)))
+            for name, m in layers
+        ]
         was_training = model.training
         try:
             model.eval()
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             with torch.no_grad():
-                sample = example[:1].to(device) if example is not None else torch.zeros(
-                    (1,) + tuple(input_shape), device=device)
+                sample = (
+                    example[:1].to(device)
+                    if example is not None
+                    else torch.zeros((1,) + tuple(input_shape), device=device)
+                )
                 model(sample)
         finally:
             model.train(was_training)
@@ -139,6 +149,13 @@ def model_summary(model: nn.Module, input_shape: Optional[tuple[int, ...]] = Non
     notes = []
     if input_shape is None:
         notes.append("(MACs not measured: give an input shape)")
-    return ModelSummary(rows=rows, other_params=other, total_params=total, memory_kb=memory_bits / BITS_PER_KB,
-                        float_memory_kb=total * 32 / BITS_PER_KB, macs=sum(r.macs for r in rows),
-                        bops=sum(r.bops for r in rows), notes=notes)
+    return ModelSummary(
+        rows=rows,
+        other_params=other,
+        total_params=total,
+        memory_kb=memory_bits / BITS_PER_KB,
+        float_memory_kb=total * 32 / BITS_PER_KB,
+        macs=sum(r.macs for r in rows),
+        bops=sum(r.bops for r in rows),
+        notes=notes,
+    )

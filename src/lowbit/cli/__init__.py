@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .. import __version__
 from ..allocator import keep_large_allocations
@@ -25,8 +26,9 @@ COMMANDS = (train, evaluate, recipes, summary, plot, export, reproduce, convert_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description="Train, compare, inspect and export 1- to 8-bit "
-                                                                "neural networks (PyTorch).")
+    parser = argparse.ArgumentParser(
+        prog="lowbit", description="Train, compare, inspect and export 1- to 8-bit neural networks (PyTorch)."
+    )
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "convert-checkpoint", help="convert a lowbit 0.1 checkpoint (.pt) that you trust to the current format",
+        "convert-checkpoint",
+        help="convert a lowbit 0.1 checkpoint (.pt) that you trust to the current format",
         description="Reads a checkpoint of lowbit 0.1 (last.pt / best.pt, written with torch.save) and writes it "
-                    "as NAME.safetensors beside it. Reading the old format unpickles the file, which runs any code "
-                    "that a malicious file contains: convert only files you trust (your own runs).")
+        "as NAME.safetensors beside it. Reading the old format unpickles the file, which runs any code "
+        "that a malicious file contains: convert only files you trust (your own runs).",
+    )
     parser.add_argument("source", help="a .pt checkpoint, or a run directory (converts its last.pt and best.pt)")
     return parser
 

@@ -25,13 +25,22 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer.from_checkpoint(checkpoint, data_dir=args.data_dir)
     test, val = trainer.evaluate(trainer.splits.test), trainer.evaluate(trainer.splits.val)
     summary = model_summary(trainer.model, tuple(trainer.splits.input_shape))
-    result = {"checkpoint": str(checkpoint.path), "recipe": checkpoint.recipe_name, "dataset": trainer.splits.name,
-              "epoch": checkpoint.epoch + 1, "test_accuracy": test["acc"], "val_accuracy": val["acc"],
-              "model_size_kb": summary.memory_kb, "compression": summary.compression}
+    result = {
+        "checkpoint": str(checkpoint.path),
+        "recipe": checkpoint.recipe_name,
+        "dataset": trainer.splits.name,
+        "epoch": checkpoint.epoch + 1,
+        "test_accuracy": test["acc"],
+        "val_accuracy": val["acc"],
+        "model_size_kb": summary.memory_kb,
+        "compression": summary.compression,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['recipe']} on {result['dataset']} (epoch {result['epoch']}): test accuracy "
-              f"{100 * test['acc']:.2f}%, validation {100 * val['acc']:.2f}%, model size "
-              f"{summary.memory_kb:.2f} KB ({summary.compression:.1f}x smaller than float32)")
+        print(
+            f"{result['recipe']} on {result['dataset']} (epoch {result['epoch']}): test accuracy "
+            f"{100 * test['acc']:.2f}%, validation {100 * val['acc']:.2f}%, model size "
+            f"{summary.memory_kb:.2f} KB ({summary.compression:.1f}x smaller than float32)"
+        )
     return 0

@@ -11,23 +11,36 @@ from ..export.grids import WEIGHT_DTYPES
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "export", help="write a trained model as a bit-packed file or as ONNX",
+        "export",
+        help="write a trained model as a bit-packed file or as ONNX",
         description="Export a checkpoint: --format packed writes every quantized weight bit-packed at its own bit "
-                    "width (safetensors file, load with lowbit.load_packed); --format onnx writes integer weights "
-                    "behind DequantizeLinear, QuantizeLinear/DequantizeLinear on quantized activations and "
-                    "BatchNorm folded into the convolutions, for onnxruntime.")
+        "width (safetensors file, load with lowbit.load_packed); --format onnx writes integer weights "
+        "behind DequantizeLinear, QuantizeLinear/DequantizeLinear on quantized activations and "
+        "BatchNorm folded into the convolutions, for onnxruntime.",
+    )
     parser.add_argument("checkpoint", help="checkpoint file or run directory (or a packed file, with --format onnx)")
     parser.add_argument("--format", choices=FORMATS, default="packed", help="packed (default) or onnx")
-    parser.add_argument("--out", help="output file (default: next to the checkpoint, NAME.packed.safetensors or "
-                                      "NAME.onnx; model.* in a run directory)")
+    parser.add_argument(
+        "--out",
+        help="output file (default: next to the checkpoint, NAME.packed.safetensors or "
+        "NAME.onnx; model.* in a run directory)",
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 13 (default: 17)")
-    parser.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="auto",
-                        help="ONNX weight container: auto (int8 for grids within ±64, else uint8), int8 or uint8")
-    parser.add_argument("--float-bias", action="store_true",
-                        help="ONNX: keep every bias in float32 (no int32 biases; onnxruntime then fuses fewer "
-                             "layers into integer kernels)")
-    parser.add_argument("--verify", action="store_true",
-                        help="run the test split through the exported model and compare with PyTorch")
+    parser.add_argument(
+        "--weight-dtype",
+        choices=WEIGHT_DTYPES,
+        default="auto",
+        help="ONNX weight container: auto (int8 for grids within ±64, else uint8), int8 or uint8",
+    )
+    parser.add_argument(
+        "--float-bias",
+        action="store_true",
+        help="ONNX: keep every bias in float32 (no int32 biases; onnxruntime then fuses fewer "
+        "layers into integer kernels)",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="run the test split through the exported model and compare with PyTorch"
+    )
     parser.add_argument("--data-dir", help="dataset directory for --verify, if it moved since training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -36,21 +49,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _summary(result) -> list[str]:
     info = result.info
     if result.format == "packed":
-        return [f"wrote {result.path}: {info.file_bytes:,} bytes (codes {info.code_bytes:,} B for "
-                f"{info.quantized_params:,} weights, float state {info.float_bytes:,} B, quantization parameters "
-                f"{info.param_bytes:,} B, header {info.header_bytes:,} B)",
-                f"float32: {info.float32_bytes:,} bytes, {info.compression:.1f}x larger; quantized weights "
-                f"{info.weight_compression:.1f}x smaller than float32"]
+        return [
+            f"wrote {result.path}: {info.file_bytes:,} bytes (codes {info.code_bytes:,} B for "
+            f"{info.quantized_params:,} weights, float state {info.float_bytes:,} B, quantization parameters "
+            f"{info.param_bytes:,} B, header {info.header_bytes:,} B)",
+            f"float32: {info.float32_bytes:,} bytes, {info.compression:.1f}x larger; quantized weights "
+            f"{info.weight_compression:.1f}x smaller than float32",
+        ]
     containers = sorted({w["container"] for w in info.weights.values()})
-    return [f"wrote {result.path}: {info.file_bytes:,} bytes, opset {info.opset}; weights "
-            f"{', '.join(containers)}; {len(info.folded)} BatchNorm folded; {len(info.integer_biases)} int32 biases"]
+    return [
+        f"wrote {result.path}: {info.file_bytes:,} bytes, opset {info.opset}; weights "
+        f"{', '.join(containers)}; {len(info.folded)} BatchNorm folded; {len(info.integer_biases)} int32 biases"
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint, verify_export
 
-    result = export_checkpoint(args.checkpoint, args.format, args.out, opset=args.opset,
-                               weight_dtype=args.weight_dtype, integer_bias=not args.float_bias)
+    result = export_checkpoint(
+        args.checkpoint,
+        args.format,
+        args.out,
+        opset=args.opset,
+        weight_dtype=args.weight_dtype,
+        integer_bias=not args.float_bias,
+    )
     verified = verify_export(result, args.data_dir) if args.verify else None
     if args.json:
         payload = {"path": result.path, "format": result.format, **result.info.to_dict(), "notes": result.notes}
@@ -64,12 +87,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if verified is not None:
         if "agree" in verified:
-            print(f"verify: onnxruntime and PyTorch predict the same class on {verified['agree']}/"
-                  f"{verified['samples']} test samples; max |logit difference| {verified['max_abs_diff']:.3g} "
-                  f"(logits up to {verified['max_abs_logit']:.3g})")
+            print(
+                f"verify: onnxruntime and PyTorch predict the same class on {verified['agree']}/"
+                f"{verified['samples']} test samples; max |logit difference| {verified['max_abs_diff']:.3g} "
+                f"(logits up to {verified['max_abs_logit']:.3g})"
+            )
         elif "samples" in verified:
-            print(f"verify: rebuilt model outputs identical on {verified['identical_outputs']}/"
-                  f"{verified['samples']} test samples")
+            print(
+                f"verify: rebuilt model outputs identical on {verified['identical_outputs']}/"
+                f"{verified['samples']} test samples"
+            )
         else:
             print(f"verify: {verified['skipped']}")
     return 0

@@ -31,8 +31,17 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer.from_checkpoint(load_checkpoint(args.target), data_dir=args.data_dir)
         model, example = trainer.model, trainer.example_batch()
     else:
-        trainer = Trainer(TrainConfig(recipe=args.target, data=args.data, data_dir=args.data_dir, model=args.model,
-                                      quiet=True, train_subset=512, test_subset=64))
+        trainer = Trainer(
+            TrainConfig(
+                recipe=args.target,
+                data=args.data,
+                data_dir=args.data_dir,
+                model=args.model,
+                quiet=True,
+                train_subset=512,
+                test_subset=64,
+            )
+        )
         example = trainer.example_batch()
         model = trainer.quantize_model()
         model.train()

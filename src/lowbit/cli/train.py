@@ -10,37 +10,70 @@ ALLOCATES = True  # large tensors allocated and freed every step
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("train", help="train a model with a recipe",
-                                   description="Train with a recipe; with no options: the default recipe on the "
-                                               "embedded digits data.")
-    parser.add_argument("--recipe", default="lsq-w4a4", help="shipped recipe name or path to a .yaml "
-                                                             "(default: lsq-w4a4; see 'lowbit recipes')")
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model with a recipe",
+        description="Train with a recipe; with no options: the default recipe on the embedded digits data.",
+    )
+    parser.add_argument(
+        "--recipe",
+        default="lsq-w4a4",
+        help="shipped recipe name or path to a .yaml (default: lsq-w4a4; see 'lowbit recipes')",
+    )
     parser.add_argument("--data", help="digits (default), fashion-mnist, mnist, cifar10, cifar100, svhn")
     parser.add_argument("--data-dir", help="directory holding the dataset files")
-    parser.add_argument("--model", help="mlp, small-cnn, bc-vgg, resnet8, resnet20, resnet56 "
-                                        "(default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32)")
-    parser.add_argument("--model-option", type=assignment, action="append", default=[], metavar="KEY=VALUE",
-                        help="model option, e.g. hidden=512 (repeatable)")
+    parser.add_argument(
+        "--model",
+        help="mlp, small-cnn, bc-vgg, resnet8, resnet20, resnet56 "
+        "(default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32)",
+    )
+    parser.add_argument(
+        "--model-option",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, e.g. hidden=512 (repeatable)",
+    )
     parser.add_argument("--epochs", type=non_negative_int, help="training epochs after quantization")
-    parser.add_argument("--pretrain-epochs", type=non_negative_int, help="float pre-training epochs "
-                                                                          "(0 disables the recipe's pre-training)")
-    parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from the float weights of this checkpoint "
-                                                                   "(an fp32 run) instead of the recipe's "
-                                                                   "pre-training")
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=non_negative_int,
+        help="float pre-training epochs (0 disables the recipe's pre-training)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from the float weights of this checkpoint (an fp32 run) instead of the recipe's pre-training",
+    )
     parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--lr", type=positive_float, help="learning rate")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     run_dir = parser.add_mutually_exclusive_group()
     run_dir.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.safetensors")
-    run_dir.add_argument("--overwrite", action="store_true", help="OUT holds an earlier run: move it into "
-                                                                   "OUT/replaced-<time>/ and start a new one")
-    parser.add_argument("--set", dest="changes", type=assignment, action="append", default=[], metavar="KEY=VALUE",
-                        help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)")
+    run_dir.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="OUT holds an earlier run: move it into OUT/replaced-<time>/ and start a new one",
+    )
+    parser.add_argument(
+        "--set",
+        dest="changes",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)",
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the training step (compiles during "
-                                                               "the first steps; on a CPU measured no faster than "
-                                                               "eager, see docs/training.md)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step (compiles during "
+        "the first steps; on a CPU measured no faster than "
+        "eager, see docs/training.md)",
+    )
     parser.add_argument("--train-subset", type=positive_int, help="use only this many training samples")
     parser.add_argument("--test-subset", type=positive_int, help="use only this many test samples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -54,17 +87,35 @@ def run(args: argparse.Namespace) -> int:
     from ..train import run as train
 
     config = TrainConfig(
-        recipe=args.recipe, data=args.data, data_dir=args.data_dir, model=args.model,
-        model_options=dict(args.model_option), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, out=args.out, resume=args.resume, overwrite=args.overwrite, changes=dict(args.changes), device=args.device,
-        progress=False if args.no_progress else None, train_subset=args.train_subset,
-        test_subset=args.test_subset, pretrain_epochs=args.pretrain_epochs, init_from=args.init_from,
-        compile=args.compile, quiet=args.quiet)
+        recipe=args.recipe,
+        data=args.data,
+        data_dir=args.data_dir,
+        model=args.model,
+        model_options=dict(args.model_option),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        changes=dict(args.changes),
+        device=args.device,
+        progress=False if args.no_progress else None,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        pretrain_epochs=args.pretrain_epochs,
+        init_from=args.init_from,
+        compile=args.compile,
+        quiet=args.quiet,
+    )
     result = train(config)
     if args.quiet:
         m = result.metrics
-        print(f"test accuracy {100 * m['test_accuracy']:.2f}%  model size {m['model_size_kb']:.2f} KB "
-              f"({m['compression']:.1f}x smaller than float32)")
+        print(
+            f"test accuracy {100 * m['test_accuracy']:.2f}%  model size {m['model_size_kb']:.2f} KB "
+            f"({m['compression']:.1f}x smaller than float32)"
+        )
     files = result.files
     print(f"wrote {files.metrics}, {files.log.name}, {files.last.name}, {files.best.name}")
     return 0

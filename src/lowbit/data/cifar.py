@@ -243,8 +243,17 @@ def load_cifar(
 
 
 # load_dataset(name, data_dir, **split options) calls loader(data_dir, **split options)
-DATASETS.register("cifar10", functools.partial(load_cifar, "cifar10"), options={}, aliases=("cifar-10", "cifar_10"),
-                  description="CIFAR-10: 50k/10k 3x32x32 images, 10 classes (python pickles or their archive)")
-DATASETS.register("cifar100", functools.partial(load_cifar, "cifar100"), options={},
-                  aliases=("cifar-100", "cifar_100"),
-                  description="CIFAR-100: 50k/10k 3x32x32 images, 100 classes (python pickles or their archive)")
+DATASETS.register(
+    "cifar10",
+    functools.partial(load_cifar, "cifar10"),
+    options={},
+    aliases=("cifar-10", "cifar_10"),
+    description="CIFAR-10: 50k/10k 3x32x32 images, 10 classes (python pickles or their archive)",
+)
+DATASETS.register(
+    "cifar100",
+    functools.partial(load_cifar, "cifar100"),
+    options={},
+    aliases=("cifar-100", "cifar_100"),
+    description="CIFAR-100: 50k/10k 3x32x32 images, 100 classes (python pickles or their archive)",
+)

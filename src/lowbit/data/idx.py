@@ -42,8 +42,16 @@ IDX_FILES = (
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
@@ -210,8 +218,16 @@ def load_idx_dataset(
 
 
 # load_dataset(name, data_dir, **split options) calls loader(data_dir, **split options)
-DATASETS.register("fashion-mnist", functools.partial(load_idx_dataset, "fashion-mnist"), options={},
-                  aliases=("fashion_mnist", "fashionmnist"),
-                  description="Fashion-MNIST: 60k/10k 1x28x28 clothing images, 10 classes (IDX files)")
-DATASETS.register("mnist", functools.partial(load_idx_dataset, "mnist"), options={},
-                  description="MNIST: 60k/10k 1x28x28 handwritten digits, 10 classes (IDX files)")
+DATASETS.register(
+    "fashion-mnist",
+    functools.partial(load_idx_dataset, "fashion-mnist"),
+    options={},
+    aliases=("fashion_mnist", "fashionmnist"),
+    description="Fashion-MNIST: 60k/10k 1x28x28 clothing images, 10 classes (IDX files)",
+)
+DATASETS.register(
+    "mnist",
+    functools.partial(load_idx_dataset, "mnist"),
+    options={},
+    description="MNIST: 60k/10k 1x28x28 handwritten digits, 10 classes (IDX files)",
+)

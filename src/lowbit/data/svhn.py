@@ -41,7 +41,9 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # loadmat reports damage with many exception types
         raise corrupt(path, f"cannot read the MATLAB file ({type(exc).__name__}: {exc})", _HINT) from exc
     if "X" not in mat or "y" not in mat:
-        raise corrupt(path, f"expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}", _HINT)
+        raise corrupt(
+            path, f"expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}", _HINT
+        )
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise corrupt(path, f"X must be 32×32×3×N uint8, got {x.dtype} shape {x.shape}", _HINT)
@@ -100,5 +102,6 @@ def load_svhn(
     )
 
 
-DATASETS.register("svhn", load_svhn, options={},
-                  description="SVHN: 73k/26k 3x32x32 house-number digits, 10 classes (.mat files)")
+DATASETS.register(
+    "svhn", load_svhn, options={}, description="SVHN: 73k/26k 3x32x32 house-number digits, 10 classes (.mat files)"
+)

@@ -9,7 +9,24 @@ from .onnx_export import OnnxExport, export_onnx
 from .packed import PackedInfo, load_packed, packed_info, read_packed_header, save_packed
 from .verify import OnnxParity, onnx_parity, runtime_kernels
 
-__all__ = ["save_packed", "load_packed", "read_packed_header", "packed_info", "PackedInfo", "FrozenCodes",
-           "export_onnx", "OnnxExport", "onnx_parity", "OnnxParity", "runtime_kernels",
-           "export_checkpoint", "verify_export", "ExportResult", "ExportError", "PackedFileError",
-           "pack_bits", "unpack_bits", "packed_nbytes"]
+__all__ = [
+    "save_packed",
+    "load_packed",
+    "read_packed_header",
+    "packed_info",
+    "PackedInfo",
+    "FrozenCodes",
+    "export_onnx",
+    "OnnxExport",
+    "onnx_parity",
+    "OnnxParity",
+    "runtime_kernels",
+    "export_checkpoint",
+    "verify_export",
+    "ExportResult",
+    "ExportError",
+    "PackedFileError",
+    "pack_bits",
+    "unpack_bits",
+    "packed_nbytes",
+]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -75,19 +76,37 @@ def _encode_one(layer_name: str, slot: str, quantizer: Quantizer, tensor: torch.
     try:
         codes = quantizer.encode(tensor)
     except (ValueError, NotImplementedError) as error:
-        return EncodedSlot(layer_name, slot, quantizer, None, quantizer(tensor).detach().clone(),
-                           f"{where}: kept as float32, no integer codes ({error})")
+        return EncodedSlot(
+            layer_name,
+            slot,
+            quantizer,
+            None,
+            quantizer(tensor).detach().clone(),
+            f"{where}: kept as float32, no integer codes ({error})",
+        )
     decoded = codes.dequantize().reshape(tensor.shape).to(tensor.dtype)
     if quantizer.passthrough_now:
         # BC-stoch evaluates with the float latent weights, which are not on any grid: ship the sign(W) network
-        return EncodedSlot(layer_name, slot, quantizer, codes, decoded,
-                           f"{where}: evaluates with its float latent weights (eval_mode: float), which cannot be "
-                           f"packed; exported its deterministic {codes.bits}-bit grid instead (the model as evaluated "
-                           f"with eval_mode: deterministic)")
+        return EncodedSlot(
+            layer_name,
+            slot,
+            quantizer,
+            codes,
+            decoded,
+            f"{where}: evaluates with its float latent weights (eval_mode: float), which cannot be "
+            f"packed; exported its deterministic {codes.bits}-bit grid instead (the model as evaluated "
+            f"with eval_mode: deterministic)",
+        )
     expected = quantizer(tensor).detach()
     if not torch.equal(decoded, expected):
-        return EncodedSlot(layer_name, slot, quantizer, None, expected.clone(),
-                           f"{where}: its codes do not reproduce its output exactly; kept as float32")
+        return EncodedSlot(
+            layer_name,
+            slot,
+            quantizer,
+            None,
+            expected.clone(),
+            f"{where}: its codes do not reproduce its output exactly; kept as float32",
+        )
     return EncodedSlot(layer_name, slot, quantizer, codes, decoded)
 
 

@@ -27,8 +27,11 @@ def is_foldable_norm(module: nn.Module) -> bool:
     """Normalisation layers with fixed statistics in eval mode (BatchNorm with running stats, Range BN)."""
     if isinstance(module, _RangeBatchNorm):
         return True
-    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-            and module.running_mean is not None)
+    return (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.track_running_stats
+        and module.running_mean is not None
+    )
 
 
 @torch.no_grad()

@@ -44,10 +44,15 @@ def default_output(source: Union[str, os.PathLike], fmt: str) -> Path:
 
 
 def _never_quantized(path: str, recipe: str, phase: Optional[str]) -> ExportError:
-    why = "was written during float pre-training, before quantization" if phase == "pretrain" else \
-        f"holds a float model (recipe {recipe!r} quantizes nothing)"
-    return ExportError(f"checkpoint {path!r} {why}: there are no integer weights to export; train with a quantizing "
-                       f"recipe (e.g. 'lowbit train --recipe lsq-w8a8') and export that run")
+    why = (
+        "was written during float pre-training, before quantization"
+        if phase == "pretrain"
+        else f"holds a float model (recipe {recipe!r} quantizes nothing)"
+    )
+    return ExportError(
+        f"checkpoint {path!r} {why}: there are no integer weights to export; train with a quantizing "
+        f"recipe (e.g. 'lowbit train --recipe lsq-w8a8') and export that run"
+    )
 
 
 def _from_checkpoint(source, model: Optional[nn.Module]):
@@ -61,9 +66,13 @@ def _from_checkpoint(source, model: Optional[nn.Module]):
     restored = checkpoint.restore_model(model)
     if not any(isinstance(m, QuantizedLayer) for m in restored.modules()):
         raise _never_quantized(path, checkpoint.recipe_name, checkpoint.phase)
-    meta = {"recipe": checkpoint.recipe, "seed": checkpoint.seed, "model_spec": asdict(checkpoint.model_spec),
-            "data": asdict(checkpoint.data) if checkpoint.data is not None else None,
-            "source": {"checkpoint": path, "phase": checkpoint.phase, "epoch": checkpoint.epoch + 1}}
+    meta = {
+        "recipe": checkpoint.recipe,
+        "seed": checkpoint.seed,
+        "model_spec": asdict(checkpoint.model_spec),
+        "data": asdict(checkpoint.data) if checkpoint.data is not None else None,
+        "source": {"checkpoint": path, "phase": checkpoint.phase, "epoch": checkpoint.epoch + 1},
+    }
     return restored, meta
 
 
@@ -76,10 +85,16 @@ def _from_packed(source, model: Optional[nn.Module]):
     return load_packed(source, model=model), meta
 
 
-def export_checkpoint(source: Union[str, os.PathLike], format: str = "packed",
-                      out: Optional[Union[str, os.PathLike]] = None, *, model: Optional[nn.Module] = None,
-                      opset: Optional[int] = None, weight_dtype: str = "auto",
-                      integer_bias: bool = True) -> ExportResult:
+def export_checkpoint(
+    source: Union[str, os.PathLike],
+    format: str = "packed",
+    out: Optional[Union[str, os.PathLike]] = None,
+    *,
+    model: Optional[nn.Module] = None,
+    opset: Optional[int] = None,
+    weight_dtype: str = "auto",
+    integer_bias: bool = True,
+) -> ExportResult:
     """Export the model of a training checkpoint (or run directory) as a packed file or ONNX.
 
     ``source`` may also be a packed file for ``format="onnx"``. ``model``: your float model, for checkpoints of a
@@ -99,18 +114,43 @@ def export_checkpoint(source: Union[str, os.PathLike], format: str = "packed",
     out_path = Path(out) if out else default_output(source, format)
     data = meta.get("data") or {}
     if format == "packed":
-        info = save_packed(restored, out_path, recipe=meta["recipe"], seed=meta["seed"],
-                           model_spec=meta["model_spec"], data=meta.get("data"), source=meta["source"])
+        info = save_packed(
+            restored,
+            out_path,
+            recipe=meta["recipe"],
+            seed=meta["seed"],
+            model_spec=meta["model_spec"],
+            data=meta.get("data"),
+            source=meta["source"],
+        )
     else:
         spec = meta["model_spec"] or {}
         input_shape = spec.get("input_shape") or data.get("input_shape")
-        metadata = {"recipe": meta["recipe"].get("name", ""), "input_mean": data.get("mean"),
-                    "input_std": data.get("std"), "dataset": data.get("name"), "model": spec.get("name")}
-        info = export_onnx(restored, out_path, input_shape=input_shape, opset=opset or DEFAULT_OPSET,
-                           weight_dtype=weight_dtype, integer_bias=integer_bias,
-                           metadata={k: v for k, v in metadata.items() if v is not None})
-    return ExportResult(str(out_path), format, info, restored, meta.get("data"), int(meta.get("seed") or 0),
-                        list(dict.fromkeys(info.notes)))
+        metadata = {
+            "recipe": meta["recipe"].get("name", ""),
+            "input_mean": data.get("mean"),
+            "input_std": data.get("std"),
+            "dataset": data.get("name"),
+            "model": spec.get("name"),
+        }
+        info = export_onnx(
+            restored,
+            out_path,
+            input_shape=input_shape,
+            opset=opset or DEFAULT_OPSET,
+            weight_dtype=weight_dtype,
+            integer_bias=integer_bias,
+            metadata={k: v for k, v in metadata.items() if v is not None},
+        )
+    return ExportResult(
+        str(out_path),
+        format,
+        info,
+        restored,
+        meta.get("data"),
+        int(meta.get("seed") or 0),
+        list(dict.fromkeys(info.notes)),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- verify
@@ -120,9 +160,14 @@ def _test_batches(result: ExportResult, data_dir: Optional[str]):
     data = result.data or {}
     if not data.get("name"):
         raise ExportError("the checkpoint does not say which dataset it was trained on; --verify needs it")
-    splits = load_dataset(data["name"], data_dir or data.get("data_dir"), val_fraction=data.get("val_fraction", 0.1),
-                          seed=result.seed, train_subset=data.get("train_subset"),
-                          test_subset=data.get("test_subset"))
+    splits = load_dataset(
+        data["name"],
+        data_dir or data.get("data_dir"),
+        val_fraction=data.get("val_fraction", 0.1),
+        seed=result.seed,
+        train_subset=data.get("train_subset"),
+        test_subset=data.get("test_subset"),
+    )
     return BatchLoader(splits.test, 1024, normalize=(splits.mean, splits.std))
 
 

@@ -41,8 +41,9 @@ class FrozenCodes(Quantizer):
         if self.codes is None:
             raise ValueError("this tensor was stored as float32, without integer codes")
         if tuple(self.codes.indices.shape) != tuple(x.shape):
-            raise ValueError(f"stored codes have shape {tuple(self.codes.indices.shape)}, got a tensor of shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"stored codes have shape {tuple(self.codes.indices.shape)}, got a tensor of shape {tuple(x.shape)}"
+            )
         return self.codes
 
     def extra_repr(self) -> str:

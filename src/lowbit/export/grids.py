@@ -57,8 +57,10 @@ def activation_qdq(grid: IntegerGrid) -> Optional[QDQ]:
         return None
     clip = None
     if low > 0 or high < 255:
-        clip = (np.float32(grid.scale * np.float32(grid.l_min - grid.zero_point)),
-                np.float32(grid.scale * np.float32(grid.l_max - grid.zero_point)))
+        clip = (
+            np.float32(grid.scale * np.float32(grid.l_min - grid.zero_point)),
+            np.float32(grid.scale * np.float32(grid.l_max - grid.zero_point)),
+        )
     return QDQ(grid.scale, np.uint8(zero), clip)
 
 
@@ -110,9 +112,11 @@ def weight_codes(qt: QuantizedTensor, weight_dtype: str = "auto") -> Optional[We
         return lo <= low + offset and high + offset <= hi
 
     small = not np.any(zero) and max(abs(low), abs(high)) <= SATURATION_SAFE
-    options = {"int8": [(np.int8, 0), (np.uint8, 128), (np.uint8, 0)],
-               "uint8": [(np.uint8, 128), (np.uint8, 0), (np.int8, 0)],
-               "auto": ([(np.int8, 0)] if small else []) + [(np.uint8, 128), (np.uint8, 0), (np.int8, 0)]}
+    options = {
+        "int8": [(np.int8, 0), (np.uint8, 128), (np.uint8, 0)],
+        "uint8": [(np.uint8, 128), (np.uint8, 0), (np.int8, 0)],
+        "auto": ([(np.int8, 0)] if small else []) + [(np.uint8, 128), (np.uint8, 0), (np.int8, 0)],
+    }
     for dtype, offset in options[weight_dtype]:
         if fits(dtype, offset):
             zero_point = (zero + offset).astype(dtype).reshape(scale.shape)

@@ -93,8 +93,10 @@ def _activation_grid(quantizer: Quantizer, where: str) -> Optional[Grid]:
     except GridUnavailable as error:
         raise ExportError(f"{where}: a static ONNX graph needs a fixed grid, and {error}") from None
     except NotImplementedError:
-        raise ExportError(f"{where}: no ONNX form for activation quantizer {type(quantizer).__name__}: it does not "
-                          f"describe its grid (Quantizer.deterministic_grid)") from None
+        raise ExportError(
+            f"{where}: no ONNX form for activation quantizer {type(quantizer).__name__}: it does not "
+            f"describe its grid (Quantizer.deterministic_grid)"
+        ) from None
 
 
 def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
@@ -114,8 +116,9 @@ def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
         if isinstance(module, nn.Linear) and module.bias is None:
             # a zero bias makes the exporter write Gemm(x, W, b, transB=1), not MatMul(x, Transpose(W)): the form
             # a following BatchNorm folds into and onnxruntime fuses into QGemm
-            module.bias = nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype,
-                                                   device=module.weight.device))
+            module.bias = nn.Parameter(
+                torch.zeros(module.out_features, dtype=module.weight.dtype, device=module.weight.device)
+            )
         if isinstance(module, QuantizedLayer):
             for slot in ("weight", "bias"):
                 found = encoded.get((name, slot))
@@ -123,12 +126,15 @@ def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
                     continue
                 with torch.no_grad():
                     getattr(module, slot).copy_(found.values)
-                codes = weight_codes(found.codes, weight_dtype) if found.codes is not None and slot == "weight" \
-                    else None
+                codes = (
+                    weight_codes(found.codes, weight_dtype) if found.codes is not None and slot == "weight" else None
+                )
                 if slot == "weight":
                     if codes is None and found.codes is not None:
-                        notes.append(f"{found.param_name}: {found.codes.bits}-bit grid has no 8-bit integer form "
-                                     f"(more than 256 levels or non-integer levels); stored as float32")
+                        notes.append(
+                            f"{found.param_name}: {found.codes.bits}-bit grid has no 8-bit integer form "
+                            f"(more than 256 levels or non-integer levels); stored as float32"
+                        )
                     values = found.values.detach().cpu().numpy()
                     module.weight_quantizer = placeholder(WeightMark(found.param_name, codes, values))
                 else:
@@ -146,8 +152,10 @@ def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
             replace_submodule(deploy, name, placeholder(AffineMark(name, a, b)))
     strays = [n for n, m in deploy.named_modules() if isinstance(m, Quantizer)]
     if strays:
-        raise ExportError(f"cannot export quantizer {strays[0]!r}: only quantizers in the slots of quantized layers "
-                          f"and in QuantAct modules have an ONNX form")
+        raise ExportError(
+            f"cannot export quantizer {strays[0]!r}: only quantizers in the slots of quantized layers "
+            f"and in QuantAct modules have an ONNX form"
+        )
     return deploy, marks, modules
 
 
@@ -167,9 +175,18 @@ def _trace(deploy: nn.Module, example: torch.Tensor, opset: int):
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of torch.export; lowbit needs its custom-op symbolic
         warnings.simplefilter("ignore")
-        torch.onnx.export(deploy, (example,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          do_constant_folding=True, custom_opsets={MARK_DOMAIN: 1})
+        torch.onnx.export(
+            deploy,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+            custom_opsets={MARK_DOMAIN: 1},
+        )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -178,17 +195,27 @@ def _describe(marks: dict, scales: dict[str, tuple], result: OnnxExport) -> None
     for spec in marks.values():
         if isinstance(spec, WeightMark):
             codes = spec.codes
-            result.weights[spec.name] = {"bits": None if codes is None else codes.bits,
-                                         "container": "float32" if codes is None else str(codes.values.dtype),
-                                         "per_channel": len(scales.get(spec.name, ())) == 1}
+            result.weights[spec.name] = {
+                "bits": None if codes is None else codes.bits,
+                "container": "float32" if codes is None else str(codes.values.dtype),
+                "per_channel": len(scales.get(spec.name, ())) == 1,
+            }
         elif isinstance(spec, ActMark):
             result.activations[spec.name] = type(spec.grid).__name__
 
 
-def export_onnx(model: nn.Module, path: Union[str, os.PathLike], *, input_shape=None,
-                example: Optional[torch.Tensor] = None, opset: int = DEFAULT_OPSET, weight_dtype: str = "auto",
-                integer_bias: bool = True, allow_float: bool = False,
-                metadata: Optional[dict] = None) -> OnnxExport:
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    input_shape=None,
+    example: Optional[torch.Tensor] = None,
+    opset: int = DEFAULT_OPSET,
+    weight_dtype: str = "auto",
+    integer_bias: bool = True,
+    allow_float: bool = False,
+    metadata: Optional[dict] = None,
+) -> OnnxExport:
     """Export a quantized ``model`` (in eval semantics) to an ONNX file at ``path`` with a dynamic batch size.
 
     ``input_shape`` is one sample's ``(C, H, W)`` (or pass an ``example`` batch). ``weight_dtype``: ``auto`` (int8
@@ -207,9 +234,11 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], *, input_shape=
         raise ExportError(f"opset {opset} has no per-axis DequantizeLinear; use opset 13 or later")
     quantized = any(isinstance(m, QuantizedLayer) for m in model.modules())
     if not quantized and not allow_float:
-        raise ExportError("the model has no quantized layers: it was never quantized; quantize it with a recipe "
-                          "(lowbit.quantize, or train with --recipe lsq-w8a8) or pass allow_float=True for a "
-                          "float32 ONNX")
+        raise ExportError(
+            "the model has no quantized layers: it was never quantized; quantize it with a recipe "
+            "(lowbit.quantize, or train with --recipe lsq-w8a8) or pass allow_float=True for a "
+            "float32 ONNX"
+        )
     notes: list[str] = []
     with eval_mode(model):
         sample = _example(model, input_shape, example)
@@ -223,15 +252,23 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], *, input_shape=
         notes.append(f"{name}: activation grid has no uint8 QuantizeLinear form; written as float ops")
     for name in report.unfolded:
         notes.append(f"{name}: normalisation not directly after a Conv/Linear; kept as Mul + Add")
-    props = {"lowbit_version": __version__, **{k: v if isinstance(v, str) else json.dumps(v)
-                                                for k, v in (metadata or {}).items()}}
+    props = {
+        "lowbit_version": __version__,
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
+    }
     onnx.helper.set_model_props(onnx_model, props)
     onnx.checker.check_model(onnx_model, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(onnx_model, str(path))
-    result = OnnxExport(path=str(path), file_bytes=path.stat().st_size, opset=opset, folded=report.folded,
-                        integer_biases=report.integer_biases, notes=notes)
+    result = OnnxExport(
+        path=str(path),
+        file_bytes=path.stat().st_size,
+        opset=opset,
+        folded=report.folded,
+        integer_biases=report.integer_biases,
+        notes=notes,
+    )
     dims = {t.name: tuple(t.dims) for t in onnx_model.graph.initializer}
     _describe(marks, {param: dims.get(name, ()) for param, name in report.weight_scales.items()}, result)
     return result

@@ -106,7 +106,7 @@ class _Graph:
 
     def replace(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
         i = self.nodes.index(node)
-        self.nodes[i:i + 1] = new_nodes
+        self.nodes[i : i + 1] = new_nodes
 
     def insert_before(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
         i = self.nodes.index(node)
@@ -157,9 +157,11 @@ def _weights(graph: _Graph, marks: dict[int, Mark], report: RewriteReport) -> No
             graph.rename_uses(out, graph.add_init(spec.name, spec.values.astype(np.float32)))
             continue
         codes = spec.codes
-        inputs = [graph.add_init(f"{spec.name}_quantized", codes.values),
-                  graph.add_init(f"{spec.name}_scale", codes.scale),
-                  graph.add_init(f"{spec.name}_zero_point", codes.zero_point)]
+        inputs = [
+            graph.add_init(f"{spec.name}_quantized", codes.values),
+            graph.add_init(f"{spec.name}_scale", codes.scale),
+            graph.add_init(f"{spec.name}_zero_point", codes.zero_point),
+        ]
         dq = helper.make_node("DequantizeLinear", inputs, [out], name=f"{spec.name}/DequantizeLinear")
         _set_axis(dq, codes.axis)
         graph.replace(node, [dq])
@@ -175,8 +177,12 @@ def _fold_target(graph: _Graph, x: str, mark: onnx.NodeProto, channels: int) -> 
         return None
     if graph.consumers(x) != [mark]:
         return None  # the un-normalised output is used elsewhere too
-    if layer.op_type == "Gemm" and (_attribute(layer, "transB", 0) != 1 or _attribute(layer, "transA", 0) != 0
-                                    or _attribute(layer, "alpha", 1.0) != 1.0 or _attribute(layer, "beta", 1.0) != 1.0):
+    if layer.op_type == "Gemm" and (
+        _attribute(layer, "transB", 0) != 1
+        or _attribute(layer, "transA", 0) != 0
+        or _attribute(layer, "alpha", 1.0) != 1.0
+        or _attribute(layer, "beta", 1.0) != 1.0
+    ):
         return None
     weight = layer.input[1]
     if len(graph.consumers(weight)) != 1:
@@ -229,8 +235,13 @@ def _affines(graph: _Graph, marks: dict[int, Mark], report: RewriteReport) -> No
         a = graph.add_init(f"{spec.name}.scale", spec.a.astype(np.float32).reshape(shape))
         b = graph.add_init(f"{spec.name}.shift", spec.b.astype(np.float32).reshape(shape))
         scaled = graph.unique(f"{spec.name}/scaled")
-        graph.replace(node, [helper.make_node("Mul", [x, a], [scaled], name=f"{spec.name}/Mul"),
-                             helper.make_node("Add", [scaled, b], [out], name=f"{spec.name}/Add")])
+        graph.replace(
+            node,
+            [
+                helper.make_node("Mul", [x, a], [scaled], name=f"{spec.name}/Mul"),
+                helper.make_node("Add", [scaled, b], [out], name=f"{spec.name}/Add"),
+            ],
+        )
         report.unfolded.append(spec.name)
 
 
@@ -243,9 +254,14 @@ def _qdq_nodes(graph: _Graph, spec: ActMark, x: str, out: str) -> Optional[list[
     nodes = []
     if qdq.clip is not None:
         clipped = graph.unique(f"{n}/clipped")
-        nodes.append(helper.make_node("Clip", [x, graph.add_init(f"{n}.clip_min", qdq.clip[0]),
-                                               graph.add_init(f"{n}.clip_max", qdq.clip[1])], [clipped],
-                                      name=f"{n}/Clip"))
+        nodes.append(
+            helper.make_node(
+                "Clip",
+                [x, graph.add_init(f"{n}.clip_min", qdq.clip[0]), graph.add_init(f"{n}.clip_max", qdq.clip[1])],
+                [clipped],
+                name=f"{n}/Clip",
+            )
+        )
         x = clipped
     scale = graph.add_init(f"{n}.scale", np.float32(qdq.scale))
     zero = graph.add_init(f"{n}.zero_point", np.uint8(qdq.zero_point))
@@ -278,8 +294,12 @@ class _Chain:
 def _float_nodes(graph: _Graph, spec: ActMark, x: str, out: str) -> list[onnx.NodeProto]:
     grid, c = spec.grid, _Chain(graph, spec.name, x)
     if isinstance(grid, IntegerGrid):  # more levels than a uint8 container holds
-        grid = AffineFloat(grid.scale, np.float32(grid.zero_point), float(grid.l_min + grid.zero_point),
-                           float(grid.l_max + grid.zero_point))
+        grid = AffineFloat(
+            grid.scale,
+            np.float32(grid.zero_point),
+            float(grid.l_min + grid.zero_point),
+            float(grid.l_max + grid.zero_point),
+        )
     if isinstance(grid, AffineFloat):
         # x̂ = s·(clip(round(x·(1/s) + z), u_min, u_max) − z), as the min-max quantizer computes it
         c.op("Mul", c.const("inv_scale", np.float32(1.0) / grid.scale))
@@ -335,8 +355,12 @@ def _quantized_layer_output(graph: _Graph, value: str) -> bool:
     node = graph.producer(value)
     if node is not None and node.op_type == "Relu" and len(graph.consumers(node.input[0])) == 1:
         node = graph.producer(node.input[0])
-    return (node is not None and node.op_type in ("Conv", "Gemm") and _dq_kind(graph, node.input[0]) == "act"
-            and _dq_kind(graph, node.input[1]) == "weight")
+    return (
+        node is not None
+        and node.op_type in ("Conv", "Gemm")
+        and _dq_kind(graph, node.input[0]) == "act"
+        and _dq_kind(graph, node.input[1]) == "weight"
+    )
 
 
 def _dq_kind(graph: _Graph, value: str) -> str:
@@ -360,11 +384,23 @@ def _hoist(graph: _Graph) -> None:
         base = quantize.name.removesuffix("/QuantizeLinear")
         for op in reversed(chain):  # in data order: a copy in front of every data-movement op
             quantized, restored = graph.unique(f"{base}/early_quantized"), graph.unique(f"{base}/early_dequantized")
-            graph.insert_before(op, [
-                helper.make_node("QuantizeLinear", [op.input[0], *quantize.input[1:]], [quantized],
-                                 name=graph.unique(f"{base}/early_QuantizeLinear")),
-                helper.make_node("DequantizeLinear", [quantized, *dequantize.input[1:]], [restored],
-                                 name=graph.unique(f"{base}/early_DequantizeLinear"))])
+            graph.insert_before(
+                op,
+                [
+                    helper.make_node(
+                        "QuantizeLinear",
+                        [op.input[0], *quantize.input[1:]],
+                        [quantized],
+                        name=graph.unique(f"{base}/early_QuantizeLinear"),
+                    ),
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [quantized, *dequantize.input[1:]],
+                        [restored],
+                        name=graph.unique(f"{base}/early_DequantizeLinear"),
+                    ),
+                ],
+            )
             op.input[0] = restored
 
 
@@ -405,8 +441,10 @@ def _integer_biases(graph: _Graph, report: RewriteReport) -> None:
         if np.abs(quantized).max(initial=0) >= INT32_LIMIT:
             continue
         base = b.removesuffix(".folded_bias").removesuffix(".bias")
-        inputs = [graph.add_init(f"{base}.bias_quantized", quantized.astype(np.int32)),
-                  graph.add_init(f"{base}.bias_scale", scale)]
+        inputs = [
+            graph.add_init(f"{base}.bias_quantized", quantized.astype(np.int32)),
+            graph.add_init(f"{base}.bias_scale", scale),
+        ]
         out = graph.unique(f"{base}.bias_dequantized")
         dq = helper.make_node("DequantizeLinear", inputs, [out], name=f"{base}.bias/DequantizeLinear")
         _set_axis(dq, 0 if scale.ndim == 1 else None)
@@ -419,19 +457,24 @@ def _integer_biases(graph: _Graph, report: RewriteReport) -> None:
 def _finish(graph: _Graph) -> onnx.ModelProto:
     old = graph.model
     used = {name for node in graph.nodes for name in node.input} | graph.outputs
-    initializers = [numpy_helper.from_array(np.asarray(array), name) for name, array in graph.inits.items()
-                    if name in used]
+    initializers = [
+        numpy_helper.from_array(np.asarray(array), name) for name, array in graph.inits.items() if name in used
+    ]
     init_names = {t.name for t in initializers}
     inputs = [i for i in old.graph.input if i.name not in init_names]
-    new_graph = helper.make_graph(graph.nodes, old.graph.name or "lowbit", inputs, list(old.graph.output),
-                                  initializers)
-    model = helper.make_model(new_graph, opset_imports=[o for o in old.opset_import if o.domain != MARK_DOMAIN],
-                              producer_name="lowbit", ir_version=old.ir_version)
+    new_graph = helper.make_graph(graph.nodes, old.graph.name or "lowbit", inputs, list(old.graph.output), initializers)
+    model = helper.make_model(
+        new_graph,
+        opset_imports=[o for o in old.opset_import if o.domain != MARK_DOMAIN],
+        producer_name="lowbit",
+        ir_version=old.ir_version,
+    )
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
-def rewrite_marks(model: onnx.ModelProto, marks: dict[int, Mark], *,
-                  integer_bias: bool = True) -> tuple[onnx.ModelProto, RewriteReport]:
+def rewrite_marks(
+    model: onnx.ModelProto, marks: dict[int, Mark], *, integer_bias: bool = True
+) -> tuple[onnx.ModelProto, RewriteReport]:
     """Replace every ``lowbit.Mark`` node by standard ONNX ops (see the module docstring)."""
     graph = _Graph(model)
     report = RewriteReport()

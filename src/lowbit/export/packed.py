@@ -43,8 +43,16 @@ from .encode import EncodedSlot, encode_model
 from .errors import ExportError, PackedFileError
 from .frozen import FrozenCodes
 
-__all__ = ["save_packed", "load_packed", "read_packed_header", "packed_info", "PackedInfo", "FORMAT", "VERSION",
-           "is_packed_file"]
+__all__ = [
+    "save_packed",
+    "load_packed",
+    "read_packed_header",
+    "packed_info",
+    "PackedInfo",
+    "FORMAT",
+    "VERSION",
+    "is_packed_file",
+]
 
 FORMAT = "lowbit-packed"
 VERSION = 1
@@ -96,18 +104,31 @@ def _array_entry(tensor: torch.Tensor, key: str, tensors: dict[str, torch.Tensor
 
 
 def _code_entry(slot: EncodedSlot, tensor: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict:
-    entry: dict[str, Any] = {"layer": slot.layer, "slot": slot.slot, "shape": list(tensor.shape),
-                             "dtype": str(tensor.dtype).removeprefix("torch."), "bits": int(slot.quantizer.bits),
-                             "signed": bool(slot.quantizer.signed), "quantizer": type(slot.quantizer).__name__}
+    entry: dict[str, Any] = {
+        "layer": slot.layer,
+        "slot": slot.slot,
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+        "bits": int(slot.quantizer.bits),
+        "signed": bool(slot.quantizer.signed),
+        "quantizer": type(slot.quantizer).__name__,
+    }
     codes = slot.codes
     if codes is None:
         entry["stored"] = "float"
         return entry
     key = PARAMS + slot.param_name
-    entry.update({"stored": "codes", "bits": int(codes.bits), "qmin": int(codes.qmin), "axis": codes.axis,
-                  "scale": _array_entry(codes.scale, key + "/scale", tensors),
-                  "zero_point": _array_entry(codes.zero_point, key + "/zero_point", tensors),
-                  "table": None if codes.table is None else _array_entry(codes.table, key + "/table", tensors)})
+    entry.update(
+        {
+            "stored": "codes",
+            "bits": int(codes.bits),
+            "qmin": int(codes.qmin),
+            "axis": codes.axis,
+            "scale": _array_entry(codes.scale, key + "/scale", tensors),
+            "zero_point": _array_entry(codes.zero_point, key + "/zero_point", tensors),
+            "table": None if codes.table is None else _array_entry(codes.table, key + "/table", tensors),
+        }
+    )
     return entry
 
 
@@ -124,9 +145,16 @@ def _state_to_store(model: nn.Module, encoded: list[EncodedSlot]) -> dict[str, t
     return state
 
 
-def save_packed(model: nn.Module, path: Union[str, os.PathLike], *, recipe: Union[dict, Any], seed: int = 0,
-                model_spec: Optional[dict] = None, data: Optional[dict] = None,
-                source: Optional[dict] = None) -> PackedInfo:
+def save_packed(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    recipe: Union[dict, Any],
+    seed: int = 0,
+    model_spec: Optional[dict] = None,
+    data: Optional[dict] = None,
+    source: Optional[dict] = None,
+) -> PackedInfo:
     """Write the quantized ``model`` to ``path`` as a packed file and return its sizes.
 
     ``recipe`` (a :class:`~lowbit.recipes.Recipe` or its resolved dict) and ``seed`` are those the model was quantized
@@ -140,12 +168,16 @@ def save_packed(model: nn.Module, path: Union[str, os.PathLike], *, recipe: Unio
     from .. import __version__
 
     if not any(isinstance(m, QuantizedLayer) for m in model.modules()):
-        raise ExportError("the model has no quantized layers, so there are no integer codes to pack; quantize it "
-                          "with a recipe (lowbit.quantize or lowbit train --recipe lsq-w4a4) first")
+        raise ExportError(
+            "the model has no quantized layers, so there are no integer codes to pack; quantize it "
+            "with a recipe (lowbit.quantize or lowbit train --recipe lsq-w4a4) first"
+        )
     encoded = encode_model(model)
     if not encoded:
-        raise ExportError("no layer of the model quantizes its weights, so there are no integer codes to pack; "
-                          "use a recipe with a weight quantizer")
+        raise ExportError(
+            "no layer of the model quantizes its weights, so there are no integer codes to pack; "
+            "use a recipe with a weight quantizer"
+        )
     recipe_dict = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
@@ -160,10 +192,17 @@ def save_packed(model: nn.Module, path: Union[str, os.PathLike], *, recipe: Unio
     state = _state_to_store(model, encoded)
     tensors.update({STATE + key: value for key, value in state.items()})
     header = {
-        "format": FORMAT, "version": VERSION, "lowbit_version": __version__,
-        "model_spec": model_spec, "recipe": recipe_dict, "seed": int(seed), "data": data, "source": source,
+        "format": FORMAT,
+        "version": VERSION,
+        "lowbit_version": __version__,
+        "model_spec": model_spec,
+        "recipe": recipe_dict,
+        "seed": int(seed),
+        "data": data,
+        "source": source,
         "notes": [slot.note for slot in encoded if slot.note],
-        "quantized": entries, "state": sorted(state),
+        "quantized": entries,
+        "state": sorted(state),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,14 +250,18 @@ def read_packed_header(path: Union[str, os.PathLike]) -> dict:
     try:
         header = json.loads((raw.get("__metadata__") or {})["lowbit"])
     except (KeyError, TypeError, ValueError):
-        raise PackedFileError(f"{str(path)!r} is a safetensors file without lowbit metadata, not a lowbit packed "
-                              f"file; write one with 'lowbit export CHECKPOINT --format packed'") from None
+        raise PackedFileError(
+            f"{str(path)!r} is a safetensors file without lowbit metadata, not a lowbit packed "
+            f"file; write one with 'lowbit export CHECKPOINT --format packed'"
+        ) from None
     if header.get("format") != FORMAT:
         raise PackedFileError(f"{str(path)!r} is not a lowbit packed file (format {header.get('format')!r})")
     if header.get("version") != VERSION:
-        raise PackedFileError(f"packed file {str(path)!r} has format version {header.get('version')}, this lowbit "
-                              f"reads version {VERSION}; export it again from its checkpoint, or use the lowbit "
-                              f"release that wrote it ({header.get('lowbit_version', 'unknown')})")
+        raise PackedFileError(
+            f"packed file {str(path)!r} has format version {header.get('version')}, this lowbit "
+            f"reads version {VERSION}; export it again from its checkpoint, or use the lowbit "
+            f"release that wrote it ({header.get('lowbit_version', 'unknown')})"
+        )
     return header
 
 
@@ -248,9 +291,18 @@ def packed_info(path: Union[str, os.PathLike]) -> PackedInfo:
             quantized += numel
             code_bits += numel * entry["bits"]
             float32_bytes += 4 * numel
-    return PackedInfo(path=str(path), file_bytes=path.stat().st_size, header_bytes=header_bytes,
-                      code_bytes=code_bytes, param_bytes=param_bytes, float_bytes=float_bytes, code_bits=code_bits,
-                      quantized_params=quantized, float32_bytes=float32_bytes, notes=list(header.get("notes", [])))
+    return PackedInfo(
+        path=str(path),
+        file_bytes=path.stat().st_size,
+        header_bytes=header_bytes,
+        code_bytes=code_bytes,
+        param_bytes=param_bytes,
+        float_bytes=float_bytes,
+        code_bits=code_bits,
+        quantized_params=quantized,
+        float32_bytes=float32_bytes,
+        notes=list(header.get("notes", [])),
+    )
 
 
 def _tensor(entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -268,9 +320,15 @@ def _decode(entry: dict, packed: torch.Tensor, tensors: dict[str, torch.Tensor])
     codes = unpack_bits(packed.numpy(), entry["bits"], count)
     indices = torch.from_numpy(codes.astype(np.int64)).to(index_dtype(entry["bits"])).reshape(shape)
     table = None if entry["table"] is None else _tensor(entry["table"], tensors)
-    return QuantizedTensor(indices=indices, bits=entry["bits"], scale=_tensor(entry["scale"], tensors),
-                           zero_point=_tensor(entry["zero_point"], tensors), qmin=entry["qmin"], table=table,
-                           axis=entry["axis"])
+    return QuantizedTensor(
+        indices=indices,
+        bits=entry["bits"],
+        scale=_tensor(entry["scale"], tensors),
+        zero_point=_tensor(entry["zero_point"], tensors),
+        qmin=entry["qmin"],
+        table=table,
+        axis=entry["axis"],
+    )
 
 
 def _float_model(header: dict, model: Optional[nn.Module], path: Path) -> nn.Module:
@@ -310,11 +368,14 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
             layer = qmodel.get_submodule(entry["layer"])
             target = getattr(layer, entry["slot"])
         except AttributeError:
-            raise PackedFileError(f"{str(path)!r} does not fit this model: it has no quantized tensor {name!r}") \
-                from None
+            raise PackedFileError(
+                f"{str(path)!r} does not fit this model: it has no quantized tensor {name!r}"
+            ) from None
         if not isinstance(layer, QuantizedLayer) or target is None or list(target.shape) != entry["shape"]:
-            raise PackedFileError(f"{str(path)!r} does not fit this model: {name!r} should be a quantized tensor of "
-                                  f"shape {entry['shape']}")
+            raise PackedFileError(
+                f"{str(path)!r} does not fit this model: {name!r} should be a quantized tensor of "
+                f"shape {entry['shape']}"
+            )
         if entry["stored"] == "codes":
             codes = _decode(entry, tensors[CODES + name], tensors)
             values = codes.dequantize().reshape(entry["shape"])
@@ -332,6 +393,7 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
     result = qmodel.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in allowed_missing and not k.endswith("_extra_state")]
     if result.unexpected_keys or missing:
-        raise PackedFileError(f"{str(path)!r} does not fit this model: unexpected {result.unexpected_keys[:3]}, "
-                              f"missing {missing[:3]}")
+        raise PackedFileError(
+            f"{str(path)!r} does not fit this model: unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}"
+        )
     return qmodel.eval()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -19,12 +20,29 @@ from torch import nn
 
 from .encode import as_exported
 
-__all__ = ["OnnxParity", "onnx_parity", "onnx_logits", "torch_logits", "compare_logits", "ort_session",
-           "runtime_kernels", "INTEGER_KERNELS"]
+__all__ = [
+    "OnnxParity",
+    "onnx_parity",
+    "onnx_logits",
+    "torch_logits",
+    "compare_logits",
+    "ort_session",
+    "runtime_kernels",
+    "INTEGER_KERNELS",
+]
 
 #: onnxruntime ops that compute with integer arithmetic
-INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",
-                   "QLinearAdd", "QLinearGlobalAveragePool", "DynamicQuantizeMatMul")
+INTEGER_KERNELS = (
+    "QLinearConv",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulIntegerToFloat",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearAdd",
+    "QLinearGlobalAveragePool",
+    "DynamicQuantizeMatMul",
+)
 
 
 @dataclass
@@ -43,16 +61,24 @@ class OnnxParity:
         return {**asdict(self), "agreement": self.agreement}
 
 
-def ort_session(path: Union[str, os.PathLike], *, threads: Optional[int] = None, optimized_path: Optional[str] = None,
-                optimization: str = "all", disabled_optimizers: Sequence[str] = ()):
+def ort_session(
+    path: Union[str, os.PathLike],
+    *,
+    threads: Optional[int] = None,
+    optimized_path: Optional[str] = None,
+    optimization: str = "all",
+    disabled_optimizers: Sequence[str] = (),
+):
     """An onnxruntime CPU session (``threads`` intra-op threads; ``optimization``: all, extended, basic, none;
     ``disabled_optimizers``: names of onnxruntime graph transformers to skip)."""
     import onnxruntime as ort
 
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
     options = ort.SessionOptions()
     options.graph_optimization_level = levels[optimization]
     options.log_severity_level = 3  # saving an ENABLE_ALL graph warns that it is hardware specific: expected
@@ -61,19 +87,26 @@ def ort_session(path: Union[str, os.PathLike], *, threads: Optional[int] = None,
         options.inter_op_num_threads = 1
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(disabled_optimizers))
+    return ort.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
+    )
 
 
-def runtime_kernels(path: Union[str, os.PathLike], *, optimization: str = "all",
-                    disabled_optimizers: Sequence[str] = ()) -> dict[str, int]:
+def runtime_kernels(
+    path: Union[str, os.PathLike], *, optimization: str = "all", disabled_optimizers: Sequence[str] = ()
+) -> dict[str, int]:
     """Op types (with counts) of the graph onnxruntime runs after optimising ``path``."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
-        ort_session(path, optimized_path=optimized, optimization=optimization, threads=1,
-                    disabled_optimizers=disabled_optimizers)
+        ort_session(
+            path,
+            optimized_path=optimized,
+            optimization=optimization,
+            threads=1,
+            disabled_optimizers=disabled_optimizers,
+        )
         graph = onnx.load(optimized).graph
     return dict(Counter(node.op_type for node in graph.node))
 
@@ -84,21 +117,33 @@ def _batches(inputs):
     return [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
 
 
-def onnx_logits(path: Union[str, os.PathLike], inputs, *, batch_size: int = 1024, threads: Optional[int] = None,
-                optimization: str = "all") -> np.ndarray:
+def onnx_logits(
+    path: Union[str, os.PathLike],
+    inputs,
+    *,
+    batch_size: int = 1024,
+    threads: Optional[int] = None,
+    optimization: str = "all",
+) -> np.ndarray:
     """onnxruntime's outputs for ``inputs`` (see :func:`onnx_parity`), concatenated."""
     session = ort_session(path, threads=threads, optimization=optimization)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: chunk.cpu().numpy()})[0]
-                           for x in _batches(inputs) for chunk in torch.split(x, batch_size)])
+    return np.concatenate(
+        [
+            session.run(None, {name: chunk.cpu().numpy()})[0]
+            for x in _batches(inputs)
+            for chunk in torch.split(x, batch_size)
+        ]
+    )
 
 
 @torch.no_grad()
 def torch_logits(model: nn.Module, inputs, *, batch_size: int = 1024) -> np.ndarray:
     """The outputs of ``model`` evaluated as exported (:func:`~lowbit.export.encode.as_exported`)."""
     reference = as_exported(model)
-    return np.concatenate([reference(chunk).cpu().numpy()
-                           for x in _batches(inputs) for chunk in torch.split(x, batch_size)])
+    return np.concatenate(
+        [reference(chunk).cpu().numpy() for x in _batches(inputs) for chunk in torch.split(x, batch_size)]
+    )
 
 
 def compare_logits(expected: np.ndarray, got: np.ndarray, kernels: Optional[dict] = None) -> OnnxParity:
@@ -106,12 +151,24 @@ def compare_logits(expected: np.ndarray, got: np.ndarray, kernels: Optional[dict
     if expected.shape != got.shape:
         raise ValueError(f"outputs of shape {got.shape} do not match the expected {expected.shape}")
     agree = int(np.sum(expected.argmax(1) == got.argmax(1)))
-    return OnnxParity(len(expected), agree, float(np.abs(expected - got).max(initial=0.0)),
-                      float(np.abs(expected).max(initial=0.0)), dict(kernels or {}))
+    return OnnxParity(
+        len(expected),
+        agree,
+        float(np.abs(expected - got).max(initial=0.0)),
+        float(np.abs(expected).max(initial=0.0)),
+        dict(kernels or {}),
+    )
 
 
-def onnx_parity(model: nn.Module, path: Union[str, os.PathLike], inputs, *, batch_size: int = 1024,
-                threads: Optional[int] = None, optimization: str = "all") -> OnnxParity:
+def onnx_parity(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    inputs,
+    *,
+    batch_size: int = 1024,
+    threads: Optional[int] = None,
+    optimization: str = "all",
+) -> OnnxParity:
     """Compare the exported file with ``model`` (evaluated as exported, see
     :func:`~lowbit.export.encode.as_exported`) on ``inputs``: a tensor, or an iterable of tensors / (x, y) batches.
     ``optimization`` is onnxruntime's graph optimisation level (``all``: fused integer kernels; ``none``: the

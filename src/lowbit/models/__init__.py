@@ -23,7 +23,10 @@ from .vgg import BCVGG, build_bc_vgg
 
 #: name -> (builder(input_shape, num_classes, **options), one-line description)
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "mlp": (build_mlp, "BinaryConnect permutation-invariant MLP: 3x1024 FC-BN-ReLU, BN output (Courbariaux et al. 2015)"),
+    "mlp": (
+        build_mlp,
+        "BinaryConnect permutation-invariant MLP: 3x1024 FC-BN-ReLU, BN output (Courbariaux et al. 2015)",
+    ),
     "small-cnn": (build_small_cnn, "2 conv (32, 64) + fc256 CNN for 28x28 / 8x8 inputs"),
     "bc-vgg": (build_bc_vgg, "BinaryConnect VGG-like CIFAR-10 net: 2x128C3-MP-2x256C3-MP-2x512C3-MP-2x1024FC"),
     "resnet8": (build_resnet8, "CIFAR ResNet-8 (n=1), a small quick residual net"),

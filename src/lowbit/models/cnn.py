@@ -79,5 +79,11 @@ def build_small_cnn(
     _, h, w = input_shape
     if _pooled(h, 2) < 1 or _pooled(w, 2) < 1:
         raise ConfigError(f"small-cnn pools twice by 2 and needs inputs of at least 4×4, got {h}×{w}")
-    return SmallCNN(input_shape, num_classes, channels=channels, fc=check_int("fc", fc), fc_bn=check_bool("fc_bn", fc_bn),
-                    output_bn=check_bool("output_bn", output_bn))
+    return SmallCNN(
+        input_shape,
+        num_classes,
+        channels=channels,
+        fc=check_int("fc", fc),
+        fc_bn=check_bool("fc_bn", fc_bn),
+        output_bn=check_bool("output_bn", output_bn),
+    )

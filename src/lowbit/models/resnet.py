@@ -79,8 +79,15 @@ class CifarResNet(nn.Module):
     fc keeps PyTorch's default init.
     """
 
-    def __init__(self, n: int, input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A",
-                 output_bn: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        shortcut: str = "A",
+        output_bn: bool = False,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(input_shape[0], STAGE_CHANNELS[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_CHANNELS[0])
@@ -109,16 +116,17 @@ class CifarResNet(nn.Module):
 
 
 def _resnet_builder(n: int):
-    def build(input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A",
-              output_bn: bool = False) -> CifarResNet:
+    def build(
+        input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A", output_bn: bool = False
+    ) -> CifarResNet:
         if shortcut not in SHORTCUTS:
             raise ConfigError(f"option shortcut must be one of {', '.join(map(repr, SHORTCUTS))}, got {shortcut!r}")
         return CifarResNet(n, input_shape, num_classes, shortcut=shortcut, output_bn=check_bool("output_bn", output_bn))
 
     build.__name__ = f"build_resnet{6 * n + 2}"
     build.__doc__ = (
-        f"ResNet-{6 * n + 2} (n = {n}). Option ``shortcut``: \"A\" (parameter-free zero padding, "
-        f"default) or \"B\" (1×1 conv + BN projection where the shape changes); ``output_bn`` adds a "
+        f'ResNet-{6 * n + 2} (n = {n}). Option ``shortcut``: "A" (parameter-free zero padding, '
+        f'default) or "B" (1×1 conv + BN projection where the shape changes); ``output_bn`` adds a '
         f"BatchNorm1d on the logits (default False)."
     )
     return build

@@ -80,5 +80,9 @@ def build_bc_vgg(
     if h < 8 or w < 8:
         raise ConfigError(f"bc-vgg max-pools three times by 2 and needs inputs of at least 8×8, got {h}×{w}")
     return BCVGG(
-        input_shape, num_classes, width=float(width), fc=check_int("fc", fc), output_bn=check_bool("output_bn", output_bn)
+        input_shape,
+        num_classes,
+        width=float(width),
+        fc=check_int("fc", fc),
+        output_bn=check_bool("output_bn", output_bn),
     )

@@ -6,6 +6,18 @@ from .layers import QUANTIZED_LAYERS, QuantConv2d, QuantizedLayer, QuantLinear
 from .range_bn import RANGE_BATCHNORMS, RangeBatchNorm1d, RangeBatchNorm2d
 from .slots import SLOTS, Slot
 
-__all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "QuantAct", "RangeBatchNorm1d", "RangeBatchNorm2d",
-           "quantize_gradient", "bifurcated_linear", "bifurcated_conv2d", "SLOTS", "Slot",
-           "QUANTIZED_LAYERS", "RANGE_BATCHNORMS"]
+__all__ = [
+    "QuantLinear",
+    "QuantConv2d",
+    "QuantizedLayer",
+    "QuantAct",
+    "RangeBatchNorm1d",
+    "RangeBatchNorm2d",
+    "quantize_gradient",
+    "bifurcated_linear",
+    "bifurcated_conv2d",
+    "SLOTS",
+    "Slot",
+    "QUANTIZED_LAYERS",
+    "RANGE_BATCHNORMS",
+]

@@ -91,8 +91,8 @@ class _BifurcatedConv2d(torch.autograd.Function):
 
         def conv_backward(g, mask):
             return torch.ops.aten.convolution_backward(
-                g, x, weight, ctx.bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups,
-                mask)
+                g, x, weight, ctx.bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups, mask
+            )
 
         if ctx.bifurcate:
             grad_x = None
@@ -111,8 +111,10 @@ def bifurcated_linear(x, weight, bias, quantizer: Quantizer, bifurcate: bool = T
     return _BifurcatedLinear.apply(x, weight, bias, quantizer, bifurcate)
 
 
-def bifurcated_conv2d(x, weight, bias, stride, padding, dilation, groups, quantizer: Quantizer,
-                      bifurcate: bool = True) -> torch.Tensor:
+def bifurcated_conv2d(
+    x, weight, bias, stride, padding, dilation, groups, quantizer: Quantizer, bifurcate: bool = True
+) -> torch.Tensor:
     """``padding`` must be a pair of ints (callers resolve string padding and non-zero padding modes first)."""
-    return _BifurcatedConv2d.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
-                                   quantizer, bifurcate)
+    return _BifurcatedConv2d.apply(
+        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, quantizer, bifurcate
+    )

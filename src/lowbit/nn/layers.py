@@ -35,9 +35,14 @@ class QuantizedLayer:
     weight: nn.Parameter
     bias: Optional[nn.Parameter]
 
-    def _set_slots(self, weight: Optional[Quantizer] = None, input: Optional[Quantizer] = None,
-                   bias: Optional[Quantizer] = None, grad: Optional[Quantizer] = None,
-                   bifurcate: bool = True) -> None:
+    def _set_slots(
+        self,
+        weight: Optional[Quantizer] = None,
+        input: Optional[Quantizer] = None,
+        bias: Optional[Quantizer] = None,
+        grad: Optional[Quantizer] = None,
+        bifurcate: bool = True,
+    ) -> None:
         for slot, quantizer in (("weight", weight), ("input", input), ("bias", bias), ("grad", grad)):
             self.register_module(SLOTS[slot].attribute, quantizer)
         if bias is not None and self.bias is None:
@@ -82,14 +87,25 @@ class QuantizedLayer:
 
 @QUANTIZED_LAYERS.register(nn.Linear, options={}, description="nn.Linear with quantizer slots")
 class QuantLinear(QuantizedLayer, nn.Linear):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_quantizer=None,
-                 input_quantizer=None, bias_quantizer=None, grad_quantizer=None, bifurcate: bool = True,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        weight_quantizer=None,
+        input_quantizer=None,
+        bias_quantizer=None,
+        grad_quantizer=None,
+        bifurcate: bool = True,
+        device=None,
+        dtype=None,
+    ):
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, **slots) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, **slots) -> QuantLinear:
         """Wrap an existing ``nn.Linear``; its parameter tensors are reused, not copied."""
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         layer.weight, layer.bias = linear.weight, linear.bias
@@ -107,18 +123,56 @@ class QuantLinear(QuantizedLayer, nn.Linear):
 
 @QUANTIZED_LAYERS.register(nn.Conv2d, options={}, description="nn.Conv2d with quantizer slots")
 class QuantConv2d(QuantizedLayer, nn.Conv2d):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, weight_quantizer=None,
-                 input_quantizer=None, bias_quantizer=None, grad_quantizer=None, bifurcate: bool = True,
-                 device=None, dtype=None):
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                           padding_mode, device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        weight_quantizer=None,
+        input_quantizer=None,
+        bias_quantizer=None,
+        grad_quantizer=None,
+        bifurcate: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        nn.Conv2d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, **slots) -> "QuantConv2d":
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+    def from_float(cls, conv: nn.Conv2d, **slots) -> QuantConv2d:
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
         layer.weight, layer.bias = conv.weight, conv.bias
         layer._set_slots(**slots)
         layer.train(conv.training)
@@ -135,5 +189,6 @@ class QuantConv2d(QuantizedLayer, nn.Conv2d):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
-        return bifurcated_conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups,
-                                 self.grad_quantizer, self.bifurcate)
+        return bifurcated_conv2d(
+            x, weight, bias, self.stride, padding, self.dilation, self.groups, self.grad_quantizer, self.bifurcate
+        )

@@ -107,8 +107,17 @@ class _RangeNorm(torch.autograd.Function):
 class _RangeBatchNorm(nn.Module):
     _expected_dims: tuple[int, ...] = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 estimator: str = "paper", grad_quantizer: Optional[Quantizer] = None, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        estimator: str = "paper",
+        grad_quantizer: Optional[Quantizer] = None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ConfigError(f"unknown Range BN estimator {estimator!r}; valid choices: {', '.join(ESTIMATORS)}")
@@ -130,11 +139,16 @@ class _RangeBatchNorm(nn.Module):
         self.grad_quantizer = grad_quantizer
 
     @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, **options) -> "_RangeBatchNorm":
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, **options) -> _RangeBatchNorm:
         """Replace a BatchNorm, keeping gamma, beta and the running mean; the running scale starts at the BN's
         running standard deviation."""
-        layer = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum if bn.momentum is not None else 0.1,
-                    affine=bn.affine, **options)
+        layer = cls(
+            bn.num_features,
+            eps=bn.eps,
+            momentum=bn.momentum if bn.momentum is not None else 0.1,
+            affine=bn.affine,
+            **options,
+        )
         with torch.no_grad():
             if bn.affine:
                 layer.weight, layer.bias = bn.weight, bn.bias
@@ -147,8 +161,10 @@ class _RangeBatchNorm(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() not in self._expected_dims:
-            raise ConfigError(f"{type(self).__name__} expects a {' or '.join(map(str, self._expected_dims))}-d "
-                             f"input, got shape {tuple(x.shape)}")
+            raise ConfigError(
+                f"{type(self).__name__} expects a {' or '.join(map(str, self._expected_dims))}-d "
+                f"input, got shape {tuple(x.shape)}"
+            )
 
     def _batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dims = [0] + list(range(2, x.dim()))

@@ -29,9 +29,12 @@ class Slot:
 
 
 #: slot name -> slot, in recipe order
-SLOTS: dict[str, Slot] = {slot.name: slot for slot in (
-    Slot("weight", "weight_quantizer", "weight", "weights"),
-    Slot("input", "input_quantizer", "activation", "layer inputs (activations)"),
-    Slot("bias", "bias_quantizer", "bias", "biases"),
-    Slot("grad", "grad_quantizer", "gradient", "gradient w.r.t. the layer output (Banner)"),
-)}
+SLOTS: dict[str, Slot] = {
+    slot.name: slot
+    for slot in (
+        Slot("weight", "weight_quantizer", "weight", "weights"),
+        Slot("input", "input_quantizer", "activation", "layer inputs (activations)"),
+        Slot("bias", "bias_quantizer", "bias", "biases"),
+        Slot("grad", "grad_quantizer", "gradient", "gradient w.r.t. the layer output (Banner)"),
+    )
+}

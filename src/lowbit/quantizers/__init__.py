@@ -7,7 +7,8 @@ what makes them available, and the recipe schema reads the registry.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .base import QUANTIZERS, Quantizer
 from .binary import BinaryQuantizer
@@ -18,9 +19,19 @@ from .parametric import ParametricPow2Quantizer, ParametricUniformQuantizer, mak
 from .uniform import UniformQuantizer
 
 __all__ = [
-    "Quantizer", "QuantizedTensor", "BinaryQuantizer", "UniformQuantizer", "MinMaxQuantizer", "LSQQuantizer",
-    "ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "QUANTIZERS", "build_quantizer",
+    "Quantizer",
+    "QuantizedTensor",
+    "BinaryQuantizer",
+    "UniformQuantizer",
+    "MinMaxQuantizer",
+    "LSQQuantizer",
+    "ParametricUniformQuantizer",
+    "ParametricPow2Quantizer",
+    "make_parametric",
+    "QUANTIZERS",
+    "build_quantizer",
 ]
+
 
 def build_quantizer(spec: Mapping[str, Any], *, role: str, seed: int = 0) -> Quantizer:
     """Instantiate the quantizer described by a (validated) recipe entry ``{"type": ..., **options}``."""

@@ -37,18 +37,37 @@ from ..rounding import NoiseSource, Rounding
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import Grid, GridUnavailable
 
-__all__ = ["Quantizer", "QUANTIZERS", "QuantizedTensor", "ROLES", "EVAL_MODES", "ROUNDING_OPTION", "EVAL_MODE_OPTION", "bits_option",
-           "ceil_ste", "round_ste", "pow2_ste",
-           "integer_range", "index_dtype", "Grid", "GridUnavailable"]
+__all__ = [
+    "Quantizer",
+    "QUANTIZERS",
+    "QuantizedTensor",
+    "ROLES",
+    "EVAL_MODES",
+    "ROUNDING_OPTION",
+    "EVAL_MODE_OPTION",
+    "bits_option",
+    "ceil_ste",
+    "round_ste",
+    "pow2_ste",
+    "integer_range",
+    "index_dtype",
+    "Grid",
+    "GridUnavailable",
+]
 
 ROLES = ("weight", "activation", "gradient", "bias")
 EVAL_MODES = ("deterministic", "float")
 
 # JSON-schema fragments for the recipe options every family shares (each family lists its own in ``OPTIONS``)
-ROUNDING_OPTION = {"enum": ["nearest", "stochastic"],
-                   "description": "round to nearest, or stochastic unbiased rounding (training only)"}
-EVAL_MODE_OPTION = {"enum": list(EVAL_MODES), "default": "deterministic",
-                    "description": "in eval mode: deterministic rounding, or the float values (BinaryConnect-stoch)"}
+ROUNDING_OPTION = {
+    "enum": ["nearest", "stochastic"],
+    "description": "round to nearest, or stochastic unbiased rounding (training only)",
+}
+EVAL_MODE_OPTION = {
+    "enum": list(EVAL_MODES),
+    "default": "deterministic",
+    "description": "in eval mode: deterministic rounding, or the float values (BinaryConnect-stoch)",
+}
 
 
 def bits_option(low: int, high: int, default: Optional[int] = None) -> dict:
@@ -71,8 +90,9 @@ class Quantizer(nn.Module):
     #: JSON schema of the recipe options (constructor keywords besides ``role`` and ``seed``)
     OPTIONS: ClassVar[dict] = {}
 
-    def __init__(self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic",
-                 seed: int = 0):
+    def __init__(
+        self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic", seed: int = 0
+    ):
         super().__init__()
         if role not in ROLES:
             raise ConfigError(f"unknown quantizer role {role!r}; valid roles: {', '.join(ROLES)}")
@@ -152,8 +172,10 @@ class Quantizer(nn.Module):
     def require_initialized(self) -> None:
         """Raise :class:`GridUnavailable` unless the data-dependent parameters are set."""
         if not self._is_initialized:
-            raise GridUnavailable(f"the {self.role} quantizer has never seen data, so its grid is not set; train the "
-                                  f"model (or run a batch through it in train mode) first")
+            raise GridUnavailable(
+                f"the {self.role} quantizer has never seen data, so its grid is not set; train the "
+                f"model (or run a batch through it in train mode) first"
+            )
 
     def get_extra_state(self):
         return {"noise": self.noise.state() if self.noise is not None else None}

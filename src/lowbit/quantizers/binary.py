@@ -48,8 +48,15 @@ class BinaryQuantizer(Quantizer):
         "eval_mode": EVAL_MODE_OPTION,
     }
 
-    def __init__(self, *, scale: float = 1.0, role: str = "weight", rounding: str = "nearest",
-                 eval_mode: str = "deterministic", seed: int = 0):
+    def __init__(
+        self,
+        *,
+        scale: float = 1.0,
+        role: str = "weight",
+        rounding: str = "nearest",
+        eval_mode: str = "deterministic",
+        seed: int = 0,
+    ):
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         if not scale > 0:
             raise ConfigError(f"binary scale H must be positive, got {scale}")

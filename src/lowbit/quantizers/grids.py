@@ -25,8 +25,17 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["IntegerGrid", "AffineFloat", "Pow2Grid", "SignGrid", "Grid", "GridUnavailable", "float32",
-           "HALF_EVEN", "HALF_AWAY"]
+__all__ = [
+    "IntegerGrid",
+    "AffineFloat",
+    "Pow2Grid",
+    "SignGrid",
+    "Grid",
+    "GridUnavailable",
+    "float32",
+    "HALF_EVEN",
+    "HALF_AWAY",
+]
 
 #: how ``round`` breaks ties in an :class:`IntegerGrid`: to even (``torch.round``, ONNX) or away from zero
 HALF_EVEN, HALF_AWAY = "half_even", "half_away"

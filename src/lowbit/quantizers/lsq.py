@@ -70,18 +70,36 @@ class LSQQuantizer(Quantizer):
     kind = "lsq"
     OPTIONS = {
         "bits": bits_option(2, 8, default=4),
-        "signed": {"enum": [True, False, "auto", None], "default": None,
-                   "description": "auto: decided from the first batch; null: signed for weights, auto for activations"},
-        "grad_scale": {"enum": list(GRAD_SCALES), "default": "numel",
-                       "description": "g = 1/sqrt(N Q_P) with N = numel, numel per sample, or g = 1"},
-        "init_step": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                      "description": "null: 2 mean|v| / sqrt(Q_P) from the first tensor"},
+        "signed": {
+            "enum": [True, False, "auto", None],
+            "default": None,
+            "description": "auto: decided from the first batch; null: signed for weights, auto for activations",
+        },
+        "grad_scale": {
+            "enum": list(GRAD_SCALES),
+            "default": "numel",
+            "description": "g = 1/sqrt(N Q_P) with N = numel, numel per sample, or g = 1",
+        },
+        "init_step": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "default": None,
+            "description": "null: 2 mean|v| / sqrt(Q_P) from the first tensor",
+        },
         "eval_mode": EVAL_MODE_OPTION,
     }
 
-    def __init__(self, *, bits: int = 4, signed: Union[bool, str, None] = None, grad_scale: str = "numel",
-                 init_step: Optional[float] = None, role: str = "weight", eval_mode: str = "deterministic",
-                 seed: int = 0):
+    def __init__(
+        self,
+        *,
+        bits: int = 4,
+        signed: Union[bool, str, None] = None,
+        grad_scale: str = "numel",
+        init_step: Optional[float] = None,
+        role: str = "weight",
+        eval_mode: str = "deterministic",
+        seed: int = 0,
+    ):
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         if grad_scale not in GRAD_SCALES:
             raise ConfigError(f"unknown grad_scale {grad_scale!r}; valid choices: {', '.join(GRAD_SCALES)}")
@@ -139,8 +157,13 @@ class LSQQuantizer(Quantizer):
         self.maybe_initialize(v)
         s = self.step.detach()
         q = torch.round(torch.clamp(v.detach() / s, -self.q_n, self.q_p))
-        return QuantizedTensor(indices=(q + self.q_n).to(index_dtype(self._bits)), bits=self._bits,
-                               scale=s.clone(), zero_point=torch.zeros((), dtype=v.dtype), qmin=-self.q_n)
+        return QuantizedTensor(
+            indices=(q + self.q_n).to(index_dtype(self._bits)),
+            bits=self._bits,
+            scale=s.clone(),
+            zero_point=torch.zeros((), dtype=v.dtype),
+            qmin=-self.q_n,
+        )
 
     def extra_repr(self) -> str:
         sign = "auto" if self.auto_sign and not self._is_initialized else self.signed

@@ -36,8 +36,14 @@ __all__ = ["MinMaxQuantizer", "GRANULARITIES"]
 GRANULARITIES = ("tensor", "channel", "sample")
 
 
-def affine_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q_max: int,
-                         noise: Optional[torch.Tensor] = None, integer_zero: bool = True) -> torch.Tensor:
+def affine_fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    q_max: int,
+    noise: Optional[torch.Tensor] = None,
+    integer_zero: bool = True,
+) -> torch.Tensor:
     """``(clamp(round(x / scale) + z, 0, q_max) - z) * scale`` using a handful of in-place kernels.
 
     ``x * (1 / scale)`` rather than ``x / scale``, as torch's fused kernel does, so both round identically. With a
@@ -55,8 +61,9 @@ def affine_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     return y.clamp_(0, q_max).sub_(zero_point).mul_(scale)
 
 
-def affine_params(low: torch.Tensor, high: torch.Tensor, q_max: int,
-                  integer_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_params(
+    low: torch.Tensor, high: torch.Tensor, q_max: int, integer_zero: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of the range ``[min(low, 0), max(high, 0)]``.
 
     With ``integer_zero`` the zero point is rounded (GEMMLOWP: zero is exactly representable, and the grid may shift
@@ -87,21 +94,39 @@ class MinMaxQuantizer(Quantizer):
     kind = "minmax"
     OPTIONS = {
         "bits": bits_option(2, 16, default=8),
-        "granularity": {"enum": list(GRANULARITIES),
-                        "description": "range per tensor, per output channel, or per sample averaged over the batch "
-                                       "(default: sample for activations, tensor otherwise)"},
-        "momentum": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1,
-                     "description": "weight of the new batch in the running range (activations)"},
+        "granularity": {
+            "enum": list(GRANULARITIES),
+            "description": "range per tensor, per output channel, or per sample averaged over the batch "
+            "(default: sample for activations, tensor otherwise)",
+        },
+        "momentum": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "default": 0.1,
+            "description": "weight of the new batch in the running range (activations)",
+        },
         "rounding": {**ROUNDING_OPTION, "description": "default: stochastic for gradients, nearest otherwise"},
-        "zero_point": {"enum": ["integer", "exact"],
-                       "description": "integer (GEMMLOWP, exportable; default) or exact -m/scale (unbiased stochastic "
-                                      "rounding over the whole range; default for gradients)"},
+        "zero_point": {
+            "enum": ["integer", "exact"],
+            "description": "integer (GEMMLOWP, exportable; default) or exact -m/scale (unbiased stochastic "
+            "rounding over the whole range; default for gradients)",
+        },
         "eval_mode": EVAL_MODE_OPTION,
     }
 
-    def __init__(self, *, bits: int = 8, granularity: Optional[str] = None, momentum: float = 0.1,
-                 role: str = "weight", rounding: Optional[str] = None, zero_point: Optional[str] = None,
-                 eval_mode: str = "deterministic", seed: int = 0):
+    def __init__(
+        self,
+        *,
+        bits: int = 8,
+        granularity: Optional[str] = None,
+        momentum: float = 0.1,
+        role: str = "weight",
+        rounding: Optional[str] = None,
+        zero_point: Optional[str] = None,
+        eval_mode: str = "deterministic",
+        seed: int = 0,
+    ):
         # Banner's defaults by role: per-sample averaged ranges for activations, stochastic rounding for gradients.
         if granularity is None:
             granularity = {"activation": "sample"}.get(role, "tensor")
@@ -170,9 +195,11 @@ class MinMaxQuantizer(Quantizer):
     def deterministic_grid(self) -> Union[IntegerGrid, AffineFloat]:
         """The grid of the running range (``granularity: sample``); other granularities have none fixed."""
         if self.granularity != "sample":
-            raise GridUnavailable(f"a min-max quantizer with granularity {self.granularity!r} computes its range "
-                                  f"from every tensor it quantizes, so it has no fixed grid; use granularity: sample "
-                                  f"(running range) for one")
+            raise GridUnavailable(
+                f"a min-max quantizer with granularity {self.granularity!r} computes its range "
+                f"from every tensor it quantizes, so it has no fixed grid; use granularity: sample "
+                f"(running range) for one"
+            )
         self.require_initialized()
         with torch.no_grad():
             scale, zero_point = affine_params(self.running_min, self.running_max, self.q_max, self.integer_zero)
@@ -187,8 +214,14 @@ class MinMaxQuantizer(Quantizer):
             raise ConfigError("encode() needs an integer zero point; build the quantizer with zero_point: integer")
         q = torch.round(x * torch.reciprocal(scale)).add_(zero_point).clamp_(0, self.q_max)
         per_channel = self.granularity == "channel" and x.dim() >= 2
-        return QuantizedTensor(indices=q.to(index_dtype(self._bits)), bits=self._bits, scale=scale,
-                               zero_point=zero_point, qmin=0, axis=0 if per_channel else None)
+        return QuantizedTensor(
+            indices=q.to(index_dtype(self._bits)),
+            bits=self._bits,
+            scale=scale,
+            zero_point=zero_point,
+            qmin=0,
+            axis=0 if per_channel else None,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", granularity={self.granularity}"

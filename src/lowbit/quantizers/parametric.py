@@ -55,8 +55,14 @@ from .grids import HALF_AWAY, IntegerGrid, Pow2Grid, float32
 
 __all__ = ["ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "PARAMETRIZATIONS"]
 
-PARAMETRIZATIONS = {"U1": ("b", "d"), "U2": ("b", "q_max"), "U3": ("d", "q_max"),
-                    "P1": ("b", "q_max"), "P2": ("b", "q_min"), "P3": ("q_min", "q_max")}
+PARAMETRIZATIONS = {
+    "U1": ("b", "d"),
+    "U2": ("b", "q_max"),
+    "U3": ("d", "q_max"),
+    "P1": ("b", "q_max"),
+    "P2": ("b", "q_min"),
+    "P3": ("q_min", "q_max"),
+}
 
 D_BOX = (2.0**-8, 1.0)
 QMIN_BOX = (2.0**-15, 256.0)
@@ -200,8 +206,17 @@ class _Pow2Function(torch.autograd.Function):
 
 
 class _ParametricBase(Quantizer):
-    def __init__(self, *, parametrization: str, signed: Optional[bool], init_bits: int, role: str,
-                 eval_mode: str, seed: int, frozen: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        *,
+        parametrization: str,
+        signed: Optional[bool],
+        init_bits: int,
+        role: str,
+        eval_mode: str,
+        seed: int,
+        frozen: tuple[str, ...] = (),
+    ):
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         self.parametrization = parametrization
         if signed is None:
@@ -263,11 +278,27 @@ class _ParametricBase(Quantizer):
 class ParametricUniformQuantizer(_ParametricBase):
     kind = "parametric"
 
-    def __init__(self, *, parametrization: str = "U3", signed: Optional[bool] = None, init_bits: int = 4,
-                 pow2_step: bool = True, frozen: tuple[str, ...] = (), role: str = "weight",
-                 eval_mode: str = "deterministic", seed: int = 0):
-        super().__init__(parametrization=parametrization, signed=signed, init_bits=init_bits, role=role,
-                         eval_mode=eval_mode, seed=seed, frozen=tuple(frozen))
+    def __init__(
+        self,
+        *,
+        parametrization: str = "U3",
+        signed: Optional[bool] = None,
+        init_bits: int = 4,
+        pow2_step: bool = True,
+        frozen: tuple[str, ...] = (),
+        role: str = "weight",
+        eval_mode: str = "deterministic",
+        seed: int = 0,
+    ):
+        super().__init__(
+            parametrization=parametrization,
+            signed=signed,
+            init_bits=init_bits,
+            role=role,
+            eval_mode=eval_mode,
+            seed=seed,
+            frozen=tuple(frozen),
+        )
         self.pow2_step = bool(pow2_step)
 
     # ---------------------------------------------------------------------------------- derived quantities
@@ -350,18 +381,39 @@ class ParametricUniformQuantizer(_ParametricBase):
             q = round_half_away(torch.clamp(x.detach(), lo, q_max) / d)
             qmin = -k if self._signed else 0
             bits = self.bits
-            return QuantizedTensor(indices=(q - qmin).to(index_dtype(bits)), bits=bits, scale=d.clone(),
-                                   zero_point=torch.zeros((), dtype=x.dtype), qmin=qmin)
+            return QuantizedTensor(
+                indices=(q - qmin).to(index_dtype(bits)),
+                bits=bits,
+                scale=d.clone(),
+                zero_point=torch.zeros((), dtype=x.dtype),
+                qmin=qmin,
+            )
 
 
 class ParametricPow2Quantizer(_ParametricBase):
     kind = "parametric"
 
-    def __init__(self, *, parametrization: str = "P3", signed: Optional[bool] = None, init_bits: int = 4,
-                 with_zero: bool = True, frozen: tuple[str, ...] = (), role: str = "weight",
-                 eval_mode: str = "deterministic", seed: int = 0):
-        super().__init__(parametrization=parametrization, signed=signed, init_bits=init_bits, role=role,
-                         eval_mode=eval_mode, seed=seed, frozen=tuple(frozen))
+    def __init__(
+        self,
+        *,
+        parametrization: str = "P3",
+        signed: Optional[bool] = None,
+        init_bits: int = 4,
+        with_zero: bool = True,
+        frozen: tuple[str, ...] = (),
+        role: str = "weight",
+        eval_mode: str = "deterministic",
+        seed: int = 0,
+    ):
+        super().__init__(
+            parametrization=parametrization,
+            signed=signed,
+            init_bits=init_bits,
+            role=role,
+            eval_mode=eval_mode,
+            seed=seed,
+            frozen=tuple(frozen),
+        )
         self.with_zero = bool(with_zero)
 
     def _exponents(self, n: torch.Tensor) -> torch.Tensor:
@@ -434,27 +486,46 @@ class ParametricPow2Quantizer(_ParametricBase):
             values = _Pow2Function.apply(x.detach(), q_min, q_max, self._signed, self.with_zero)
             k = int(round(math.log2(float(q_max / q_min))))
             magnitudes = [2.0**e for e in range(k + 1)]  # in units of q_min
-            levels = ([-m for m in reversed(magnitudes)] if self._signed else []) + \
-                     ([0.0] if self.with_zero else []) + magnitudes
+            levels = (
+                ([-m for m in reversed(magnitudes)] if self._signed else [])
+                + ([0.0] if self.with_zero else [])
+                + magnitudes
+            )
             table = torch.tensor(levels, dtype=x.dtype)
             ratio = values / q_min
             # index of each value in the sorted table (exact: values are table entries times q_min)
             indices = torch.searchsorted(table, ratio.reshape(-1).contiguous()).reshape(x.shape)
             bits = self.bits
-            return QuantizedTensor(indices=indices.to(index_dtype(bits)), bits=bits, scale=q_min.clone(),
-                                   zero_point=torch.zeros((), dtype=x.dtype), table=table)
+            return QuantizedTensor(
+                indices=indices.to(index_dtype(bits)),
+                bits=bits,
+                scale=q_min.clone(),
+                zero_point=torch.zeros((), dtype=x.dtype),
+                table=table,
+            )
 
 
 PARAMETRIC_OPTIONS = {
-    "parametrization": {"enum": list(PARAMETRIZATIONS), "default": "U3",
-                        "description": "U1 (b,d), U2 (b,q_max), U3 (d,q_max), P1 (b,q_max), P2 (b,q_min), P3 (q_min,q_max)"},
-    "signed": {"enum": [True, False, "auto", None], "default": None,
-               "description": "auto: decided from the first tensor; null: signed for weights, auto for activations"},
+    "parametrization": {
+        "enum": list(PARAMETRIZATIONS),
+        "default": "U3",
+        "description": "U1 (b,d), U2 (b,q_max), U3 (d,q_max), P1 (b,q_max), P2 (b,q_min), P3 (q_min,q_max)",
+    },
+    "signed": {
+        "enum": [True, False, "auto", None],
+        "default": None,
+        "description": "auto: decided from the first tensor; null: signed for weights, auto for activations",
+    },
     "init_bits": bits_option(2, 8, default=4),
     "pow2_step": {"type": "boolean", "description": "U1-U3: snap d to a power of two (official code); default true"},
     "with_zero": {"type": "boolean", "description": "P1-P3: add a zero level (one more bit); default true"},
-    "frozen": {"type": "array", "items": {"enum": ["b", "d", "q_max", "q_min"]}, "uniqueItems": True, "default": [],
-               "description": "learned scalars kept at their initial value (e.g. [b]: fixed bit width)"},
+    "frozen": {
+        "type": "array",
+        "items": {"enum": ["b", "d", "q_max", "q_min"]},
+        "uniqueItems": True,
+        "default": [],
+        "description": "learned scalars kept at their initial value (e.g. [b]: fixed bit width)",
+    },
     "eval_mode": EVAL_MODE_OPTION,
 }
 
@@ -472,5 +543,9 @@ def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBas
     return cls(parametrization=key, **options)
 
 
-QUANTIZERS.register("parametric", make_parametric, options=PARAMETRIC_OPTIONS,
-                    keywords_from=(ParametricUniformQuantizer, ParametricPow2Quantizer))
+QUANTIZERS.register(
+    "parametric",
+    make_parametric,
+    options=PARAMETRIC_OPTIONS,
+    keywords_from=(ParametricUniformQuantizer, ParametricPow2Quantizer),
+)

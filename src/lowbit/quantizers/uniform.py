@@ -46,17 +46,30 @@ class UniformQuantizer(Quantizer):
     kind = "uniform"
     OPTIONS = {
         "bits": bits_option(2, 16, default=8),
-        "step": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                 "description": "grid step; null: max|x| / Q_P from the first tensor"},
+        "step": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "default": None,
+            "description": "grid step; null: max|x| / Q_P from the first tensor",
+        },
         "signed": {"type": ["boolean", "null"], "default": None, "description": "null: signed unless activation"},
         "symmetric": {"type": "boolean", "default": True, "description": "Q_N = Q_P (zero-centred grid)"},
         "rounding": {**ROUNDING_OPTION, "default": "nearest"},
         "eval_mode": EVAL_MODE_OPTION,
     }
 
-    def __init__(self, *, bits: int = 8, step: Optional[float] = None, signed: Optional[bool] = None,
-                 symmetric: bool = True, role: str = "weight", rounding: str = "nearest",
-                 eval_mode: str = "deterministic", seed: int = 0):
+    def __init__(
+        self,
+        *,
+        bits: int = 8,
+        step: Optional[float] = None,
+        signed: Optional[bool] = None,
+        symmetric: bool = True,
+        role: str = "weight",
+        rounding: str = "nearest",
+        eval_mode: str = "deterministic",
+        seed: int = 0,
+    ):
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         self._bits = int(bits)
         self._signed = (role != "activation") if signed is None else bool(signed)

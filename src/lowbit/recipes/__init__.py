@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -21,12 +22,18 @@ from ..errors import ConfigError
 from ..nn.slots import SLOTS
 from .schema import explain, fill_defaults, quantizer_spec_schema, recipe_schema, validation_errors
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "list_recipes", "recipe_dir", "merge", "set_value",
-           "recipe_schema"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "list_recipes", "recipe_dir", "merge", "set_value", "recipe_schema"]
 
 RECIPE_DIR = Path(__file__).resolve().parent
-ALIASES = {"float": "fp32", "bc": "bc-det", "binaryconnect": "bc-det", "banner": "banner-w8a8g8",
-           "lsq": "lsq-w4a4", "mp": "mp-u3", "uhlich": "mp-u3"}
+ALIASES = {
+    "float": "fp32",
+    "bc": "bc-det",
+    "binaryconnect": "bc-det",
+    "banner": "banner-w8a8g8",
+    "lsq": "lsq-w4a4",
+    "mp": "mp-u3",
+    "uhlich": "mp-u3",
+}
 
 
 class RecipeError(ConfigError):
@@ -60,7 +67,7 @@ class Recipe:
     def to_dict(self) -> dict:
         return copy.deepcopy(self.data)
 
-    def with_changes(self, changes: Mapping[str, Any]) -> "Recipe":
+    def with_changes(self, changes: Mapping[str, Any]) -> Recipe:
         """A new recipe with dotted-path assignments applied (``{"train.epochs": 3}``) and validated again."""
         data = self.to_dict()
         for path, value in changes.items():
@@ -145,8 +152,9 @@ def _locate(name_or_path: Union[str, os.PathLike]) -> Path:
     names = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
     close = difflib.get_close_matches(text, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise RecipeError(f"unknown recipe {text!r}{hint}; shipped recipes: {', '.join(names)}; "
-                      f"or give the path of a .yaml file")
+    raise RecipeError(
+        f"unknown recipe {text!r}{hint}; shipped recipes: {', '.join(names)}; or give the path of a .yaml file"
+    )
 
 
 def _resolve_extends(data: dict, source: str, seen: tuple[str, ...] = ()) -> dict:
@@ -203,8 +211,10 @@ def _check_overrides(data: dict, source: str) -> None:
                 continue
             merged = effective_slot(quantize.get(slot), override[slot])
             if merged is not None and "type" not in merged:
-                raise RecipeError(f"invalid recipe {source}: quantize.overrides[{i}].{slot}: options without a "
-                                  f"'type', and the recipe has no {slot} quantizer to apply them to; add a type")
+                raise RecipeError(
+                    f"invalid recipe {source}: quantize.overrides[{i}].{slot}: options without a "
+                    f"'type', and the recipe has no {slot} quantizer to apply them to; add a type"
+                )
             errors = validation_errors(merged, spec_schema)
             if errors:
                 raise RecipeError(_report(source, [explain(e, f"quantize.overrides[{i}].{slot}") for e in errors]))
@@ -215,21 +225,29 @@ def _check_consistency(data: dict, source: str) -> None:
     train = data["train"]
     schedule = train["schedule"]
     if schedule["type"] == "step" and not schedule.get("milestones"):
-        raise RecipeError(f"invalid recipe {source}: train.schedule: type 'step' needs 'milestones' "
-                          f"(epochs at which the LR is multiplied by gamma)")
+        raise RecipeError(
+            f"invalid recipe {source}: train.schedule: type 'step' needs 'milestones' "
+            f"(epochs at which the LR is multiplied by gamma)"
+        )
     if schedule["type"] == "exponential" and "final_lr_ratio" not in schedule:
-        raise RecipeError(f"invalid recipe {source}: train.schedule: type 'exponential' needs 'final_lr_ratio' "
-                          f"(LR at the last epoch divided by the initial LR)")
+        raise RecipeError(
+            f"invalid recipe {source}: train.schedule: type 'exponential' needs 'final_lr_ratio' "
+            f"(LR at the last epoch divided by the initial LR)"
+        )
     for i, reg in enumerate(train["regularizers"]):
         if reg["type"] == "memory_budget":
             has_weight = "weight_kb" in reg or "weight_bits" in reg
             has_act = "activation_kb" in reg or "activation_bits" in reg
             if "weight_kb" in reg and "weight_bits" in reg or "activation_kb" in reg and "activation_bits" in reg:
-                raise RecipeError(f"invalid recipe {source}: train.regularizers[{i}]: give a budget either in KB "
-                                  f"or in homogeneous bits, not both")
+                raise RecipeError(
+                    f"invalid recipe {source}: train.regularizers[{i}]: give a budget either in KB "
+                    f"or in homogeneous bits, not both"
+                )
             if not (has_weight or has_act):
-                raise RecipeError(f"invalid recipe {source}: train.regularizers[{i}]: a memory_budget needs "
-                                  f"weight_kb/weight_bits and/or activation_kb/activation_bits")
+                raise RecipeError(
+                    f"invalid recipe {source}: train.regularizers[{i}]: a memory_budget needs "
+                    f"weight_kb/weight_bits and/or activation_kb/activation_bits"
+                )
 
 
 def load_recipe(recipe: Union[str, os.PathLike, Mapping, Recipe]) -> Recipe:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jsonschema
 
@@ -18,7 +19,6 @@ from ..data.registry import DATASETS
 from ..quantizers import QUANTIZERS
 
 __all__ = ["recipe_schema", "quantizer_spec_schema", "validation_errors", "explain", "fill_defaults"]
-
 
 
 def quantizer_spec_schema(require_type: bool = True) -> dict:
@@ -33,8 +33,10 @@ def _nullable(schema: dict) -> dict:
 def _slots(require_type: bool) -> dict:
     from ..nn.slots import SLOTS
 
-    return {name: {**_nullable(quantizer_spec_schema(require_type)), "description": slot.description}
-            for name, slot in SLOTS.items()}
+    return {
+        name: {**_nullable(quantizer_spec_schema(require_type)), "description": slot.description}
+        for name, slot in SLOTS.items()
+    }
 
 
 def _choices(registry) -> str:
@@ -46,9 +48,13 @@ def _flat_section(registry, default_type: str, common: dict) -> dict:
     """A recipe section whose ``type`` picks a component and that accepts the options of every component of the
     registry (each takes its own), plus options ``common`` to all of them."""
     return {
-        "type": "object", "additionalProperties": False,
-        "properties": {"type": registry.type_schema(default=default_type, description=_choices(registry)),
-                       **copy.deepcopy(common), **registry.merged_options()},
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "type": registry.type_schema(default=default_type, description=_choices(registry)),
+            **copy.deepcopy(common),
+            **registry.merged_options(),
+        },
         "default": {},
     }
 
@@ -58,7 +64,8 @@ def _train_schema() -> dict:
     from ..train import losses, optimizers, policies, regularizers, schedule
 
     return {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "properties": {
             "epochs": {"type": "integer", "minimum": 0, "default": 10},
             "batch_size": {"type": "integer", "minimum": 1, "default": 64},
@@ -66,11 +73,21 @@ def _train_schema() -> dict:
             "optimizer": _flat_section(optimizers.OPTIMIZERS, "adam", optimizers.COMMON_OPTIONS),
             "schedule": _flat_section(schedule.SCHEDULES, "cosine", schedule.COMMON_OPTIONS),
             "policy": _flat_section(policies.POLICIES, "latent", {}),
-            "pretrain": {"anyOf": [{"type": "null"}, {
-                "type": "object", "additionalProperties": False,
-                "properties": {"epochs": {"type": "integer", "minimum": 0, "default": 5},
-                               "lr": {"type": "number", "exclusiveMinimum": 0}},
-            }], "default": None, "description": "float training before quantization (fine-tuning recipes)"},
+            "pretrain": {
+                "anyOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "epochs": {"type": "integer", "minimum": 0, "default": 5},
+                            "lr": {"type": "number", "exclusiveMinimum": 0},
+                        },
+                    },
+                ],
+                "default": None,
+                "description": "float training before quantization (fine-tuning recipes)",
+            },
             "regularizers": {"type": "array", "items": regularizers.REGULARIZERS.spec_schema(), "default": []},
             "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
             "val_every": {"type": "integer", "minimum": 1, "default": 1},
@@ -85,8 +102,10 @@ def recipe_schema() -> dict:
         "additionalProperties": False,
         "required": ["match"],
         "properties": {
-            "match": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-                      "description": "module-name glob(s); 'first' and 'last' name the first and last layer"},
+            "match": {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+                "description": "module-name glob(s); 'first' and 'last' name the first and last layer",
+            },
             "float": {"type": "boolean", "default": False, "description": "leave the matched layers in float"},
             "bifurcate": {"type": "boolean"},
             **_slots(require_type=False),
@@ -97,10 +116,14 @@ def recipe_schema() -> dict:
         "additionalProperties": False,
         "properties": {
             **_slots(require_type=True),
-            "bifurcate": {"type": "boolean", "default": True,
-                          "description": "weight gradient from the high-precision output gradient (Banner)"},
+            "bifurcate": {
+                "type": "boolean",
+                "default": True,
+                "description": "weight gradient from the high-precision output gradient (Banner)",
+            },
             "batchnorm": {
-                "type": "object", "additionalProperties": False,
+                "type": "object",
+                "additionalProperties": False,
                 "properties": {
                     "type": {"enum": ["keep", "range"], "default": "keep"},
                     "estimator": {"enum": ["paper", "chunked"], "default": "paper"},
@@ -121,10 +144,11 @@ def recipe_schema() -> dict:
             "summary": {"type": "string", "description": "one line: what the recipe does"},
             "paper": {"type": "string"},
             "extends": {"type": "string", "description": "name or path of a recipe this one modifies"},
-            "model": {"anyOf": [{"type": "string"}, {
-                "type": "object", "properties": {"name": {"type": "string"}}}],
+            "model": {
+                "anyOf": [{"type": "string"}, {"type": "object", "properties": {"name": {"type": "string"}}}],
                 "description": "default model name and/or model options (e.g. output_bn: true); the command line "
-                               "can override the name, options the chosen model lacks are ignored"},
+                "can override the name, options the chosen model lacks are ignored",
+            },
             # any spelling load_dataset accepts (aliases, any case), so a string rather than an enum
             "data": {"type": "string", "description": f"default dataset: {', '.join(DATASETS)}"},
             "quantize": {**quantize, "default": {}},
@@ -190,11 +214,10 @@ def explain(error: jsonschema.ValidationError, prefix: str = "") -> str:
         allowed = list(schema.get("properties", {}))
         unknown = [k for k in value if k not in allowed]
         key = unknown[0] if unknown else "?"
-        return (f"{where}: unknown key {key!r}{_suggest(key, allowed)}; valid keys: {', '.join(allowed)}")
+        return f"{where}: unknown key {key!r}{_suggest(key, allowed)}; valid keys: {', '.join(allowed)}"
     if kind in ("enum", "const"):
         choices = schema.get("enum", [schema.get("const")])
-        shown = ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
-                          for c in choices)
+        shown = ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
         return f"{where}: {value!r} is not a valid choice{_suggest(value, map(str, choices))}; valid choices: {shown}"
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         low = schema.get("minimum", schema.get("exclusiveMinimum"))

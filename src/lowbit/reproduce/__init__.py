@@ -23,17 +23,42 @@ from .papers import PAPERS
 from .runner import Runner, estimate_seconds, plan_jobs
 from .toy import run_toy
 
-__all__ = ["MODES", "TABLE_KEYS", "Cell", "Mode", "Table", "Paper", "Analysis", "PAPERS", "build_tables",
-           "mode_named", "Runner", "plan_jobs", "estimate_seconds", "run_toy", "gradient_magnitudes", "reproduce"]
+__all__ = [
+    "MODES",
+    "TABLE_KEYS",
+    "Cell",
+    "Mode",
+    "Table",
+    "Paper",
+    "Analysis",
+    "PAPERS",
+    "build_tables",
+    "mode_named",
+    "Runner",
+    "plan_jobs",
+    "estimate_seconds",
+    "run_toy",
+    "gradient_magnitudes",
+    "reproduce",
+]
 
 
-def reproduce(mode: str = "quick", *, only=None, seeds=None, out: str = "docs/results", work: str = "runs/reproduce",
-              fresh: bool = False, threads: int = 1) -> str:
+def reproduce(
+    mode: str = "quick",
+    *,
+    only=None,
+    seeds=None,
+    out: str = "docs/results",
+    work: str = "runs/reproduce",
+    fresh: bool = False,
+    threads: int = 1,
+) -> str:
     """Run a mode and write its results page; returns the page's path (the Python form of the command)."""
     from pathlib import Path
 
     from .suite import SuiteOptions, run_suite
 
-    run_suite(SuiteOptions(mode=mode, seeds=seeds, only=only, out=str(out), work=str(work), fresh=fresh,
-                           threads=threads))
+    run_suite(
+        SuiteOptions(mode=mode, seeds=seeds, only=only, out=str(out), work=str(work), fresh=fresh, threads=threads)
+    )
     return str(Path(out) / mode / "README.md")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from . import papers as registry
 from .modes import Mode
@@ -20,12 +21,13 @@ from .rawfiles import analysis_path, read_raw
 __all__ = ["analysis_path", "ensure_analyses", "load_analysis", "load_analyses"]
 
 
-def ensure_analyses(out: Path, mode: Mode, table_keys: list, fresh: bool = False, log=print,
-                    papers: Optional[Sequence[Paper]] = None) -> dict:
+def ensure_analyses(
+    out: Path, mode: Mode, table_keys: list, fresh: bool = False, log=print, papers: Optional[Sequence[Paper]] = None
+) -> dict:
     """Compute (or reuse) the analyses of the papers in ``table_keys`` (among ``papers``, default: the registry);
     returns ``name -> result``."""
     results = {}
-    for paper in (papers if papers is not None else registry.registered()):
+    for paper in papers if papers is not None else registry.registered():
         if paper.key not in table_keys:
             continue
         for analysis in paper.analyses:
@@ -52,5 +54,6 @@ def load_analysis(out: Path, mode: Mode, name: str) -> Optional[dict]:
 
 def load_analyses(out: Path, mode: Mode, tables: list) -> dict:
     """``name -> stored result`` (``None`` where not computed) of every analysis of the papers of ``tables``."""
-    return {analysis.name: load_analysis(out, mode, analysis.name) for table in tables
-            for analysis in table.paper.analyses}
+    return {
+        analysis.name: load_analysis(out, mode, analysis.name) for table in tables for analysis in table.paper.analyses
+    }

@@ -52,21 +52,21 @@ class Cell:
     (:attr:`lowbit.reproduce.paper.Paper.probes`).
     """
 
-    id: str                      # unique across tables; also the directory of its results ("bc/mlp/bc-det")
-    label: str                   # row label
+    id: str  # unique across tables; also the directory of its results ("bc/mlp/bc-det")
+    label: str  # row label
     recipe: str
-    role: str                    # what the checks call this cell ("float", "bc-det", ...)
+    role: str  # what the checks call this cell ("float", "bc-det", ...)
     model: str
     model_options: dict = field(default_factory=dict)
     changes: dict = field(default_factory=dict)
-    column: str = ""             # a second table dimension (BinaryConnect: MLP / CNN)
+    column: str = ""  # a second table dimension (BinaryConnect: MLP / CNN)
     data: str = "digits"
     epochs: int = 1
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
-    init_from: Optional[str] = None   # id of the float cell (same seed) this cell fine-tunes
+    init_from: Optional[str] = None  # id of the float cell (same seed) this cell fine-tunes
     probes: tuple = ()
-    note: str = ""               # one line shown under the table
+    note: str = ""  # one line shown under the table
     # bumped when a change to the library alters this cell's results (and only this cell's), so that resuming
     # re-runs it without invalidating the rest of the cache
     revision: int = 0
@@ -76,15 +76,26 @@ class Cell:
 
     def train_kwargs(self) -> dict:
         """The :class:`lowbit.train.TrainConfig` keywords of this cell (seed, out, init_from added by the runner)."""
-        return {"recipe": self.recipe, "data": self.data, "model": self.model,
-                "model_options": copy.deepcopy(self.model_options), "changes": copy.deepcopy(self.changes),
-                "epochs": self.epochs, "train_subset": self.train_subset, "test_subset": self.test_subset,
-                "pretrain_epochs": 0}
+        return {
+            "recipe": self.recipe,
+            "data": self.data,
+            "model": self.model,
+            "model_options": copy.deepcopy(self.model_options),
+            "changes": copy.deepcopy(self.changes),
+            "epochs": self.epochs,
+            "train_subset": self.train_subset,
+            "test_subset": self.test_subset,
+            "pretrain_epochs": 0,
+        }
 
-    def fingerprint(self, parent: Optional["Cell"] = None) -> str:
+    def fingerprint(self, parent: Optional[Cell] = None) -> str:
         """A short hash of everything that determines the cell's result (and its parent's, for fine-tuning)."""
-        payload = {"train": self.train_kwargs(), "probes": list(self.probes), "version": RESULTS_VERSION,
-                   "parent": parent.fingerprint() if parent is not None else None}
+        payload = {
+            "train": self.train_kwargs(),
+            "probes": list(self.probes),
+            "version": RESULTS_VERSION,
+            "parent": parent.fingerprint() if parent is not None else None,
+        }
         if self.revision:
             payload["revision"] = self.revision
         text = json.dumps(payload, sort_keys=True, default=str)
@@ -95,7 +106,7 @@ class Cell:
 class Table:
     """One paper's cells in one mode, with the budget they were built for."""
 
-    paper: "Paper"
+    paper: Paper
     cells: tuple
     budget: Budget
 

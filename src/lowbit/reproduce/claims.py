@@ -28,16 +28,30 @@ from typing import Optional
 
 from .results import CellStats
 
-__all__ = ["Check", "verdict", "RULES_TEXT", "lower", "close", "not_worse", "ratio", "higher_training_loss",
-           "have", "fmt_error", "probe_stats", "probe_accuracy_as_error"]
+__all__ = [
+    "Check",
+    "verdict",
+    "RULES_TEXT",
+    "lower",
+    "close",
+    "not_worse",
+    "ratio",
+    "higher_training_loss",
+    "have",
+    "fmt_error",
+    "probe_stats",
+    "probe_accuracy_as_error",
+]
 
-RULES_TEXT = ("Errors are mean test errors over seeds (%). *Ordering* checks (A better than B) pass when the "
-              "difference exceeds twice its standard error, fail when it is that far the other way, and are "
-              "*inconclusive* in between; *tolerance* checks (A within t points of B) are decided on the means; "
-              "*training-loss* checks (B trains worse than A) compare the final training losses seed by seed. "
-              "Standard errors use the larger of the seed-to-seed and the test-set (binomial) noise. Verdict: "
-              "**supported** when every check passes, **not supported** when none does, **partly** otherwise; an "
-              "inconclusive check does not count as a pass.")
+RULES_TEXT = (
+    "Errors are mean test errors over seeds (%). *Ordering* checks (A better than B) pass when the "
+    "difference exceeds twice its standard error, fail when it is that far the other way, and are "
+    "*inconclusive* in between; *tolerance* checks (A within t points of B) are decided on the means; "
+    "*training-loss* checks (B trains worse than A) compare the final training losses seed by seed. "
+    "Standard errors use the larger of the seed-to-seed and the test-set (binomial) noise. Verdict: "
+    "**supported** when every check passes, **not supported** when none does, **partly** otherwise; an "
+    "inconclusive check does not count as a pass."
+)
 
 
 @dataclass
@@ -45,8 +59,8 @@ class Check:
     claim: str
     rule: str
     observed: str
-    passed: Optional[bool]           # None: no data
-    within_noise: bool = False       # ordering: inconclusive (passed is False); tolerance: near the limit
+    passed: Optional[bool]  # None: no data
+    within_noise: bool = False  # ordering: inconclusive (passed is False); tolerance: near the limit
 
     @property
     def outcome(self) -> str:
@@ -85,12 +99,15 @@ def have(*stats) -> bool:
 
 def _observed(a: CellStats, b: CellStats, name_a: str, name_b: str) -> str:
     d = a.mean - b.mean
-    return (f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}; {name_a} − {name_b} = {d:+.2f} pp "
-            f"(2 SE = {2 * _se_diff(a, b):.2f})")
+    return (
+        f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}; {name_a} − {name_b} = {d:+.2f} pp "
+        f"(2 SE = {2 * _se_diff(a, b):.2f})"
+    )
 
 
-def lower(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str,
-          margin: float = 0.0) -> Check:
+def lower(
+    claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, margin: float = 0.0
+) -> Check:
     """Ordering: ``err(b) − err(a) > margin`` beyond noise (a has the lower error)."""
     rule = f"err({name_a}) < err({name_b})" if not margin else f"err({name_b}) − err({name_a}) > {margin:g} pp"
     if not have(a, b):
@@ -102,8 +119,7 @@ def lower(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: st
     return Check(claim, rule, _observed(a, b, name_a, name_b), False, within_noise=excess >= -noise)
 
 
-def close(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str,
-          tol: float) -> Check:
+def close(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, tol: float) -> Check:
     """Tolerance: ``|err(a) − err(b)| <= tol`` on the means."""
     rule = f"|err({name_a}) − err({name_b})| ≤ {tol:g} pp"
     if not have(a, b):
@@ -113,8 +129,9 @@ def close(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: st
     return Check(claim, rule, _observed(a, b, name_a, name_b), ok, ok and tol - abs(d) < 2 * _se_diff(a, b))
 
 
-def not_worse(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str,
-              tol: float) -> Check:
+def not_worse(
+    claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, tol: float
+) -> Check:
     """Tolerance: ``err(a) <= err(b) + tol`` on the means (a matches, within tol, or beats b)."""
     rule = f"err({name_a}) ≤ err({name_b}) + {tol:g} pp"
     if not have(a, b):
@@ -124,15 +141,20 @@ def not_worse(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a
     return Check(claim, rule, _observed(a, b, name_a, name_b), ok, ok and tol - d < 2 * _se_diff(a, b))
 
 
-def ratio(claim: str, a: Optional[CellStats], b: Optional[CellStats], factor: float, op: str, name_a: str,
-          name_b: str) -> Check:
+def ratio(
+    claim: str, a: Optional[CellStats], b: Optional[CellStats], factor: float, op: str, name_a: str, name_b: str
+) -> Check:
     """Effect size on a probe: ``a >= factor * b`` (op "≥") or ``a <= factor * b`` (op "≤"), on the means."""
     rule = f"{name_a} {op} {factor:g} × {name_b}"
     if not have(a, b):
         return Check(claim, rule, "–", None)
     ok = a.mean >= factor * b.mean if op == "≥" else a.mean <= factor * b.mean
-    return Check(claim, rule, f"{a.mean:.3g} vs {b.mean:.3g} (ratio {a.mean / b.mean:.2f})" if b.mean else
-                 f"{a.mean:.3g} vs {b.mean:.3g}", ok)
+    return Check(
+        claim,
+        rule,
+        f"{a.mean:.3g} vs {b.mean:.3g} (ratio {a.mean / b.mean:.2f})" if b.mean else f"{a.mean:.3g} vs {b.mean:.3g}",
+        ok,
+    )
 
 
 def probe_stats(s: Optional[CellStats], probe: str, key: str, scale: float = 1.0) -> Optional[CellStats]:
@@ -156,7 +178,7 @@ def probe_accuracy_as_error(s: Optional[CellStats], probe: str, key: str) -> Opt
 def _final_losses(s: Optional[CellStats]) -> dict:
     """``seed -> training loss of the last epoch`` (diverged runs count as infinitely bad)."""
     losses = {}
-    for record in (s.records if s is not None else []):
+    for record in s.records if s is not None else []:
         if record.get("diverged"):
             losses[record.get("seed")] = math.inf
             continue
@@ -166,8 +188,9 @@ def _final_losses(s: Optional[CellStats]) -> dict:
     return losses
 
 
-def higher_training_loss(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str,
-                         factor: float = 1.5) -> Check:
+def higher_training_loss(
+    claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, factor: float = 1.5
+) -> Check:
     """Training degradation seen in the training loss, paired by seed: ``b`` ends with a higher final training loss
     than ``a`` in every seed, and its mean is at least ``factor`` times ``a``'s. Unlike the test error, the training
     loss of one run is not subject to test-set sampling noise; a seed-by-seed rule keeps one bad seed from deciding."""

@@ -7,7 +7,8 @@ it is imported, so a paper registered later (a test's) is a valid ``--only`` cho
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from ..errors import ConfigError
 from . import papers as registry
@@ -15,8 +16,17 @@ from .cells import Budget, Cell, Table
 from .modes import MODES, Mode, mode_named
 from .paper import Paper
 
-__all__ = ["Cell", "Table", "Budget", "Mode", "MODES", "TABLE_KEYS", "build_tables", "mode_named",  # noqa: F822
-           "cells_of"]
+__all__ = [
+    "Cell",
+    "Table",
+    "Budget",
+    "Mode",
+    "MODES",
+    "TABLE_KEYS",  # noqa: F822 (a module attribute computed on access, see __getattr__)
+    "build_tables",
+    "mode_named",
+    "cells_of",
+]
 
 
 def __getattr__(name: str):
@@ -25,8 +35,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_tables(mode: Mode, only: Optional[Sequence[str]] = None,
-                 papers: Optional[Sequence[Paper]] = None) -> list:
+def build_tables(mode: Mode, only: Optional[Sequence[str]] = None, papers: Optional[Sequence[Paper]] = None) -> list:
     """The tables of ``mode`` in the order of the results page; ``only``: a subset of the papers' keys; ``papers``:
     the papers to choose from (default: the registry)."""
     papers = tuple(papers) if papers is not None else registry.registered()

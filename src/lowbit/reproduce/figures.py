@@ -91,16 +91,28 @@ def toy_figure(toy: dict, path: Path) -> Path:
     """Li & De's convex toy: f - f* versus the learning rate for every method."""
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     lrs = toy["lrs"]
-    styles = {"float": ("black", "-", "o"), "R": ("tab:red", "-", "s"), "SR": ("tab:orange", "-", "^"),
-              "BC-det": ("tab:blue", "-", "v"), "BC-det float copy": ("tab:blue", ":", "v"),
-              "BC-stoch": ("tab:green", "-", "D"), "BC-stoch float copy": ("tab:green", ":", "D")}
+    styles = {
+        "float": ("black", "-", "o"),
+        "R": ("tab:red", "-", "s"),
+        "SR": ("tab:orange", "-", "^"),
+        "BC-det": ("tab:blue", "-", "v"),
+        "BC-det float copy": ("tab:blue", ":", "v"),
+        "BC-stoch": ("tab:green", "-", "D"),
+        "BC-stoch float copy": ("tab:green", ":", "D"),
+    }
     for key, (color, line, marker) in styles.items():
         values = np.maximum(np.asarray(toy["gaps"][key]), 1e-6)
-        label = {"float": "float SGD", "BC-det": "BC-det, deployed Q(w_r)", "BC-stoch": "BC-stoch, deployed Q(w_r)",
-                 "BC-det float copy": "BC-det, float copy w_r", "BC-stoch float copy": "BC-stoch, float copy w_r"}
+        label = {
+            "float": "float SGD",
+            "BC-det": "BC-det, deployed Q(w_r)",
+            "BC-stoch": "BC-stoch, deployed Q(w_r)",
+            "BC-det float copy": "BC-det, float copy w_r",
+            "BC-stoch float copy": "BC-stoch, float copy w_r",
+        }
         ax.plot(lrs, values, line, color=color, marker=marker, markersize=4, label=label.get(key, key))
-    ax.axhline(toy["rounded_ls_gap"], color="grey", linestyle="--", linewidth=1,
-               label="rounding the optimum onto the grid")
+    ax.axhline(
+        toy["rounded_ls_gap"], color="grey", linestyle="--", linewidth=1, label="rounding the optimum onto the grid"
+    )
     ax.axhline(toy["init_gap"], color="grey", linestyle="-.", linewidth=1, label="initial point (w = 0)")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -108,8 +120,9 @@ def toy_figure(toy: dict, path: Path) -> Path:
     ax.set_xlabel("learning rate (constant)")
     ax.set_ylabel("f − f*  (mean over the last 10 % of steps)")
     s = toy["settings"]
-    ax.set_title(f"least squares n={s['n']}, d={s['d']}, Δ={s['delta']}, batch {s['batch']}, {s['steps']} steps",
-                 fontsize=10)
+    ax.set_title(
+        f"least squares n={s['n']}, d={s['d']}, Δ={s['delta']}, batch {s['batch']}, {s['steps']} steps", fontsize=10
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
@@ -140,8 +153,14 @@ def histogram_figure(rows: list, path: Path) -> Optional[Path]:
                 if k == 0:
                     ax.bar(edges[:-1], density, width=np.diff(edges), align="edge", color="0.6", label=label)
                 else:
-                    ax.step(edges[:-1], density, where="post", color=colors[(k - 1) % len(colors)], linewidth=0.8,
-                            label=label)
+                    ax.step(
+                        edges[:-1],
+                        density,
+                        where="post",
+                        color=colors[(k - 1) % len(colors)],
+                        linewidth=0.8,
+                        label=label,
+                    )
             for level in range(-(2 ** (bits - 1)), 2 ** (bits - 1)):
                 ax.axvline(level, color="black", linewidth=0.4, linestyle=":")
             ax.set_title(f"{bits}-bit, layer {layer}", fontsize=9)
@@ -151,8 +170,13 @@ def histogram_figure(rows: list, path: Path) -> Optional[Path]:
     return _save(fig, path)
 
 
-def bits_figure(allocations: list, path: Path, budget_text: str = "", budget_bits: Optional[float] = None,
-                shares: Optional[dict] = None) -> Optional[Path]:
+def bits_figure(
+    allocations: list,
+    path: Path,
+    budget_text: str = "",
+    budget_bits: Optional[float] = None,
+    shares: Optional[dict] = None,
+) -> Optional[Path]:
     """Grouped bars of the learned per-layer weight bit widths: ``[(label, {layer: bits})]`` (seed 0); a dashed
     line at the homogeneous width whose memory is the budget; ``shares``: each layer's fraction of the weights."""
     allocations = [(label, bits) for label, bits in allocations if bits]
@@ -165,15 +189,22 @@ def bits_figure(allocations: list, path: Path, budget_text: str = "", budget_bit
         xs = np.arange(len(layers)) + (i - (len(allocations) - 1) / 2) * width
         ax.bar(xs, [bits.get(layer) or 0 for layer in layers], width=width, label=label)
     if budget_bits:
-        ax.axhline(budget_bits, color="black", linestyle="--", linewidth=1,
-                   label=f"homogeneous {budget_bits:g}-bit net (= the budget)")
+        ax.axhline(
+            budget_bits,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"homogeneous {budget_bits:g}-bit net (= the budget)",
+        )
     ax.set_xticks(np.arange(len(layers)))
-    names = [f"{layer}\n{100 * shares[layer]:.1f} % of weights" if shares and layer in shares else layer
-             for layer in layers]
+    names = [
+        f"{layer}\n{100 * shares[layer]:.1f} % of weights" if shares and layer in shares else layer for layer in layers
+    ]
     ax.set_xticklabels(names, fontsize=8)
     ax.set_ylabel("weight bits")
-    ax.set_title("learned weight bit width per layer (seed 0)" + (f" — {budget_text}" if budget_text else ""),
-                 fontsize=9)
+    ax.set_title(
+        "learned weight bit width per layer (seed 0)" + (f" — {budget_text}" if budget_text else ""), fontsize=9
+    )
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -188,8 +219,15 @@ def gradient_figure(grads: dict, path: Path) -> Path:
         for key, values in grads[kind].items():
             param_set, name = key.split("/")
             style = "-" if name in ("b",) else ("--" if name == "d" else ":")
-            ax.plot(bits, np.maximum(values, 1e-6), style, color=colors[param_set], marker="o", markersize=3,
-                    label=f"{param_set}: ∂Q/∂{name}")
+            ax.plot(
+                bits,
+                np.maximum(values, 1e-6),
+                style,
+                color=colors[param_set],
+                marker="o",
+                markersize=3,
+                label=f"{param_set}: ∂Q/∂{name}",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("bit width b")
         ax.set_ylabel(f"{kind} |∂Q/∂θ| over x ~ N(0, 1)")

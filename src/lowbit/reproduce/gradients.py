@@ -82,9 +82,16 @@ def autograd_partials(x: torch.Tensor, bits: int, parametrization: str, q_max: f
     levels = 2 ** (bits - 1) - 1
     values = {"b": float(bits), "d": q_max / levels, "q_max": q_max}
     partials = {}
-    for i, xi in enumerate(x.reshape(-1)):
-        q = build_quantizer({"type": "parametric", "parametrization": parametrization, "pow2_step": False,
-                             "init_bits": min(max(bits, 2), 8)}, role="weight")
+    for _i, xi in enumerate(x.reshape(-1)):
+        q = build_quantizer(
+            {
+                "type": "parametric",
+                "parametrization": parametrization,
+                "pow2_step": False,
+                "init_bits": min(max(bits, 2), 8),
+            },
+            role="weight",
+        )
         q.maybe_initialize(torch.ones(1))  # mark initialised; the values are set below
         with torch.no_grad():
             for name in q.learned_names:

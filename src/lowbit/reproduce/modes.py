@@ -26,27 +26,34 @@ class Mode:
     data: str
     seeds: int
     description: str
-    cells_per_table: Optional[int] = None   # smoke: only the first few cells of each table
-    budget: Optional[Budget] = None          # smoke: this budget for every paper instead of the paper's own
-    page_note: str = ""                      # a paragraph at the top of the mode's results page
+    cells_per_table: Optional[int] = None  # smoke: only the first few cells of each table
+    budget: Optional[Budget] = None  # smoke: this budget for every paper instead of the paper's own
+    page_note: str = ""  # a paragraph at the top of the mode's results page
 
 
 MODES = {
     "full": Mode(
-        name="full", data="fashion-mnist", seeds=3,
+        name="full",
+        data="fashion-mnist",
+        seeds=3,
         description="Fashion-MNIST, seeded subsets of the training and test sets, 3 seeds",
     ),
     "quick": Mode(
-        name="quick", data="digits", seeds=1,
+        name="quick",
+        data="digits",
+        seeds=1,
         description="sklearn digits (1,294 train / 144 validation / 359 test images of 8x8 pixels), 1 seed",
         page_note="**This is the quick run**: sklearn `digits` (8×8 images, 359 test images), **one seed**, minutes "
-                  "of CPU. Its numbers are noisy (one test image = 0.28 points) and the dataset is easy; the full run "
-                  "on Fashion-MNIST over 3 seeds (`lowbit reproduce`) is the one to quote.",
+        "of CPU. Its numbers are noisy (one test image = 0.28 points) and the dataset is easy; the full run "
+        "on Fashion-MNIST over 3 seeds (`lowbit reproduce`) is the one to quote.",
     ),
     "smoke": Mode(
-        name="smoke", data="digits", seeds=1,
+        name="smoke",
+        data="digits",
+        seeds=1,
         description="smoke test: digits subsets, 1 epoch, two cells per table",
-        cells_per_table=2, budget=Budget(epochs=1, train_subset=400, test_subset=100, pretrain_epochs=1),
+        cells_per_table=2,
+        budget=Budget(epochs=1, train_subset=400, test_subset=100, pretrain_epochs=1),
     ),
 }
 

@@ -24,9 +24,10 @@ module under :mod:`lowbit.reproduce.papers` plus one line in its registry. A pap
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .cells import Budget, Table
 from .modes import Mode
@@ -59,20 +60,20 @@ def no_figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list
 class Paper:
     """One paper's reproduction (see the module docstring for what each part is)."""
 
-    key: str                                         # the --only name, results directory and page anchor
+    key: str  # the --only name, results directory and page anchor
     title: str
     authors: str
     claim: str
     setup: str
-    select: str                                      # best_val | final | best_budget
-    budgets: Mapping[str, Budget]                    # mode name -> data and epochs (smoke uses the mode's budget)
-    cells: Callable[[Mode, Budget], list]            # the cells of the table, in the order of the page
-    checks: Callable[[dict, dict], list]             # (stats, analyses) -> [Check]
-    markdown: Callable[[Table, dict], str]           # (table, stats) -> the results table
-    figures: Callable[[Table, dict, dict, Path], list] = no_figures   # -> [(caption, path)]
-    columns: tuple = ("",)                           # a second table dimension (BinaryConnect: MLP / CNN)
+    select: str  # best_val | final | best_budget
+    budgets: Mapping[str, Budget]  # mode name -> data and epochs (smoke uses the mode's budget)
+    cells: Callable[[Mode, Budget], list]  # the cells of the table, in the order of the page
+    checks: Callable[[dict, dict], list]  # (stats, analyses) -> [Check]
+    markdown: Callable[[Table, dict], str]  # (table, stats) -> the results table
+    figures: Callable[[Table, dict, dict, Path], list] = no_figures  # -> [(caption, path)]
+    columns: tuple = ("",)  # a second table dimension (BinaryConnect: MLP / CNN)
     probes: Mapping[str, Probe] = field(default_factory=dict)
-    analyses: tuple = ()                             # of Analysis
+    analyses: tuple = ()  # of Analysis
 
     def budget(self, mode: Mode) -> Budget:
         return mode.budget or self.budgets[mode.name]
@@ -90,4 +91,3 @@ def _trimmed(table: Table, n: int) -> Table:
     kept = [c for c in table.cells if c.id in parents]
     trained = [c for c in table.cells if c not in kept][:n]
     return replace(table, cells=tuple(kept + trained))
-

@@ -16,7 +16,8 @@ The papers register them under the names their cells use (:attr:`lowbit.reproduc
 from __future__ import annotations
 
 import copy
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Optional
 
 import torch
 from torch import nn
@@ -57,8 +58,9 @@ def _reestimate_batchnorm(model: nn.Module, splits, batch_size: int, max_samples
     for q in _weight_quantizers(model):
         q.eval()  # eval mode: BC-stoch passes the real weights through
     seen = 0
-    for x, _ in BatchLoader(splits.train, batch_size, shuffle=True, seed=0, normalize=(splits.mean, splits.std),
-                            drop_last=True):
+    for x, _ in BatchLoader(
+        splits.train, batch_size, shuffle=True, seed=0, normalize=(splits.mean, splits.std), drop_last=True
+    ):
         model(x)
         seen += x.shape[0]
         if seen >= max_samples:
@@ -91,8 +93,12 @@ def weight_statistics(model: nn.Module) -> dict:
             continue
         relative_error, ratio, bits = level_distance(layer.weight, q)
         lo, hi = -(2 ** (bits - 1)) - 1.0, float(2 ** (bits - 1))  # one step beyond the signed code range
-        entry = {"bits": bits, "count": int(ratio.numel()), "mean_distance": float(relative_error.mean()),
-                 "near_level": float((relative_error <= 0.05).float().mean())}
+        entry = {
+            "bits": bits,
+            "count": int(ratio.numel()),
+            "mean_distance": float(relative_error.mean()),
+            "near_level": float((relative_error <= 0.05).float().mean()),
+        }
         if bits <= 4:
             n_bins = int(round((hi - lo) / HIST_BIN))
             entry["histogram"] = {"lo": lo, "hi": hi, "counts": torch.histc(ratio, n_bins, lo, hi).int().tolist()}
@@ -102,21 +108,33 @@ def weight_statistics(model: nn.Module) -> dict:
         low_near += entry["near_level"] * entry["count"]
         low_dist += entry["mean_distance"] * entry["count"]
         low_count += entry["count"]
-    return {"layers": layers, "near_level": low_near / max(low_count, 1),
-            "mean_distance": low_dist / max(low_count, 1), "layers_counted": sorted(low)}
+    return {
+        "layers": layers,
+        "near_level": low_near / max(low_count, 1),
+        "mean_distance": low_dist / max(low_count, 1),
+        "layers_counted": sorted(low),
+    }
 
 
 @torch.no_grad()
 def memory_usage(model: nn.Module, budget_bits: float = 3.0) -> dict:
     """``S_w`` in KB, the memory of the same net at homogeneous bit widths (``budget_kb`` at ``budget_bits``, the
     reproduction's budget), and the per-layer bit widths."""
-    counts = {name: sum(p.numel() for p in (layer.weight, layer.bias) if p is not None)
-              for name, layer in quantized_layers(model)}
+    counts = {
+        name: sum(p.numel() for p in (layer.weight, layer.bias) if p is not None)
+        for name, layer in quantized_layers(model)
+    }
     n = sum(counts.values())
     bits = model_summary(model).per_layer_bits()
-    return {"weight_kb": float(weight_memory_bits(model)) / BITS_PER_KB, "budget_kb": n * budget_bits / BITS_PER_KB,
-            "budget_bits": budget_bits, "homogeneous_kb": {str(b): n * b / BITS_PER_KB for b in (2, 3, 4, 8)},
-            "params": int(n), "layer_shares": {name: c / n for name, c in counts.items()}, "bits": bits}
+    return {
+        "weight_kb": float(weight_memory_bits(model)) / BITS_PER_KB,
+        "budget_kb": n * budget_bits / BITS_PER_KB,
+        "budget_bits": budget_bits,
+        "homogeneous_kb": {str(b): n * b / BITS_PER_KB for b in (2, 3, 4, 8)},
+        "params": int(n),
+        "layer_shares": {name: c / n for name, c in counts.items()},
+        "bits": bits,
+    }
 
 
 def run_probes(probes: Mapping[str, Callable[[nn.Module, object], dict]], model: nn.Module, splits) -> dict:

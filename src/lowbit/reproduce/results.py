@@ -26,11 +26,11 @@ __all__ = ["CellStats", "collect", "error_of", "by_role"]
 @dataclass
 class CellStats:
     cell: Cell
-    errors: list = field(default_factory=list)        # reported test error (%) per finished seed
+    errors: list = field(default_factory=list)  # reported test error (%) per finished seed
     final_errors: list = field(default_factory=list)
-    records: list = field(default_factory=list)       # raw JSON of every seed found
+    records: list = field(default_factory=list)  # raw JSON of every seed found
     diverged: int = 0
-    unmet: int = 0                                    # runs that never met their memory budget
+    unmet: int = 0  # runs that never met their memory budget
     test_n: int = 0
 
     @property
@@ -57,8 +57,9 @@ class CellStats:
         return max(seeds, binomial)
 
     def probe_values(self, probe: str, key: str) -> list:
-        return [r["probes"][probe][key] for r in self.records if r.get("probes", {}).get(probe, {}).get(key)
-                is not None]
+        return [
+            r["probes"][probe][key] for r in self.records if r.get("probes", {}).get(probe, {}).get(key) is not None
+        ]
 
     def format(self, digits: int = 2) -> str:
         """``mean ± std`` (or the single value), with the number of seeds when some did not finish."""

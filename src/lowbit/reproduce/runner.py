@@ -24,10 +24,11 @@ import platform
 import resource
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Optional
 
 import torch
 
@@ -40,8 +41,17 @@ from .paper import Probe
 from .probes import run_probes, selected_checkpoint
 from .rawfiles import raw_path, read_raw, write_json
 
-__all__ = ["Job", "plan_jobs", "Runner", "estimate_seconds", "raw_path", "read_raw", "format_duration",
-           "THROUGHPUT", "DATASET_SIZES"]
+__all__ = [
+    "Job",
+    "plan_jobs",
+    "Runner",
+    "estimate_seconds",
+    "raw_path",
+    "read_raw",
+    "format_duration",
+    "THROUGHPUT",
+    "DATASET_SIZES",
+]
 
 #: official (train pool, test) sizes, for the time estimate
 DATASET_SIZES = {"fashion-mnist": (60_000, 10_000), "digits": (1_438, 359)}
@@ -51,18 +61,38 @@ DATASET_SIZES = {"fashion-mnist": (60_000, 10_000), "digits": (1_438, 359)}
 #: throughput. Used by --dry-run before any cell of a mode has run; afterwards the cells' own measured times replace
 #: it. A kind missing here (a new paper's) is estimated at 1000 samples/s.
 THROUGHPUT = {
-    ("28x28", "mlp512", "float"): 5600, ("28x28", "mlp512", "binary"): 4600, ("28x28", "mlp512", "binary-stoch"): 3200,
-    ("28x28", "mlp256", "float"): 8000, ("28x28", "mlp256", "binary"): 7300, ("28x28", "mlp256", "grid"): 4200,
+    ("28x28", "mlp512", "float"): 5600,
+    ("28x28", "mlp512", "binary"): 4600,
+    ("28x28", "mlp512", "binary-stoch"): 3200,
+    ("28x28", "mlp256", "float"): 8000,
+    ("28x28", "mlp256", "binary"): 7300,
+    ("28x28", "mlp256", "grid"): 4200,
     ("28x28", "mlp256", "grid-big"): 29000,
-    ("28x28", "cnn16", "float"): 2300, ("28x28", "cnn16", "binary"): 2300, ("28x28", "cnn16", "binary-stoch"): 2100,
-    ("28x28", "cnn16", "lsq"): 1800, ("28x28", "cnn16", "lsq-br"): 1500, ("28x28", "cnn16", "rangebn"): 1900,
-    ("28x28", "cnn16", "minmax"): 1000, ("28x28", "cnn16", "parametric"): 1000, ("28x28", "cnn16", "pow2"): 800,
-    ("8x8", "mlp512", "float"): 9000, ("8x8", "mlp512", "binary"): 7000, ("8x8", "mlp512", "binary-stoch"): 6000,
-    ("8x8", "mlp256", "float"): 12000, ("8x8", "mlp256", "binary"): 10000, ("8x8", "mlp256", "grid"): 6000,
+    ("28x28", "cnn16", "float"): 2300,
+    ("28x28", "cnn16", "binary"): 2300,
+    ("28x28", "cnn16", "binary-stoch"): 2100,
+    ("28x28", "cnn16", "lsq"): 1800,
+    ("28x28", "cnn16", "lsq-br"): 1500,
+    ("28x28", "cnn16", "rangebn"): 1900,
+    ("28x28", "cnn16", "minmax"): 1000,
+    ("28x28", "cnn16", "parametric"): 1000,
+    ("28x28", "cnn16", "pow2"): 800,
+    ("8x8", "mlp512", "float"): 9000,
+    ("8x8", "mlp512", "binary"): 7000,
+    ("8x8", "mlp512", "binary-stoch"): 6000,
+    ("8x8", "mlp256", "float"): 12000,
+    ("8x8", "mlp256", "binary"): 10000,
+    ("8x8", "mlp256", "grid"): 6000,
     ("8x8", "mlp256", "grid-big"): 30000,
-    ("8x8", "cnn16", "float"): 9000, ("8x8", "cnn16", "binary"): 8000, ("8x8", "cnn16", "binary-stoch"): 7000,
-    ("8x8", "cnn16", "lsq"): 6000, ("8x8", "cnn16", "lsq-br"): 5000, ("8x8", "cnn16", "rangebn"): 6000,
-    ("8x8", "cnn16", "minmax"): 3500, ("8x8", "cnn16", "parametric"): 2800, ("8x8", "cnn16", "pow2"): 2200,
+    ("8x8", "cnn16", "float"): 9000,
+    ("8x8", "cnn16", "binary"): 8000,
+    ("8x8", "cnn16", "binary-stoch"): 7000,
+    ("8x8", "cnn16", "lsq"): 6000,
+    ("8x8", "cnn16", "lsq-br"): 5000,
+    ("8x8", "cnn16", "rangebn"): 6000,
+    ("8x8", "cnn16", "minmax"): 3500,
+    ("8x8", "cnn16", "parametric"): 2800,
+    ("8x8", "cnn16", "pow2"): 2200,
 }
 EVAL_FACTOR = 1.6
 RUN_OVERHEAD_S = {"fashion-mnist": 2.0, "digits": 0.5}
@@ -72,7 +102,7 @@ RUN_OVERHEAD_S = {"fashion-mnist": 2.0, "digits": 0.5}
 class Job:
     cell: Cell
     seed: int
-    select: str             # which checkpoint the table reports (probes are taken on it)
+    select: str  # which checkpoint the table reports (probes are taken on it)
     parent: Optional[Cell]  # the float cell this one fine-tunes from
     # name -> function of the cell's probes, from the paper that owns the cell (functions do not compare or hash)
     probes: Mapping[str, Probe] = field(default_factory=dict, compare=False)
@@ -98,16 +128,21 @@ def plan_jobs(tables: list, mode: Mode) -> list:
         raise ValueError(f"cells fine-tune from {', '.join(sorted(set(missing)))}, which no table defines")
     probes = {cell_id: _probes_of(cell, owner[cell_id]) for cell_id, cell in cells.items()}
     ordered = [c for c in cells.values() if not c.init_from] + [c for c in cells.values() if c.init_from]
-    return [Job(cell, seed, owner[cell.id].select, cells.get(cell.init_from) if cell.init_from else None,
-                probes[cell.id]) for cell in ordered for seed in range(mode.seeds)]
+    return [
+        Job(cell, seed, owner[cell.id].select, cells.get(cell.init_from) if cell.init_from else None, probes[cell.id])
+        for cell in ordered
+        for seed in range(mode.seeds)
+    ]
 
 
 def _probes_of(cell: Cell, table: Table) -> dict:
     available = table.paper.probes
     unknown = [name for name in cell.probes if name not in available]
     if unknown:
-        raise ValueError(f"cell {cell.id}: unknown probe {', '.join(map(repr, unknown))}; the {table.key} paper "
-                         f"defines: {', '.join(available) or 'none'}")
+        raise ValueError(
+            f"cell {cell.id}: unknown probe {', '.join(map(repr, unknown))}; the {table.key} paper "
+            f"defines: {', '.join(available) or 'none'}"
+        )
     return {name: available[name] for name in cell.probes}
 
 
@@ -159,8 +194,7 @@ def format_duration(seconds: float) -> str:
 class Runner:
     """Runs jobs, writes raw JSON, skips finished ones; ``log`` receives one line per event."""
 
-    def __init__(self, mode: Mode, out: Path, work: Path, *, fresh: bool = False,
-                 log: Callable[[str], None] = print):
+    def __init__(self, mode: Mode, out: Path, work: Path, *, fresh: bool = False, log: Callable[[str], None] = print):
         self.mode = mode
         self.out = Path(out)
         self.work = Path(work)
@@ -202,8 +236,10 @@ class Runner:
         measured = {} if self.fresh else measured_times(self.out, self.mode, jobs)
         estimates = {id(j): estimate_seconds(j.cell, measured) for j in todo}
         total_estimate = sum(estimates.values())
-        self.log(f"reproduce ({self.mode.name}): {len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to "
-                 f"run, estimated {format_duration(total_estimate)} with {torch.get_num_threads()} torch thread(s)")
+        self.log(
+            f"reproduce ({self.mode.name}): {len(jobs)} runs, {len(jobs) - len(todo)} cached, {len(todo)} to "
+            f"run, estimated {format_duration(total_estimate)} with {torch.get_num_threads()} torch thread(s)"
+        )
         started = time.perf_counter()
         spent_estimate = 0.0
         for i, job in enumerate(todo, 1):
@@ -214,8 +250,10 @@ class Runner:
             # scale the remaining estimate by how fast the finished runs went compared with their estimates
             pace = elapsed / spent_estimate if spent_estimate else 1.0
             remaining = pace * (total_estimate - spent_estimate)
-            self.log(f"{label}: {self._outcome(record)} in {format_duration(record['timing']['wall_s'])} | elapsed "
-                     f"{format_duration(elapsed)}, remaining ~{format_duration(remaining)}")
+            self.log(
+                f"{label}: {self._outcome(record)} in {format_duration(record['timing']['wall_s'])} | elapsed "
+                f"{format_duration(elapsed)}, remaining ~{format_duration(remaining)}"
+            )
         return [self.cached(job) or read_raw(raw_path(self.out, self.mode, job.cell.id, job.seed)) for job in jobs]
 
     @staticmethod
@@ -235,8 +273,9 @@ class Runner:
         if key not in self._splits:
             if len(self._splits) > 4:  # a few seeds' worth; Fashion-MNIST splits are ~50 MB each
                 self._splits.pop(next(iter(self._splits)))
-            self._splits[key] = load_dataset(cell.data, seed=seed, train_subset=cell.train_subset,
-                                             test_subset=cell.test_subset)
+            self._splits[key] = load_dataset(
+                cell.data, seed=seed, train_subset=cell.train_subset, test_subset=cell.test_subset
+            )
         return self._splits[key]
 
     def run_job(self, job: Job) -> dict:
@@ -247,8 +286,12 @@ class Runner:
         directory = run_dir(self.work, self.mode, cell.id, seed)
         fingerprint = self._fingerprint(job)
         stamp = directory / "fingerprint.txt"
-        resumable = (not self.fresh and stamp.exists() and stamp.read_text().strip() == fingerprint
-                     and RunFiles(directory).last.exists())
+        resumable = (
+            not self.fresh
+            and stamp.exists()
+            and stamp.read_text().strip() == fingerprint
+            and RunFiles(directory).last.exists()
+        )
         if not resumable and directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -257,11 +300,24 @@ class Runner:
         if job.parent is not None:
             init_from = str(run_dir(self.work, self.mode, job.parent.id, seed))
         splits = self._data(cell, seed)
-        config = TrainConfig(**cell.train_kwargs(), seed=seed, out=str(directory), resume=resumable,
-                             init_from=init_from, quiet=True, progress=False)
+        config = TrainConfig(
+            **cell.train_kwargs(),
+            seed=seed,
+            out=str(directory),
+            resume=resumable,
+            init_from=init_from,
+            quiet=True,
+            progress=False,
+        )
         wall0, cpu0 = time.perf_counter(), _cpu_seconds()
-        record = {"cell": _cell_record(cell), "seed": seed, "mode": self.mode.name, "fingerprint": fingerprint,
-                  "select": job.select, "parent": job.parent.id if job.parent else None}
+        record = {
+            "cell": _cell_record(cell),
+            "seed": seed,
+            "mode": self.mode.name,
+            "fingerprint": fingerprint,
+            "select": job.select,
+            "parent": job.parent.id if job.parent else None,
+        }
         trainer = Trainer(config, splits=splits)
         try:
             result = trainer.fit()
@@ -269,15 +325,21 @@ class Runner:
             record.update({"diverged": True, "error": str(error), "history": _history(directory)})
         else:
             metrics = {k: v for k, v in result.metrics.items() if k != "recipe_resolved"}
-            record.update({
-                "diverged": False,
-                "result": {"final_test_acc": metrics["test_accuracy"], "best_test_acc": metrics["best_test_accuracy"],
-                           "best_epoch": metrics["best_epoch"], "final_val_acc": metrics["val_accuracy"],
-                           "best_val_acc": metrics["best_val_accuracy"]},
-                "metrics": metrics,
-                "recipe": result.metrics.get("recipe_resolved"),
-                "history": _history(directory),
-            })
+            record.update(
+                {
+                    "diverged": False,
+                    "result": {
+                        "final_test_acc": metrics["test_accuracy"],
+                        "best_test_acc": metrics["best_test_accuracy"],
+                        "best_epoch": metrics["best_epoch"],
+                        "final_val_acc": metrics["val_accuracy"],
+                        "best_val_acc": metrics["best_val_accuracy"],
+                    },
+                    "metrics": metrics,
+                    "recipe": result.metrics.get("recipe_resolved"),
+                    "history": _history(directory),
+                }
+            )
             if cell.probes:
                 path = selected_checkpoint(directory, job.select)
                 model = result.model
@@ -285,10 +347,18 @@ class Runner:
                     model = load_checkpoint(path).restore_model()
                 record["probes"] = run_probes(job.probes, model, splits)
                 record["probes"]["checkpoint"] = Path(path).name if path else None
-        record["data"] = {"name": splits.name, "train": len(splits.train), "val": len(splits.val),
-                          "test": len(splits.test)}
-        record["timing"] = {"wall_s": time.perf_counter() - wall0, "cpu_s": _cpu_seconds() - cpu0,
-                            "threads": torch.get_num_threads(), "resumed": resumable}
+        record["data"] = {
+            "name": splits.name,
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+        }
+        record["timing"] = {
+            "wall_s": time.perf_counter() - wall0,
+            "cpu_s": _cpu_seconds() - cpu0,
+            "threads": torch.get_num_threads(),
+            "resumed": resumable,
+        }
         record["versions"] = {"lowbit": __version__, "torch": torch.__version__, "python": platform.python_version()}
         record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_json(raw_path(self.out, self.mode, cell.id, seed), record)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 __all__ = ["SuiteOptions", "run_suite"]
 
@@ -42,8 +43,10 @@ def _plan_text(jobs, runner, estimates) -> str:
     for job in jobs:
         cell = job.cell
         status = "cached" if runner.cached(job) else "to run"
-        lines.append(f"{cell.id:<34} {job.seed:>4} {cell.epochs:>6} {str(cell.train_subset or 'all'):>10} "
-                     f"{status:>8} {format_duration(estimates[id(job)]):>9}")
+        lines.append(
+            f"{cell.id:<34} {job.seed:>4} {cell.epochs:>6} {str(cell.train_subset or 'all'):>10} "
+            f"{status:>8} {format_duration(estimates[id(job)]):>9}"
+        )
     return "\n".join(lines)
 
 
@@ -72,10 +75,12 @@ def run_suite(args: SuiteOptions) -> int:
         print(_plan_text(jobs, runner, estimates))
         total = sum(estimates[id(j)] for j in todo)
         everything = sum(estimates.values())
-        print(f"{len(todo)} of {len(jobs)} runs to do: estimated {format_duration(total)} "
-              f"(all runs from scratch: {format_duration(everything)}); per-run estimates come from measured times "
-              f"of this mode's finished runs where there are any, else from the throughput table in "
-              f"lowbit/reproduce/runner.py")
+        print(
+            f"{len(todo)} of {len(jobs)} runs to do: estimated {format_duration(total)} "
+            f"(all runs from scratch: {format_duration(everything)}); per-run estimates come from measured times "
+            f"of this mode's finished runs where there are any, else from the throughput table in "
+            f"lowbit/reproduce/runner.py"
+        )
         return 0
     if not args.report_only:
         runner.run(jobs)

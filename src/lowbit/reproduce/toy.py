@@ -70,8 +70,14 @@ def make_problem(n: int = 2000, d: int = 20, delta: float = 0.25, noise: float =
     return ToyProblem(X, y, w_star, w_ls, delta)
 
 
-def run_toy(problem: ToyProblem | None = None, lrs=DEFAULT_LRS, steps: int = 50_000, batch: int = 10,
-            seed: int = 0, evals: int = 100) -> dict:
+def run_toy(
+    problem: ToyProblem | None = None,
+    lrs=DEFAULT_LRS,
+    steps: int = 50_000,
+    batch: int = 10,
+    seed: int = 0,
+    evals: int = 100,
+) -> dict:
     """Train every method at every learning rate; return the suboptimality ``f - f*`` of each, averaged over the
     last 10 % of ``evals`` evenly spaced evaluations (so SR's jitter does not decide the number)."""
     p = problem or make_problem(seed=seed)
@@ -83,8 +89,10 @@ def run_toy(problem: ToyProblem | None = None, lrs=DEFAULT_LRS, steps: int = 50_
     i_float, i_r, i_sr, i_bcd, i_bcs = range(len(METHODS))
     every = max(1, steps // evals)
     tail_start = steps - max(every, steps // 10)
-    sums = {key: np.zeros(len(lrs)) for key in ("float", "R", "SR", "BC-det", "BC-det float copy", "BC-stoch",
-                                                 "BC-stoch float copy")}
+    sums = {
+        key: np.zeros(len(lrs))
+        for key in ("float", "R", "SR", "BC-det", "BC-det float copy", "BC-stoch", "BC-stoch float copy")
+    }
     count = 0
     for t in range(1, steps + 1):
         idx = rng.integers(0, n, batch)
@@ -97,9 +105,15 @@ def run_toy(problem: ToyProblem | None = None, lrs=DEFAULT_LRS, steps: int = 50_
         W[i_r] = q_det(W[i_r], p.delta)
         W[i_sr] = q_stoch(W[i_sr], p.delta, rng)
         if t > tail_start and t % every == 0:
-            f = {"float": p.loss(W[i_float]), "R": p.loss(W[i_r]), "SR": p.loss(W[i_sr]),
-                 "BC-det": p.loss(q_det(W[i_bcd], p.delta)), "BC-det float copy": p.loss(W[i_bcd]),
-                 "BC-stoch": p.loss(q_det(W[i_bcs], p.delta)), "BC-stoch float copy": p.loss(W[i_bcs])}
+            f = {
+                "float": p.loss(W[i_float]),
+                "R": p.loss(W[i_r]),
+                "SR": p.loss(W[i_sr]),
+                "BC-det": p.loss(q_det(W[i_bcd], p.delta)),
+                "BC-det float copy": p.loss(W[i_bcd]),
+                "BC-stoch": p.loss(q_det(W[i_bcs], p.delta)),
+                "BC-stoch float copy": p.loss(W[i_bcs]),
+            }
             for key, value in f.items():
                 sums[key] += value
             count += 1

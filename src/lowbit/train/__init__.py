@@ -8,7 +8,25 @@ from .regularizers import BinRegularizer, MemoryBudget, Regularizer, bin_regular
 from .step import StepOutput, TrainingStep
 from .trainer import RunResult, TrainConfig, Trainer, run
 
-__all__ = ["TrainConfig", "Trainer", "RunResult", "TrainingDiverged", "run", "UpdatePolicy",
-           "LatentWeights", "GridWeights", "build_policy", "PolicyOptimizer", "glorot_lr_scale", "build_optimizer",
-           "parameter_groups", "Regularizer", "BinRegularizer", "MemoryBudget", "bin_regularization",
-           "squared_hinge", "TrainingStep", "StepOutput"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "RunResult",
+    "TrainingDiverged",
+    "run",
+    "UpdatePolicy",
+    "LatentWeights",
+    "GridWeights",
+    "build_policy",
+    "PolicyOptimizer",
+    "glorot_lr_scale",
+    "build_optimizer",
+    "parameter_groups",
+    "Regularizer",
+    "BinRegularizer",
+    "MemoryBudget",
+    "bin_regularization",
+    "squared_hinge",
+    "TrainingStep",
+    "StepOutput",
+]

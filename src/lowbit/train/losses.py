@@ -5,7 +5,7 @@ A loss is ``f(logits, target) -> scalar``; the recipe's ``train.loss`` names one
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,12 @@ LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: recipe ``train.loss`` -> ``f(logits, target)``
 LOSSES: Registry[str] = Registry("loss")
-LOSSES.register("cross_entropy", F.cross_entropy, options={},
-                description="softmax cross-entropy of the logits against the class index")
+LOSSES.register(
+    "cross_entropy",
+    F.cross_entropy,
+    options={},
+    description="softmax cross-entropy of the logits against the class index",
+)
 
 
 @LOSSES.register("squared_hinge", options={})

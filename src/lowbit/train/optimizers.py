@@ -9,7 +9,7 @@ the weights. Each optimizer is a function ``(groups, *, lr, **options) -> torch.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -27,8 +27,12 @@ OPTIMIZERS: Registry[str] = Registry("optimizer")
 COMMON_OPTIONS = {
     "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1e-3},
     "weight_decay": {"type": "number", "minimum": 0, "default": 0.0},
-    "quantizer_lr": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                     "description": "learning rate of quantizer parameters (step sizes, ranges); null: lr"},
+    "quantizer_lr": {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "default": None,
+        "description": "learning rate of quantizer parameters (step sizes, ranges); null: lr",
+    },
 }
 BETAS_OPTION = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "default": [0.9, 0.999]}
 
@@ -45,10 +49,13 @@ def adamw(groups: Iterable[dict], *, lr: float, betas: Sequence[float] = (0.9, 0
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
-@OPTIMIZERS.register("sgd", options={
-    "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.9},
-    "nesterov": {"type": "boolean", "default": False},
-})
+@OPTIMIZERS.register(
+    "sgd",
+    options={
+        "momentum": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.9},
+        "nesterov": {"type": "boolean", "default": False},
+    },
+)
 def sgd(groups: Iterable[dict], *, lr: float, momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
     """SGD with (optionally Nesterov) momentum."""
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
@@ -69,7 +76,7 @@ def parameter_groups(model: nn.Module, optimizer_spec: dict, policy: UpdatePolic
         groups.setdefault(key, {"params": [], "lr": group_lr, "weight_decay": group_decay, "name": tag})
         groups[key]["params"].append(param)
 
-    for name, param in model.named_parameters():
+    for _name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if id(param) in quantizer_params:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,8 +31,15 @@ from ..convert import quantized_layers, quantizers_of
 from ..errors import ConfigError
 from ..registry import Registry
 
-__all__ = ["UpdatePolicy", "LatentWeights", "GridWeights", "POLICIES", "build_policy", "glorot_lr_scale",
-           "PolicyOptimizer"]
+__all__ = [
+    "UpdatePolicy",
+    "LatentWeights",
+    "GridWeights",
+    "POLICIES",
+    "build_policy",
+    "glorot_lr_scale",
+    "PolicyOptimizer",
+]
 
 
 def glorot_lr_scale(weight: torch.Tensor) -> float:
@@ -47,10 +55,16 @@ POLICIES: Registry[str] = Registry("update policy")
 
 #: options every policy takes
 SHARED_OPTIONS = {
-    "lr_scale": {"enum": ["none", "glorot"], "default": "none",
-                 "description": "BinaryConnect's per-layer step scale 1/sqrt(1.5/(fan_in+fan_out))"},
-    "init": {"enum": ["keep", "uniform"], "default": "keep",
-             "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H))"},
+    "lr_scale": {
+        "enum": ["none", "glorot"],
+        "default": "none",
+        "description": "BinaryConnect's per-layer step scale 1/sqrt(1.5/(fan_in+fan_out))",
+    },
+    "init": {
+        "enum": ["keep", "uniform"],
+        "default": "keep",
+        "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H))",
+    },
 }
 
 
@@ -108,11 +122,17 @@ class UpdatePolicy(ABC):
         """What the policy does to the stored weights after an optimizer step (under ``no_grad``)."""
 
 
-@POLICIES.register("latent", options={
-    "clip": {"type": "boolean", "default": True,
-             "description": "latent: clip weights to the quantizer's range after each step"},
-    **SHARED_OPTIONS,
-})
+@POLICIES.register(
+    "latent",
+    options={
+        "clip": {
+            "type": "boolean",
+            "default": True,
+            "description": "latent: clip weights to the quantizer's range after each step",
+        },
+        **SHARED_OPTIONS,
+    },
+)
 class LatentWeights(UpdatePolicy):
     """BC: float weights ``W``, the forward pass uses ``Q(W)``; with ``clip``, ``W <- clip(W, lo, hi)`` after each step
     over the weight quantizer's range (BinaryConnect: ``[-H, H]``)."""
@@ -155,7 +175,7 @@ def build_policy(model: nn.Module, spec: Mapping[str, Any]) -> UpdatePolicy:
 class PolicyOptimizer:
     """Wrap any torch optimizer so that ``step()`` also applies the update policy (for hand-written loops)::
 
-        opt = PolicyOptimizer(torch.optim.Adam(model.parameters()), GridWeights(model))
+    opt = PolicyOptimizer(torch.optim.Adam(model.parameters()), GridWeights(model))
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, policy: UpdatePolicy):

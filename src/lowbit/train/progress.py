@@ -24,8 +24,7 @@ class _Bar:
         self._bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
 
     def update(self, *, loss: float, acc: float, throughput: float) -> None:
-        self._bar.set_postfix_str(f"loss {loss:.4f}  acc {100 * acc:.1f}%  {throughput:.0f} samples/s",
-                                  refresh=False)
+        self._bar.set_postfix_str(f"loss {loss:.4f}  acc {100 * acc:.1f}%  {throughput:.0f} samples/s", refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:

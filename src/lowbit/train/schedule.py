@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -42,20 +42,30 @@ def cosine(t: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
 
 
-@SCHEDULES.register("exponential", options={
-    "final_lr_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                       "description": "exponential: LR_fin / LR_start reached at the last epoch "
-                                      "(BinaryConnect: LR_t = LR_start (LR_fin/LR_start)^(t/T))"},
-})
+@SCHEDULES.register(
+    "exponential",
+    options={
+        "final_lr_ratio": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "description": "exponential: LR_fin / LR_start reached at the last epoch "
+            "(BinaryConnect: LR_t = LR_start (LR_fin/LR_start)^(t/T))",
+        },
+    },
+)
 def exponential(t: int, total: int, *, final_lr_ratio: float) -> float:
     """``(LR_fin / LR_start)^(t / T)`` (BinaryConnect's per-epoch decay)."""
     return final_lr_ratio ** (min(t, total) / total)
 
 
-@SCHEDULES.register("step", options={
-    "milestones": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-    "gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
-})
+@SCHEDULES.register(
+    "step",
+    options={
+        "milestones": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+        "gamma": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+    },
+)
 def step(t: int, total: int, *, milestones: Sequence[int], gamma: float = 0.1) -> float:
     """``gamma^(number of milestones <= t)``."""
     return gamma ** bisect.bisect_right(sorted(milestones), t)

@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -38,9 +39,15 @@ class StepOutput:
 
 
 class TrainingStep:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, policy: UpdatePolicy,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 regularizers: Sequence[Regularizer] = (), grad_clip: Optional[float] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        policy: UpdatePolicy,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        regularizers: Sequence[Regularizer] = (),
+        grad_clip: Optional[float] = None,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.policy = policy
@@ -50,9 +57,16 @@ class TrainingStep:
         self.active = list(self.regularizers)
 
     @classmethod
-    def from_recipe(cls, model: nn.Module, recipe, example: Optional[torch.Tensor] = None, *,
-                    optimizer_spec: Optional[dict] = None, pretrain: bool = False,
-                    loss_fn: Optional[Callable] = None) -> "TrainingStep":
+    def from_recipe(
+        cls,
+        model: nn.Module,
+        recipe,
+        example: Optional[torch.Tensor] = None,
+        *,
+        optimizer_spec: Optional[dict] = None,
+        pretrain: bool = False,
+        loss_fn: Optional[Callable] = None,
+    ) -> TrainingStep:
         """The step the recipe's ``train`` section describes, for an already converted ``model``.
 
         ``example`` (a batch) is passed to every regularizer's ``bind`` (memory budgets measure activation sizes on

@@ -15,10 +15,10 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -39,8 +39,14 @@ from .step import NonFiniteLoss, TrainingStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
 
-DEFAULT_MODELS = {"digits": "small-cnn", "fashion-mnist": "small-cnn", "mnist": "small-cnn",
-                  "cifar10": "resnet20", "cifar100": "resnet20", "svhn": "resnet20"}
+DEFAULT_MODELS = {
+    "digits": "small-cnn",
+    "fashion-mnist": "small-cnn",
+    "mnist": "small-cnn",
+    "cifar10": "resnet20",
+    "cifar100": "resnet20",
+    "svhn": "resnet20",
+}
 
 
 def default_model_for(dataset: str) -> str:
@@ -75,14 +81,23 @@ class TrainConfig:
     quiet: bool = False
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, **changes: Any) -> "TrainConfig":
+    def from_checkpoint(cls, checkpoint: Checkpoint, **changes: Any) -> TrainConfig:
         """The configuration that loads the same data splits and builds the same model as ``checkpoint``'s run."""
         data, spec = checkpoint.data, checkpoint.model_spec
         if data is None:
             raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} does not say which data it was trained on")
-        config = cls(recipe=checkpoint.recipe, data=data.name, data_dir=data.data_dir, model=spec.name,
-                     model_options=dict(spec.options), seed=checkpoint.seed, val_fraction=data.val_fraction,
-                     train_subset=data.train_subset, test_subset=data.test_subset, quiet=True)
+        config = cls(
+            recipe=checkpoint.recipe,
+            data=data.name,
+            data_dir=data.data_dir,
+            model=spec.name,
+            model_options=dict(spec.options),
+            seed=checkpoint.seed,
+            val_fraction=data.val_fraction,
+            train_subset=data.train_subset,
+            test_subset=data.test_subset,
+            quiet=True,
+        )
         for key, value in changes.items():
             setattr(config, key, value)
         return config
@@ -116,8 +131,11 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     if config.init_from is not None:
         changes["train.pretrain"] = None  # the float starting point is given
     elif config.pretrain_epochs is not None:
-        changes["train.pretrain"] = None if config.pretrain_epochs == 0 else {
-            **(recipe.train.get("pretrain") or {}), "epochs": config.pretrain_epochs}
+        changes["train.pretrain"] = (
+            None
+            if config.pretrain_epochs == 0
+            else {**(recipe.train.get("pretrain") or {}), "epochs": config.pretrain_epochs}
+        )
     return recipe.with_changes(changes) if changes else recipe
 
 
@@ -138,18 +156,33 @@ def _model_choice(recipe: Recipe, config: TrainConfig, dataset: str) -> tuple[st
 class Trainer:
     """One training run. ``fit()`` returns a :class:`RunResult`; see the module docstring."""
 
-    def __init__(self, config: TrainConfig, *, model: Optional[nn.Module] = None,
-                 splits: Optional[DatasetSplits] = None, log: Optional[Callable[[str], None]] = None,
-                 model_spec: Optional[ModelSpec] = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: Optional[nn.Module] = None,
+        splits: Optional[DatasetSplits] = None,
+        log: Optional[Callable[[str], None]] = None,
+        model_spec: Optional[ModelSpec] = None,
+    ):
         self.config = config
         self.recipe = resolve_recipe(config)
         self.train_spec = self.recipe.train
         self.device = torch.device(config.device)
         self.log = log or ((lambda _msg: None) if config.quiet else (lambda msg: print(msg, flush=True)))
         dataset = config.data or self.recipe.data.get("data") or "digits"
-        self.splits = splits if splits is not None else load_dataset(
-            dataset, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
-            train_subset=config.train_subset, test_subset=config.test_subset)
+        self.splits = (
+            splits
+            if splits is not None
+            else load_dataset(
+                dataset,
+                config.data_dir,
+                val_fraction=config.val_fraction,
+                seed=config.seed,
+                train_subset=config.train_subset,
+                test_subset=config.test_subset,
+            )
+        )
         if model is None:
             name, options, dropped = _model_choice(self.recipe, config, self.splits.name)
             if dropped:
@@ -158,8 +191,9 @@ class Trainer:
             model = build_model(name, self.splits.input_shape, self.splits.num_classes, **options)
             model_spec = ModelSpec(name, options, list(self.splits.input_shape), self.splits.num_classes)
         elif model_spec is None:
-            model_spec = ModelSpec(None, {}, list(self.splits.input_shape), self.splits.num_classes,
-                                   class_name=type(model).__name__)
+            model_spec = ModelSpec(
+                None, {}, list(self.splits.input_shape), self.splits.num_classes, class_name=type(model).__name__
+            )
         self.model_spec = model_spec
         if config.init_from is not None:
             self._load_float_start(model, config.init_from)
@@ -172,8 +206,9 @@ class Trainer:
         self.progress = Progress(enabled=config.progress, quiet=config.quiet)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, *, model: Optional[nn.Module] = None,
-                        data_dir: Optional[str] = None) -> "Trainer":
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, *, model: Optional[nn.Module] = None, data_dir: Optional[str] = None
+    ) -> Trainer:
         """A trainer around the trained model of ``checkpoint`` and its data splits, for evaluation (``model``: your
         float model, for runs of a custom architecture)."""
         config = TrainConfig.from_checkpoint(checkpoint, epochs=0, pretrain_epochs=0)
@@ -184,21 +219,33 @@ class Trainer:
     def _load_float_start(self, model: nn.Module, source: str) -> None:
         start = load_checkpoint(RunFiles(Path(source)).last if Path(source).is_dir() else source)
         if start.quantized:
-            raise ConfigError(f"--init-from needs a float checkpoint (an fp32 run or a pre-training phase); "
-                              f"{start.path} holds a quantized model (recipe {start.recipe_name!r})")
+            raise ConfigError(
+                f"--init-from needs a float checkpoint (an fp32 run or a pre-training phase); "
+                f"{start.path} holds a quantized model (recipe {start.recipe_name!r})"
+            )
         spec = start.model_spec
-        if self.model_spec.name is not None and (spec.name, spec.options) != (self.model_spec.name,
-                                                                            self.model_spec.options):
-            raise ConfigError(f"--init-from {start.path} holds model {spec.name!r} {spec.options}, "
-                              f"but this run builds {self.model_spec.name!r} {self.model_spec.options}")
+        if self.model_spec.name is not None and (spec.name, spec.options) != (
+            self.model_spec.name,
+            self.model_spec.options,
+        ):
+            raise ConfigError(
+                f"--init-from {start.path} holds model {spec.name!r} {spec.options}, "
+                f"but this run builds {self.model_spec.name!r} {self.model_spec.options}"
+            )
         model.load_state_dict(start.model_state)
         self.log(f"starting from the float weights of {start.path}")
 
     # ------------------------------------------------------------------------------------------- data
     def _loader(self, split, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None) -> BatchLoader:
-        return BatchLoader(split, batch_size or self.train_spec["batch_size"], shuffle=train, seed=self.config.seed,
-                           epoch=epoch, normalize=(self.splits.mean, self.splits.std),
-                           augment=self.splits.augment if train else "none")
+        return BatchLoader(
+            split,
+            batch_size or self.train_spec["batch_size"],
+            shuffle=train,
+            seed=self.config.seed,
+            epoch=epoch,
+            normalize=(self.splits.mean, self.splits.std),
+            augment=self.splits.augment if train else "none",
+        )
 
     def example_batch(self, size: int = 8) -> torch.Tensor:
         """The first ``size`` training inputs, normalised, on the run's device (no augmentation)."""
@@ -223,8 +270,14 @@ class Trainer:
         spec = dict(self.train_spec["optimizer"])
         if phase == "pretrain":
             spec["lr"] = self.train_spec["pretrain"].get("lr") or spec["lr"]
-        self.step = TrainingStep.from_recipe(self.model, self.recipe, self.example_batch(), optimizer_spec=spec,
-                                             pretrain=phase == "pretrain", loss_fn=self.loss_fn)
+        self.step = TrainingStep.from_recipe(
+            self.model,
+            self.recipe,
+            self.example_batch(),
+            optimizer_spec=spec,
+            pretrain=phase == "pretrain",
+            loss_fn=self.loss_fn,
+        )
         self.optimizer, self.policy, self.regularizers = self.step.optimizer, self.step.policy, self.step.regularizers
         if self.config.compile:
             self.step.model = torch.compile(self.model)  # shares the parameters; evaluation stays eager
@@ -252,12 +305,17 @@ class Trainer:
             reg_total += out.regularizer.item() * n
             correct += (out.logits.argmax(1) == y).sum().item()
             seen += n
-            bar.update(loss=total_loss / seen, acc=correct / seen,
-                       throughput=seen / max(time.perf_counter() - started, 1e-9))
+            bar.update(
+                loss=total_loss / seen, acc=correct / seen, throughput=seen / max(time.perf_counter() - started, 1e-9)
+            )
         bar.close()
         elapsed = time.perf_counter() - started
-        record = {"loss": total_loss / seen, "train_acc": correct / seen, "train_time_s": elapsed,
-                  "samples_per_s": seen / elapsed}
+        record = {
+            "loss": total_loss / seen,
+            "train_acc": correct / seen,
+            "train_time_s": elapsed,
+            "samples_per_s": seen / elapsed,
+        }
         if self.step.active:
             record["regularizer"] = reg_total / seen
         return record
@@ -267,11 +325,16 @@ class Trainer:
         return epoch + (10_000 if self.phase == "train" else 0)
 
     def _divergence_message(self, value: float, epoch: int, step: int) -> str:
-        kept = (f"the last good checkpoint {self.files.last} is kept (resume with --resume after fixing the "
-                f"cause)") if self.files and self.files.last.exists() else "no checkpoint had been written yet"
-        return (f"the loss became {value} in {self.phase} epoch {epoch + 1}, step {step + 1}; {kept}. "
-                f"Try a smaller learning rate (--lr), gradient clipping (--set train.grad_clip=1.0), or check the "
-                f"input data")
+        kept = (
+            (f"the last good checkpoint {self.files.last} is kept (resume with --resume after fixing the cause)")
+            if self.files and self.files.last.exists()
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"the loss became {value} in {self.phase} epoch {epoch + 1}, step {step + 1}; {kept}. "
+            f"Try a smaller learning rate (--lr), gradient clipping (--set train.grad_clip=1.0), or check the "
+            f"input data"
+        )
 
     @torch.no_grad()
     def evaluate(self, split) -> dict:
@@ -293,14 +356,33 @@ class Trainer:
     def checkpoint(self, epoch: int) -> Checkpoint:
         """The run's state after ``epoch`` (0-based) of the current phase."""
         splits, config = self.splits, self.config
-        data = DataSpec(splits.name, config.data_dir, list(splits.mean), list(splits.std), list(splits.input_shape),
-                        splits.num_classes, config.val_fraction, config.train_subset, config.test_subset)
+        data = DataSpec(
+            splits.name,
+            config.data_dir,
+            list(splits.mean),
+            list(splits.std),
+            list(splits.input_shape),
+            splits.num_classes,
+            config.val_fraction,
+            config.train_subset,
+            config.test_subset,
+        )
         return Checkpoint(
-            phase=self.phase, epoch=epoch, model_spec=self.model_spec, data=data, recipe=self.recipe.to_dict(),
-            quantized=self.phase == "train" and any(True for _ in quantizers_in(self.model)), seed=config.seed,
-            model_state=self.model.state_dict(), optimizer_state=self.optimizer.state_dict(),
-            scheduler_state=self.scheduler.state_dict(), rng=capture_rng(), history=self.history, best=self.best,
-            lowbit_version=__version__)
+            phase=self.phase,
+            epoch=epoch,
+            model_spec=self.model_spec,
+            data=data,
+            recipe=self.recipe.to_dict(),
+            quantized=self.phase == "train" and any(True for _ in quantizers_in(self.model)),
+            seed=config.seed,
+            model_state=self.model.state_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(),
+            rng=capture_rng(),
+            history=self.history,
+            best=self.best,
+            lowbit_version=__version__,
+        )
 
     def _save(self, epoch: int, is_best: bool) -> None:
         if self.files is None:
@@ -323,8 +405,9 @@ class Trainer:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise CheckpointError(f"cannot use {str(self.out)!r} as the run directory: "
-                                  f"{error.strerror or error}") from None
+            raise CheckpointError(
+                f"cannot use {str(self.out)!r} as the run directory: {error.strerror or error}"
+            ) from None
         with self.files.locked():
             resume = self._resume_point()
             if resume is None:
@@ -332,7 +415,8 @@ class Trainer:
                     raise CheckpointError(
                         f"{str(self.out)!r} already holds a run; continue it with --resume, train into another "
                         f"--out, or replace it with --overwrite (the old run is then moved into "
-                        f"{self.out}/replaced-<time>/)")
+                        f"{self.out}/replaced-<time>/)"
+                    )
                 if self.files.holds_run():
                     self.log(f"moved the previous run in {self.out} to {self.files.move_aside()}")
                 self.files.log.write_text("")
@@ -345,13 +429,17 @@ class Trainer:
             legacy = self.out / "last.pt"
             if legacy.exists():
                 load_checkpoint(legacy)  # refused with the conversion hint
-            raise CheckpointError(f"nothing to resume in {str(self.out)!r}: there is no {self.files.last.name} (a "
-                                  f"run killed before the end of its first epoch leaves none); start the run "
-                                  f"without --resume")
+            raise CheckpointError(
+                f"nothing to resume in {str(self.out)!r}: there is no {self.files.last.name} (a "
+                f"run killed before the end of its first epoch leaves none); start the run "
+                f"without --resume"
+            )
         state = load_checkpoint(self.files.last)
         if state.seed != self.config.seed or state.recipe_name != self.recipe.name:
-            raise CheckpointError(f"{state.path} was written by a run with recipe {state.recipe_name!r} and seed "
-                                  f"{state.seed}; resume with the same --recipe and --seed, or use another --out")
+            raise CheckpointError(
+                f"{state.path} was written by a run with recipe {state.recipe_name!r} and seed "
+                f"{state.seed}; resume with the same --recipe and --seed, or use another --out"
+            )
         return state
 
     # -------------------------------------------------------------------------------------------- fit
@@ -362,9 +450,11 @@ class Trainer:
             return self._fit(resume, started)
 
     def _fit(self, resume: Optional[Checkpoint], started: float) -> RunResult:
-        self.log(f"lowbit {__version__}: recipe {self.recipe.name} on {self.splits.name} "
-                 f"({len(self.splits.train)} train / {len(self.splits.val)} val / {len(self.splits.test)} test), "
-                 f"model {self.model_spec.label}, seed {self.config.seed}")
+        self.log(
+            f"lowbit {__version__}: recipe {self.recipe.name} on {self.splits.name} "
+            f"({len(self.splits.train)} train / {len(self.splits.val)} val / {len(self.splits.test)} test), "
+            f"model {self.model_spec.label}, seed {self.config.seed}"
+        )
         for phase, epochs in self._phases():
             if phase == "train":
                 self.quantize_model()
@@ -404,12 +494,22 @@ class Trainer:
             record["bits"] = {name: bits for name, bits in model_summary(self.model).per_layer_bits().items()}
         eligible = all(r.satisfied(self.model) for r in self.regularizers)  # e.g. within every memory budget
         # best = highest validation accuracy, ties broken by lower validation loss (small validation sets tie often)
-        is_best = self.phase == "train" and eligible and (
-            not self.best or (record["val_acc"], -record["val_loss"]) > (self.best["val_acc"],
-                                                                         -self.best.get("val_loss", math.inf)))
+        is_best = (
+            self.phase == "train"
+            and eligible
+            and (
+                not self.best
+                or (record["val_acc"], -record["val_loss"])
+                > (self.best["val_acc"], -self.best.get("val_loss", math.inf))
+            )
+        )
         if is_best:
-            self.best = {"epoch": epoch + 1, "val_acc": record["val_acc"], "val_loss": record["val_loss"],
-                         "test_acc": record["test_acc"]}
+            self.best = {
+                "epoch": epoch + 1,
+                "val_acc": record["val_acc"],
+                "val_loss": record["val_loss"],
+                "test_acc": record["test_acc"],
+            }
         self.history.append(record)
         self._save(epoch, is_best)
         if self.files is not None:
@@ -425,9 +525,11 @@ class Trainer:
 
     def _epoch_line(self, r: dict) -> str:
         extra = "".join(reg.log_line(r) for reg in self.regularizers)
-        return (f"{r['phase']:>8} epoch {r['epoch']:>3}  loss {r['loss']:.4f}  train {100 * r['train_acc']:.2f}%  "
-                f"val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
-                f"{r['samples_per_s']:.0f} samples/s{extra}")
+        return (
+            f"{r['phase']:>8} epoch {r['epoch']:>3}  loss {r['loss']:.4f}  train {100 * r['train_acc']:.2f}%  "
+            f"val {100 * r['val_acc']:.2f}%  test {100 * r['test_acc']:.2f}%  "
+            f"{r['samples_per_s']:.0f} samples/s{extra}"
+        )
 
     def _finish(self, wall_time: float) -> RunResult:
         summary = model_summary(self.model, tuple(self.splits.input_shape))
@@ -455,10 +557,12 @@ class Trainer:
         }
         if self.files is not None:
             self.files.metrics.write_text(json.dumps(metrics, indent=2, default=_jsonable))
-        self.log(f"test accuracy {100 * (metrics['test_accuracy'] or 0):.2f}% (best-val epoch "
-                 f"{metrics['best_epoch']}: {100 * (metrics['best_test_accuracy'] or 0):.2f}%)  model size "
-                 f"{metrics['model_size_kb']:.2f} KB (float32 {metrics['float_size_kb']:.2f} KB, "
-                 f"{metrics['compression']:.1f}x smaller)  {wall_time:.1f} s")
+        self.log(
+            f"test accuracy {100 * (metrics['test_accuracy'] or 0):.2f}% (best-val epoch "
+            f"{metrics['best_epoch']}: {100 * (metrics['best_test_accuracy'] or 0):.2f}%)  model size "
+            f"{metrics['model_size_kb']:.2f} KB (float32 {metrics['float_size_kb']:.2f} KB, "
+            f"{metrics['compression']:.1f}x smaller)  {wall_time:.1f} s"
+        )
         return RunResult(metrics=metrics, model=self.model, out=self.out)
 
 

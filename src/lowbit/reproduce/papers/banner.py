@@ -24,15 +24,19 @@ __all__ = ["PAPER"]
 # ------------------------------------------------------------------------------------------------------ prose
 TITLE = "8-bit training"
 AUTHORS = "Banner, Hubara, Hoffer & Soudry, NeurIPS 2018"
-CLAIM = ("With 8-bit weights, activations and layer gradients (stochastic rounding), a high-precision path for the "
-         "weight gradients (“gradient bifurcation”) and Range BatchNorm, training matches full precision "
-         "(ResNet-18/50 on ImageNet). Deterministic rounding of the gradients, or 8-bit weight gradients, degrade "
-         "it; Range BN works as well as BN.")
-SETUP = ("Small CNN conv16-conv32-fc128 trained from scratch, SGD momentum 0.9, LR 0.05, cosine, weight decay 5e-4, "
-         "batch 64 (recipe `banner-w8a8g8`: 8-bit per-channel weights, 8-bit per-sample activations, 8-bit "
-         "stochastic layer gradients with a float weight-gradient path, Range BN with 8-bit output gradients). The "
-         "float rows run the identical loop with nothing quantized, with standard BN or Range BN. Test error after "
-         "the last epoch.")
+CLAIM = (
+    "With 8-bit weights, activations and layer gradients (stochastic rounding), a high-precision path for the "
+    "weight gradients (“gradient bifurcation”) and Range BatchNorm, training matches full precision "
+    "(ResNet-18/50 on ImageNet). Deterministic rounding of the gradients, or 8-bit weight gradients, degrade "
+    "it; Range BN works as well as BN."
+)
+SETUP = (
+    "Small CNN conv16-conv32-fc128 trained from scratch, SGD momentum 0.9, LR 0.05, cosine, weight decay 5e-4, "
+    "batch 64 (recipe `banner-w8a8g8`: 8-bit per-channel weights, 8-bit per-sample activations, 8-bit "
+    "stochastic layer gradients with a float weight-gradient path, Range BN with 8-bit output gradients). The "
+    "float rows run the identical loop with nothing quantized, with standard BN or Range BN. Test error after "
+    "the last epoch."
+)
 PREDICTIONS = {
     "matches_float": "8-bit training (W8A8G8, Range BN) matches float",
     "deterministic": "deterministic rounding of the 8-bit gradients degrades training",
@@ -53,18 +57,50 @@ def cells(mode: Mode, budget: Budget) -> list:
     # revision 1: Range BN as one autograd Function, gradient noise drawn as two 12-bit halves of one 24-bit draw
     base = dict(model="small-cnn", model_options=dict(CNN), revision=1, **budget_kwargs(mode, budget))
     return [
-        Cell(id="banner/float", label="float, BatchNorm", recipe="banner-w8a8g8", role="float",
-             changes=float_changes("banner-float"), kind="float", **base),
-        Cell(id="banner/float-rangebn", label="float, Range BN", recipe="banner-w8a8g8", role="float-rbn",
-             changes={"name": "banner-float-rangebn", "quantize": {"batchnorm": {"type": "range"}}}, kind="rangebn",
-             **base),
-        Cell(id="banner/w8a8g8", label="W8A8G8 + Range BN (8-bit stochastic g_l, float g_W)",
-             recipe="banner-w8a8g8", role="8bit", kind="minmax", **base),
-        Cell(id="banner/w8a8g8-det", label="ablation: deterministic gradient rounding", recipe="banner-w8a8g8",
-             role="8bit-det", changes={"quantize.grad.rounding": "nearest",
-                                       "quantize.batchnorm.grad.rounding": "nearest"}, kind="minmax", **base),
-        Cell(id="banner/w8a8g8-nobif", label="ablation: 8-bit weight gradients (no bifurcation)",
-             recipe="banner-w8a8g8", role="8bit-nobif", changes={"quantize.bifurcate": False}, kind="minmax", **base),
+        Cell(
+            id="banner/float",
+            label="float, BatchNorm",
+            recipe="banner-w8a8g8",
+            role="float",
+            changes=float_changes("banner-float"),
+            kind="float",
+            **base,
+        ),
+        Cell(
+            id="banner/float-rangebn",
+            label="float, Range BN",
+            recipe="banner-w8a8g8",
+            role="float-rbn",
+            changes={"name": "banner-float-rangebn", "quantize": {"batchnorm": {"type": "range"}}},
+            kind="rangebn",
+            **base,
+        ),
+        Cell(
+            id="banner/w8a8g8",
+            label="W8A8G8 + Range BN (8-bit stochastic g_l, float g_W)",
+            recipe="banner-w8a8g8",
+            role="8bit",
+            kind="minmax",
+            **base,
+        ),
+        Cell(
+            id="banner/w8a8g8-det",
+            label="ablation: deterministic gradient rounding",
+            recipe="banner-w8a8g8",
+            role="8bit-det",
+            changes={"quantize.grad.rounding": "nearest", "quantize.batchnorm.grad.rounding": "nearest"},
+            kind="minmax",
+            **base,
+        ),
+        Cell(
+            id="banner/w8a8g8-nobif",
+            label="ablation: 8-bit weight gradients (no bifurcation)",
+            recipe="banner-w8a8g8",
+            role="8bit-nobif",
+            changes={"quantize.bifurcate": False},
+            kind="minmax",
+            **base,
+        ),
     ]
 
 
@@ -94,5 +130,16 @@ def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
     return [(CURVES_CAPTION, path)] if path else []
 
 
-PAPER = Paper(key="banner", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="final", budgets=BUDGETS,
-              cells=cells, checks=checks, markdown=markdown, figures=figures)
+PAPER = Paper(
+    key="banner",
+    title=TITLE,
+    authors=AUTHORS,
+    claim=CLAIM,
+    setup=SETUP,
+    select="final",
+    budgets=BUDGETS,
+    cells=cells,
+    checks=checks,
+    markdown=markdown,
+    figures=figures,
+)

@@ -26,16 +26,20 @@ __all__ = ["PAPER"]
 # ------------------------------------------------------------------------------------------------------ prose
 TITLE = "BinaryConnect"
 AUTHORS = "Courbariaux, Bengio & David, NeurIPS 2015"
-CLAIM = ("Binarizing the weights during the forward and backward propagations, while float weights accumulate the "
-         "updates, costs little accuracy and acts as a regularizer: BC-det comes within about 1–2 points of the "
-         "float net, and BC-stoch, tested with its real-valued weights, matches or beats it (paper, permutation-"
-         "invariant MNIST: 1.29 % and 1.18 % against 1.30 % error). Clipping the latent weights to [-1, 1] is "
-         "needed, and testing BC-stoch with sign(W) instead of W costs accuracy.")
-SETUP = ("Squared hinge loss on a BatchNorm'd 10-way output, ADAM with LR 3e-3 decayed exponentially to 3e-5 over the "
-         "run, batch 100, Glorot per-layer LR scale, latent weights drawn from U(-1, 1) and clipped to [-1, 1] after "
-         "every step (recipes `bc-det`, `bc-stoch`); the float net runs the identical loop with no weight quantizer. "
-         "MLP input-512-512-10, small CNN conv16-conv32-fc128, both with BN after every layer. Test error at the "
-         "epoch with the best validation error, as the paper's code reports it.")
+CLAIM = (
+    "Binarizing the weights during the forward and backward propagations, while float weights accumulate the "
+    "updates, costs little accuracy and acts as a regularizer: BC-det comes within about 1–2 points of the "
+    "float net, and BC-stoch, tested with its real-valued weights, matches or beats it (paper, permutation-"
+    "invariant MNIST: 1.29 % and 1.18 % against 1.30 % error). Clipping the latent weights to [-1, 1] is "
+    "needed, and testing BC-stoch with sign(W) instead of W costs accuracy."
+)
+SETUP = (
+    "Squared hinge loss on a BatchNorm'd 10-way output, ADAM with LR 3e-3 decayed exponentially to 3e-5 over the "
+    "run, batch 100, Glorot per-layer LR scale, latent weights drawn from U(-1, 1) and clipped to [-1, 1] after "
+    "every step (recipes `bc-det`, `bc-stoch`); the float net runs the identical loop with no weight quantizer. "
+    "MLP input-512-512-10, small CNN conv16-conv32-fc128, both with BN after every layer. Test error at the "
+    "epoch with the best validation error, as the paper's code reports it."
+)
 # the checks, per column ("{column}" is MLP or CNN)
 PREDICTIONS = {
     "det": "{column}: BC-det is within about 1–2 points of the float net",
@@ -45,19 +49,31 @@ PREDICTIONS = {
     "sign": "{column}: testing BC-stoch with sign(W) costs accuracy",
 }
 # rows of the results table: (role, label) of trained cells, or (probe key, label) of the sign_eval probe
-ROWS_TRAINED = (("float", "float (same loop)"), ("bc-det", "BC-det (test with sign(W))"),
-                ("bc-stoch", "BC-stoch (test with real W, the paper's protocol)"))
-ROWS_PROBE = (("test_acc_sign_w", "ablation: BC-stoch tested with sign(W)"),
-              ("test_acc_real_w_bn_refit", "diagnostic: BC-stoch, real W after re-estimating BN statistics"))
-ROWS_ABLATION = (("bc-det-noclip", "ablation: BC-det without clipping"),
-                 ("bc-stoch-noclip", "ablation: BC-stoch without clipping (real W)"))
-CURVES = (("float", "float"), ("bc-det", "BC-det"), ("bc-stoch", "BC-stoch (real W)"),
-          ("bc-det-noclip", "BC-det no clip"), ("bc-stoch-noclip", "BC-stoch no clip"))
+ROWS_TRAINED = (
+    ("float", "float (same loop)"),
+    ("bc-det", "BC-det (test with sign(W))"),
+    ("bc-stoch", "BC-stoch (test with real W, the paper's protocol)"),
+)
+ROWS_PROBE = (
+    ("test_acc_sign_w", "ablation: BC-stoch tested with sign(W)"),
+    ("test_acc_real_w_bn_refit", "diagnostic: BC-stoch, real W after re-estimating BN statistics"),
+)
+ROWS_ABLATION = (
+    ("bc-det-noclip", "ablation: BC-det without clipping"),
+    ("bc-stoch-noclip", "ablation: BC-stoch without clipping (real W)"),
+)
+CURVES = (
+    ("float", "float"),
+    ("bc-det", "BC-det"),
+    ("bc-stoch", "BC-stoch (real W)"),
+    ("bc-det-noclip", "BC-det no clip"),
+    ("bc-stoch-noclip", "BC-stoch no clip"),
+)
 FIGURE_TITLE = "BinaryConnect: test error per epoch"
 CAPTION = "Test error per epoch (mean over seeds; BC-det evaluated with sign(W), BC-stoch with real W)."
 
 # ---------------------------------------------------------------------------------------------- experiments
-MLP = {"hidden": 512, "depth": 2}          # ALGORITHMS 1.8: 784-512-512-10, BN after each layer, BN'd output
+MLP = {"hidden": 512, "depth": 2}  # ALGORITHMS 1.8: 784-512-512-10, BN after each layer, BN'd output
 COLUMNS = (("MLP", "mlp", MLP), ("CNN", "small-cnn", CNN))
 BUDGETS = {"full": Budget(epochs=15, train_subset=15_000, test_subset=5_000), "quick": Budget(epochs=30)}
 
@@ -68,17 +84,51 @@ def cells(mode: Mode, budget: Budget) -> list:
         base = dict(model=model, model_options=dict(options), column=column, **budget_kwargs(mode, budget))
         tag = column.lower()
         out += [
-            Cell(id=f"bc/{tag}/float", label="float (same loop, no binarization)", recipe="bc-det", role="float",
-                 changes=float_changes("bc-float"), kind="float", **base),
-            Cell(id=f"bc/{tag}/bc-det", label="BC-det (test with sign(W))", recipe="bc-det", role="bc-det",
-                 kind="binary", **base),
-            Cell(id=f"bc/{tag}/bc-stoch", label="BC-stoch (test with real W)", recipe="bc-stoch", role="bc-stoch",
-                 probes=("sign_eval",), kind="binary-stoch", **base),
-            Cell(id=f"bc/{tag}/bc-det-noclip", label="BC-det, no clipping (ablation)", recipe="bc-det",
-                 role="bc-det-noclip", changes={"train.policy.clip": False}, kind="binary", **base),
-            Cell(id=f"bc/{tag}/bc-stoch-noclip", label="BC-stoch, no clipping (ablation)", recipe="bc-stoch",
-                 role="bc-stoch-noclip", changes={"train.policy.clip": False}, probes=("sign_eval",),
-                 kind="binary-stoch", **base),
+            Cell(
+                id=f"bc/{tag}/float",
+                label="float (same loop, no binarization)",
+                recipe="bc-det",
+                role="float",
+                changes=float_changes("bc-float"),
+                kind="float",
+                **base,
+            ),
+            Cell(
+                id=f"bc/{tag}/bc-det",
+                label="BC-det (test with sign(W))",
+                recipe="bc-det",
+                role="bc-det",
+                kind="binary",
+                **base,
+            ),
+            Cell(
+                id=f"bc/{tag}/bc-stoch",
+                label="BC-stoch (test with real W)",
+                recipe="bc-stoch",
+                role="bc-stoch",
+                probes=("sign_eval",),
+                kind="binary-stoch",
+                **base,
+            ),
+            Cell(
+                id=f"bc/{tag}/bc-det-noclip",
+                label="BC-det, no clipping (ablation)",
+                recipe="bc-det",
+                role="bc-det-noclip",
+                changes={"train.policy.clip": False},
+                kind="binary",
+                **base,
+            ),
+            Cell(
+                id=f"bc/{tag}/bc-stoch-noclip",
+                label="BC-stoch, no clipping (ablation)",
+                recipe="bc-stoch",
+                role="bc-stoch-noclip",
+                changes={"train.policy.clip": False},
+                probes=("sign_eval",),
+                kind="binary-stoch",
+                **base,
+            ),
         ]
     return out
 
@@ -97,8 +147,13 @@ def checks(stats: dict, analyses: dict) -> list:
             not_worse(text["stoch"], sto, f, "BC-stoch", "float", 0.5),
             lower(text["det_clip"], det, r.get("bc-det-noclip"), "BC-det", "BC-det no clip"),
             lower(text["stoch_clip"], sto, r.get("bc-stoch-noclip"), "BC-stoch", "BC-stoch no clip"),
-            lower(text["sign"], sto, probe_accuracy_as_error(sto, "sign_eval", "test_acc_sign_w"), "BC-stoch real W",
-                  "BC-stoch sign(W)"),
+            lower(
+                text["sign"],
+                sto,
+                probe_accuracy_as_error(sto, "sign_eval", "test_acc_sign_w"),
+                "BC-stoch real W",
+                "BC-stoch sign(W)",
+            ),
         ]
     return out
 
@@ -131,6 +186,18 @@ def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
     return [(CAPTION, path)] if path else []
 
 
-PAPER = Paper(key="bc", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="best_val", budgets=BUDGETS,
-              cells=cells, checks=checks, markdown=markdown, figures=figures, columns=("MLP", "CNN"),
-              probes={"sign_eval": sign_eval})
+PAPER = Paper(
+    key="bc",
+    title=TITLE,
+    authors=AUTHORS,
+    claim=CLAIM,
+    setup=SETUP,
+    select="best_val",
+    budgets=BUDGETS,
+    cells=cells,
+    checks=checks,
+    markdown=markdown,
+    figures=figures,
+    columns=("MLP", "CNN"),
+    probes={"sign_eval": sign_eval},
+)

@@ -27,15 +27,19 @@ __all__ = ["PAPER"]
 # ------------------------------------------------------------------------------------------------------ prose
 TITLE = "Training quantized nets: BC vs R vs SR"
 AUTHORS = "Li, De, Xu, Studer, Samet & Goldstein, NeurIPS 2017"
-CLAIM = ("Training methods that keep a float copy of the quantized weights (BC) have a greedy, annealing phase that "
-         "purely quantized training lacks: with weights stored on the grid, deterministic rounding (R) freezes once "
-         "the steps are smaller than half a grid step, and stochastic rounding (SR) stalls at an O(Δ) floor that "
-         "does not shrink when the learning rate does. Expected ordering of test error: ADAM < BC-ADAM ≪ Big "
-         "SR-ADAM < SR-ADAM ≲ R-ADAM; a bigger batch helps SR but does not close the gap.")
-SETUP = ("Binary weights {-1, +1} (BatchNorm after every layer makes the scale irrelevant), MLP input-256-256-10, "
-         "cross-entropy, ADAM LR 3e-3 with a cosine schedule, batch 32 (Big SR: 512), the same number of epochs for "
-         "all (recipes `bc-adam`, `sr-adam`, `big-sr-adam`, `r-adam`). R and SR keep no float copy: the weights are "
-         "rounded back onto {-1, +1} after every ADAM step. Test error after the last epoch.")
+CLAIM = (
+    "Training methods that keep a float copy of the quantized weights (BC) have a greedy, annealing phase that "
+    "purely quantized training lacks: with weights stored on the grid, deterministic rounding (R) freezes once "
+    "the steps are smaller than half a grid step, and stochastic rounding (SR) stalls at an O(Δ) floor that "
+    "does not shrink when the learning rate does. Expected ordering of test error: ADAM < BC-ADAM ≪ Big "
+    "SR-ADAM < SR-ADAM ≲ R-ADAM; a bigger batch helps SR but does not close the gap."
+)
+SETUP = (
+    "Binary weights {-1, +1} (BatchNorm after every layer makes the scale irrelevant), MLP input-256-256-10, "
+    "cross-entropy, ADAM LR 3e-3 with a cosine schedule, batch 32 (Big SR: 512), the same number of epochs for "
+    "all (recipes `bc-adam`, `sr-adam`, `big-sr-adam`, `r-adam`). R and SR keep no float copy: the weights are "
+    "rounded back onto {-1, +1} after every ADAM step. Test error after the last epoch."
+)
 PREDICTIONS = {
     "float_best": "ADAM (float) has the lowest error",
     "bc_far_better": "BC-ADAM is far better than the purely quantized methods (≥ 2 pp better than Big SR-ADAM)",
@@ -44,7 +48,7 @@ PREDICTIONS = {
     "late": "SR stops improving once the LR decays, while BC keeps improving",
     "toy_r": "convex toy: R freezes at small learning rates (stays at its initial loss)",
     "toy_sr": "convex toy: SR's floor does not shrink as the learning rate shrinks, and stays well above the best "
-              "grid point",
+    "grid point",
     "toy_bc_stoch": "convex toy: BC-stoch's deployed weights reach the grid point next to the optimum",
     "toy_copy": "convex toy: BC-stoch's float copy converges to the optimum; BC-det's is biased",
 }
@@ -53,36 +57,63 @@ RULES = {
     "toy_r": "f − f* of R equals its initial value for every LR ≤ 1e-2",
     "toy_sr": "min SR gap over LR ≤ 1e-3 (LR × steps ≥ 5) ≥ 0.5 × min over LR ≥ 1e-2, and > 2 × the rounded-LS gap",
     "toy_bc_stoch": "BC-stoch's f(Q_d(w_r)) − f* within 10 % of f(Q_d(w_LS)) − f* for every LR ≤ 1e-3 with "
-                    "LR × steps ≥ 5",
+    "LR × steps ≥ 5",
     "toy_copy": "BC-stoch float copy f − f* < 0.01 and BC-det's > 10 × that, for LR ≤ 1e-3 with LR × steps ≥ 5",
 }
-TABLE_HEADER = ["method (paper's expected order)", "test error % (final)", "rank (ours)",
-                "test error % at best-val epoch", "final train loss"]
-TOY_CAPTION = ("Convex toy (least squares on a grid of step Δ): suboptimality versus a constant learning rate. R "
-               "freezes (flat at the initial loss) once the steps are below Δ/2; SR stalls at an O(Δ) floor; "
-               "BC-stoch's float copy converges and its rounded weights reach the grid point next to the optimum "
-               "(dashed line).")
+TABLE_HEADER = [
+    "method (paper's expected order)",
+    "test error % (final)",
+    "rank (ours)",
+    "test error % at best-val epoch",
+    "final train loss",
+]
+TOY_CAPTION = (
+    "Convex toy (least squares on a grid of step Δ): suboptimality versus a constant learning rate. R "
+    "freezes (flat at the initial loss) once the steps are below Δ/2; SR stalls at an O(Δ) floor; "
+    "BC-stoch's float copy converges and its rounded weights reach the grid point next to the optimum "
+    "(dashed line)."
+)
 CURVES_PANEL = "binary-weight MLP"
 CURVES_CAPTION = "Training loss and test error per epoch (mean over seeds)."
 
 # ---------------------------------------------------------------------------------------------- experiments
-MLP = {"hidden": 256, "depth": 2}        # ALGORITHMS 2.6: 64-256-256-10 on digits
+MLP = {"hidden": 256, "depth": 2}  # ALGORITHMS 2.6: 64-256-256-10 on digits
 BUDGETS = {"full": Budget(epochs=20, train_subset=15_000, test_subset=5_000), "quick": Budget(epochs=40)}
-TOY_STEPS = {"full": 100_000, "quick": 100_000, "smoke": 2_000}   # steps of the convex toy per mode
+TOY_STEPS = {"full": 100_000, "quick": 100_000, "smoke": 2_000}  # steps of the convex toy per mode
 
 
 def cells(mode: Mode, budget: Budget) -> list:
     base = dict(model="mlp", model_options=dict(MLP), **budget_kwargs(mode, budget))
     return [
-        Cell(id="lide/adam", label="ADAM (float)", recipe="bc-adam", role="float",
-             changes=float_changes("adam-float"), kind="float", **base),
+        Cell(
+            id="lide/adam",
+            label="ADAM (float)",
+            recipe="bc-adam",
+            role="float",
+            changes=float_changes("adam-float"),
+            kind="float",
+            **base,
+        ),
         Cell(id="lide/bc-adam", label="BC-ADAM (float copy)", recipe="bc-adam", role="bc", kind="binary", **base),
-        Cell(id="lide/big-sr-adam", label="Big SR-ADAM (batch 512, LR 3e-3 as the recipe)", recipe="big-sr-adam",
-             role="big-sr-same-lr", kind="grid-big", **base),
+        Cell(
+            id="lide/big-sr-adam",
+            label="Big SR-ADAM (batch 512, LR 3e-3 as the recipe)",
+            recipe="big-sr-adam",
+            role="big-sr-same-lr",
+            kind="grid-big",
+            **base,
+        ),
         # 16x the batch at equal epochs is 16x fewer steps; SR moves a weight with probability ~ LR per step, so
         # the linear scaling rule (LR x 16) keeps the expected movement per epoch and isolates the variance effect
-        Cell(id="lide/big-sr-adam-lr16", label="Big SR-ADAM (batch 512, LR 4.8e-2 = 16 x 3e-3)", recipe="big-sr-adam",
-             role="big-sr", changes={"train.optimizer.lr": 0.048}, kind="grid-big", **base),
+        Cell(
+            id="lide/big-sr-adam-lr16",
+            label="Big SR-ADAM (batch 512, LR 4.8e-2 = 16 x 3e-3)",
+            recipe="big-sr-adam",
+            role="big-sr",
+            changes={"train.optimizer.lr": 0.048},
+            kind="grid-big",
+            **base,
+        ),
         Cell(id="lide/sr-adam", label="SR-ADAM (batch 32)", recipe="sr-adam", role="sr", kind="grid", **base),
         Cell(id="lide/r-adam", label="R-ADAM (batch 32)", recipe="r-adam", role="r", kind="grid", **base),
     ]
@@ -139,8 +170,13 @@ def late_improvement(sr: Optional[CellStats], bc: Optional[CellStats]) -> Check:
         return Check(claim, rule, "–", None)
     noise = 2 * math.hypot(se_sr, se_bc)
     excess = d_bc - d_sr
-    return Check(claim, rule, f"Δ(SR) {d_sr:+.2f} pp, Δ(BC) {d_bc:+.2f} pp (2 SE = {noise:.2f})", excess > noise,
-                 excess <= noise and excess >= -noise)
+    return Check(
+        claim,
+        rule,
+        f"Δ(SR) {d_sr:+.2f} pp, Δ(BC) {d_bc:+.2f} pp (2 SE = {noise:.2f})",
+        excess > noise,
+        excess <= noise and excess >= -noise,
+    )
 
 
 def toy_checks(toy: Optional[dict]) -> list:
@@ -171,8 +207,12 @@ def toy_checks(toy: Optional[dict]) -> list:
         f"BC-stoch {', '.join(f'{v:.4f}' for v in bcs)}; rounded LS solution {grid:.4f}",
         f"BC-stoch copy ≤ {copy_s:.4f}, BC-det copy ≥ {copy_d:.4f}",
     ]
-    passed = [frozen, sr_tiny >= 0.5 * sr_large and sr_tiny > 2 * grid,
-              all(abs(v - grid) <= 0.1 * grid for v in bcs), copy_s < 0.01 and copy_d > 10 * copy_s]
+    passed = [
+        frozen,
+        sr_tiny >= 0.5 * sr_large and sr_tiny > 2 * grid,
+        all(abs(v - grid) <= 0.1 * grid for v in bcs),
+        copy_s < 0.01 and copy_d > 10 * copy_s,
+    ]
     return [Check(PREDICTIONS[k], RULES[k], o, ok) for k, o, ok in zip(keys, observed, passed)]
 
 
@@ -181,8 +221,10 @@ def markdown(table: Table, stats: dict) -> str:
     """Rows in the paper's expected order (best first); 'rank' is the order our mean errors give."""
     means = sorted((s.mean, s.cell.id) for s in stats.values() if s.mean is not None)
     rank = {cell_id: i for i, (_, cell_id) in enumerate(means, 1)}
-    rows = [[s.cell.label, s.format(), rank.get(s.cell.id, "–"), other_error(s, "best_val"), final_loss(s)]
-            for s in stats.values()]
+    rows = [
+        [s.cell.label, s.format(), rank.get(s.cell.id, "–"), other_error(s, "best_val"), final_loss(s)]
+        for s in stats.values()
+    ]
     return render_table(TABLE_HEADER, rows)
 
 
@@ -198,5 +240,17 @@ def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
     return out
 
 
-PAPER = Paper(key="lide", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="final", budgets=BUDGETS,
-              cells=cells, checks=checks, markdown=markdown, figures=figures, analyses=(TOY,))
+PAPER = Paper(
+    key="lide",
+    title=TITLE,
+    authors=AUTHORS,
+    claim=CLAIM,
+    setup=SETUP,
+    select="final",
+    budgets=BUDGETS,
+    cells=cells,
+    checks=checks,
+    markdown=markdown,
+    figures=figures,
+    analyses=(TOY,),
+)

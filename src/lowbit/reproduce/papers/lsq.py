@@ -27,17 +27,21 @@ __all__ = ["PAPER"]
 # ------------------------------------------------------------------------------------------------------ prose
 TITLE = "LSQ and Bin Regularization"
 AUTHORS = "Esser et al., ICLR 2020; Han et al., ICCV 2021"
-CLAIM = ("LSQ — learning each quantizer's step size with the gradient scale g = 1/sqrt(N·Q_P), fine-tuning from a "
-         "float model — keeps 8- and 4-bit weights and activations at float accuracy, 3 bits slightly lower and 2 "
-         "bits with a clear but modest drop (ResNet-18: 70.5 % → 67.6 % top-1 at 2 bits). Bin Regularization pulls "
-         "every bin's weights onto its quantization level (spiky histograms, smaller float-vs-quantized mismatch) "
-         "and improves accuracy modestly, most at 2 bits (+3.9 points for 2-bit MobileNetV2).")
-SETUP = ("Small CNN conv16-conv32-fc128 pre-trained in float (recipe `fp32`, ADAM 2e-3, cosine), then fine-tuned from "
-         "that checkpoint (same seed) with LSQ: SGD momentum 0.9, LR 0.01, cosine, weight decay 1e-4 (8/4 bit), 5e-5 "
-         "(3 bit), 2.5e-5 (2 bit); first and last layer at 8 bits (recipes `lsq-w*a*`). LSQ+BR: the same, plus 0.5 x "
-         "Bin Regularization from the middle of the fine-tune (staged strategy). Test error after the last epoch; "
-         "'near level' = fraction of the weights of the low-bit layers within 0.05 step of a quantization level, "
-         "after training.")
+CLAIM = (
+    "LSQ — learning each quantizer's step size with the gradient scale g = 1/sqrt(N·Q_P), fine-tuning from a "
+    "float model — keeps 8- and 4-bit weights and activations at float accuracy, 3 bits slightly lower and 2 "
+    "bits with a clear but modest drop (ResNet-18: 70.5 % → 67.6 % top-1 at 2 bits). Bin Regularization pulls "
+    "every bin's weights onto its quantization level (spiky histograms, smaller float-vs-quantized mismatch) "
+    "and improves accuracy modestly, most at 2 bits (+3.9 points for 2-bit MobileNetV2)."
+)
+SETUP = (
+    "Small CNN conv16-conv32-fc128 pre-trained in float (recipe `fp32`, ADAM 2e-3, cosine), then fine-tuned from "
+    "that checkpoint (same seed) with LSQ: SGD momentum 0.9, LR 0.01, cosine, weight decay 1e-4 (8/4 bit), 5e-5 "
+    "(3 bit), 2.5e-5 (2 bit); first and last layer at 8 bits (recipes `lsq-w*a*`). LSQ+BR: the same, plus 0.5 x "
+    "Bin Regularization from the middle of the fine-tune (staged strategy). Test error after the last epoch; "
+    "'near level' = fraction of the weights of the low-bit layers within 0.05 step of a quantization level, "
+    "after training."
+)
 PREDICTIONS = {
     "lsq8": "8-bit LSQ ≈ float",
     "lsq4": "4-bit LSQ ≈ float",
@@ -54,39 +58,88 @@ RULES = {"gain_at_2": "[err(LSQ-2) − err(LSQ+BR-2)] − [err(LSQ-3) − err(LS
 TABLE_HEADER = ["method", "test error %", "weights within 0.05·s of a level (%)", "mean |w − Q(w)|/s"]
 HISTOGRAM_SERIES = (("lsq{bits}", "LSQ"), ("br{bits}", "LSQ + BR, λ = 0.5"))
 HISTOGRAM_EXTRA_2BIT = ("br2-lambda50", "LSQ + BR, λ = 50")
-HISTOGRAM_CAPTION = ("Histograms of the latent weights in units of their LSQ step, after fine-tuning (seed 0), "
-                     "without Bin Regularization (grey bars) and with it (lines); dotted lines mark the quantization "
-                     "levels. The first and last layers (8 bits) are not shown.")
+HISTOGRAM_CAPTION = (
+    "Histograms of the latent weights in units of their LSQ step, after fine-tuning (seed 0), "
+    "without Bin Regularization (grey bars) and with it (lines); dotted lines mark the quantization "
+    "levels. The first and last layers (8 bits) are not shown."
+)
 
 # ---------------------------------------------------------------------------------------------- experiments
-BUDGETS = {"full": Budget(epochs=6, train_subset=15_000, test_subset=5_000, pretrain_epochs=12),
-           "quick": Budget(epochs=12, pretrain_epochs=30)}
+BUDGETS = {
+    "full": Budget(epochs=6, train_subset=15_000, test_subset=5_000, pretrain_epochs=12),
+    "quick": Budget(epochs=12, pretrain_epochs=30),
+}
 
 
 def cells(mode: Mode, budget: Budget) -> list:
     e = budget.epochs
-    base = dict(model="small-cnn", model_options=dict(CNN), init_from="shared/float-cnn",
-                **budget_kwargs(mode, budget))
+    base = dict(model="small-cnn", model_options=dict(CNN), init_from="shared/float-cnn", **budget_kwargs(mode, budget))
 
     def bin_reg(strength: float) -> dict:
         """Bin Regularization from the middle of the fine-tune (the staged strategy)."""
         return {"train.regularizers": [{"type": "bin_reg", "strength": strength, "start_epoch": e // 2}]}
 
-    out = [shared_float(mode, budget),
-           Cell(id="lsq/float-ft", label="float, fine-tuned with the same schedule (control)", recipe="lsq-w8a8",
-                role="float-ft", changes=float_changes("lsq-float-ft"), kind="float", **base)]
+    out = [
+        shared_float(mode, budget),
+        Cell(
+            id="lsq/float-ft",
+            label="float, fine-tuned with the same schedule (control)",
+            recipe="lsq-w8a8",
+            role="float-ft",
+            changes=float_changes("lsq-float-ft"),
+            kind="float",
+            **base,
+        ),
+    ]
     for bits in (8, 4, 3, 2):
-        out.append(Cell(id=f"lsq/w{bits}a{bits}", label=f"LSQ W{bits}/A{bits}", recipe=f"lsq-w{bits}a{bits}",
-                        role=f"lsq{bits}", probes=("weights",), kind="lsq", **base))
+        out.append(
+            Cell(
+                id=f"lsq/w{bits}a{bits}",
+                label=f"LSQ W{bits}/A{bits}",
+                recipe=f"lsq-w{bits}a{bits}",
+                role=f"lsq{bits}",
+                probes=("weights",),
+                kind="lsq",
+                **base,
+            )
+        )
     for bits in (3, 2):
-        out.append(Cell(id=f"lsq/br-w{bits}a{bits}", label=f"LSQ + BR W{bits}/A{bits} (BR from epoch {e // 2 + 1})",
-                        recipe=f"lsq-br-w{bits}a{bits}", role=f"br{bits}", changes=bin_reg(0.5), probes=("weights",),
-                        kind="lsq-br", **base))
-    out.append(Cell(id="lsq/br-w2a2-lambda50", label="LSQ + BR W2/A2, λ = 50 (investigation)", recipe="lsq-br-w2a2",
-                    role="br2-lambda50", changes=bin_reg(50.0), probes=("weights",), kind="lsq-br", **base))
-    out.append(Cell(id="lsq/w2a2-g1", label="LSQ W2/A2 with g = 1 (ablation)", recipe="lsq-w2a2", role="lsq2-g1",
-                    changes={"quantize.weight.grad_scale": "none", "quantize.input.grad_scale": "none"},
-                    probes=("weights",), kind="lsq", **base))
+        out.append(
+            Cell(
+                id=f"lsq/br-w{bits}a{bits}",
+                label=f"LSQ + BR W{bits}/A{bits} (BR from epoch {e // 2 + 1})",
+                recipe=f"lsq-br-w{bits}a{bits}",
+                role=f"br{bits}",
+                changes=bin_reg(0.5),
+                probes=("weights",),
+                kind="lsq-br",
+                **base,
+            )
+        )
+    out.append(
+        Cell(
+            id="lsq/br-w2a2-lambda50",
+            label="LSQ + BR W2/A2, λ = 50 (investigation)",
+            recipe="lsq-br-w2a2",
+            role="br2-lambda50",
+            changes=bin_reg(50.0),
+            probes=("weights",),
+            kind="lsq-br",
+            **base,
+        )
+    )
+    out.append(
+        Cell(
+            id="lsq/w2a2-g1",
+            label="LSQ W2/A2 with g = 1 (ablation)",
+            recipe="lsq-w2a2",
+            role="lsq2-g1",
+            changes={"quantize.weight.grad_scale": "none", "quantize.input.grad_scale": "none"},
+            probes=("weights",),
+            kind="lsq",
+            **base,
+        )
+    )
     return out
 
 
@@ -110,12 +163,28 @@ def checks(stats: dict, analyses: dict) -> list:
     ]
     for bits in (2, 3):
         lsq, br = r.get(f"lsq{bits}"), r.get(f"br{bits}")
-        out.append(ratio(PREDICTIONS["spiky"].format(bits=bits), probe_stats(br, "weights", "near_level", 100.0),
-                         probe_stats(lsq, "weights", "near_level", 100.0), 1.5, "≥",
-                         "% of weights within 0.05 s of a level, with BR", "without BR"))
-        out.append(ratio(PREDICTIONS["mismatch"].format(bits=bits), probe_stats(br, "weights", "mean_distance"),
-                         probe_stats(lsq, "weights", "mean_distance"), 0.8, "≤", "mean |w − Q(w)|/s with BR",
-                         "without BR"))
+        out.append(
+            ratio(
+                PREDICTIONS["spiky"].format(bits=bits),
+                probe_stats(br, "weights", "near_level", 100.0),
+                probe_stats(lsq, "weights", "near_level", 100.0),
+                1.5,
+                "≥",
+                "% of weights within 0.05 s of a level, with BR",
+                "without BR",
+            )
+        )
+        out.append(
+            ratio(
+                PREDICTIONS["mismatch"].format(bits=bits),
+                probe_stats(br, "weights", "mean_distance"),
+                probe_stats(lsq, "weights", "mean_distance"),
+                0.8,
+                "≤",
+                "mean |w − Q(w)|/s with BR",
+                "without BR",
+            )
+        )
     out.append(not_worse(PREDICTIONS["br2_accuracy"], r.get("br2"), r.get("lsq2"), "LSQ+BR-2", "LSQ-2", 0.0))
     out.append(gain_largest_at_2(r))
     return out
@@ -129,14 +198,26 @@ def gain_largest_at_2(r: dict) -> Check:
         return Check(claim, rule, "–", None)
     g2, g3 = parts[0].mean - parts[1].mean, parts[2].mean - parts[3].mean
     noise = 2 * math.sqrt(sum((x.se or 0) ** 2 for x in parts))
-    return Check(claim, rule, f"gain at 2 bits {g2:+.2f} pp, at 3 bits {g3:+.2f} pp (2 SE = {noise:.2f})",
-                 g2 - g3 > noise, abs(g2 - g3) <= noise)
+    return Check(
+        claim,
+        rule,
+        f"gain at 2 bits {g2:+.2f} pp, at 3 bits {g3:+.2f} pp (2 SE = {noise:.2f})",
+        g2 - g3 > noise,
+        abs(g2 - g3) <= noise,
+    )
 
 
 # ------------------------------------------------------------------------------------------- table, figures
 def markdown(table: Table, stats: dict) -> str:
-    rows = [[s.cell.label, s.format(), mean_probe(s, "weights", "near_level", 100.0),
-             mean_probe(s, "weights", "mean_distance", 1.0, 3)] for s in stats.values()]
+    rows = [
+        [
+            s.cell.label,
+            s.format(),
+            mean_probe(s, "weights", "near_level", 100.0),
+            mean_probe(s, "weights", "mean_distance", 1.0, 3),
+        ]
+        for s in stats.values()
+    ]
     return render_table(TABLE_HEADER, rows)
 
 
@@ -164,5 +245,17 @@ def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
     return [(HISTOGRAM_CAPTION, path)] if path else []
 
 
-PAPER = Paper(key="lsq", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="final", budgets=BUDGETS,
-              cells=cells, checks=checks, markdown=markdown, figures=figures, probes={"weights": weights_probe})
+PAPER = Paper(
+    key="lsq",
+    title=TITLE,
+    authors=AUTHORS,
+    claim=CLAIM,
+    setup=SETUP,
+    select="final",
+    budgets=BUDGETS,
+    cells=cells,
+    checks=checks,
+    markdown=markdown,
+    figures=figures,
+    probes={"weights": weights_probe},
+)

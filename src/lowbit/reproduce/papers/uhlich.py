@@ -35,17 +35,21 @@ BUDGET_BITS = 3
 # ------------------------------------------------------------------------------------------------------ prose
 TITLE = "Mixed precision: learned step and range"
 AUTHORS = "Uhlich et al., ICLR 2020"
-CLAIM = ("Parametrizing a uniform quantizer by its step d and range q_max (U3; P3 = (q_min, q_max) for power-of-two "
-         "grids) gives bounded, nearly decoupled gradients, so per-layer bit widths can be learned under a memory "
-         "budget: the learned heterogeneous network meets the budget with a lower error than a fixed homogeneous "
-         "one, while parametrizations through the bit width (U1 = (b, d), U2 = (b, q_max)) train worse.")
-SETUP = ("Small CNN conv16-conv32-fc128 fine-tuned from the shared float checkpoint with ADAM LR 1e-3, cosine, batch "
-         "64; weights, biases and activations quantized with the parametric quantizers (network input in float; d "
-         "snapped to powers of two as in the official code). Learned cells start at 4 bits and carry the penalty 0.1 "
-         "(relu(S_w − S_w0)² + relu(S_a − S_a0)²), memories in KB, with S_w0 = the weight memory of the same net at "
-         f"{BUDGET_BITS} bits and S_a0 = its largest activation at 4 bits (constraints 8a + 8c); their test error is "
-         "read at the best validation epoch among those meeting both budgets. Fixed and homogeneous cells carry no "
-         "penalty; they report the best validation epoch.")
+CLAIM = (
+    "Parametrizing a uniform quantizer by its step d and range q_max (U3; P3 = (q_min, q_max) for power-of-two "
+    "grids) gives bounded, nearly decoupled gradients, so per-layer bit widths can be learned under a memory "
+    "budget: the learned heterogeneous network meets the budget with a lower error than a fixed homogeneous "
+    "one, while parametrizations through the bit width (U1 = (b, d), U2 = (b, q_max)) train worse."
+)
+SETUP = (
+    "Small CNN conv16-conv32-fc128 fine-tuned from the shared float checkpoint with ADAM LR 1e-3, cosine, batch "
+    "64; weights, biases and activations quantized with the parametric quantizers (network input in float; d "
+    "snapped to powers of two as in the official code). Learned cells start at 4 bits and carry the penalty 0.1 "
+    "(relu(S_w − S_w0)² + relu(S_a − S_a0)²), memories in KB, with S_w0 = the weight memory of the same net at "
+    f"{BUDGET_BITS} bits and S_a0 = its largest activation at 4 bits (constraints 8a + 8c); their test error is "
+    "read at the best validation epoch among those meeting both budgets. Fixed and homogeneous cells carry no "
+    "penalty; they report the best validation epoch."
+)
 PREDICTIONS = {
     "u3_budget": "U3 meets the weight-memory budget",
     "heterogeneous": "U3's learned allocation is heterogeneous (layers get different weight bit widths)",
@@ -63,23 +67,35 @@ RULES = {
     "budget": "weight KB ≤ budget at the reported checkpoint, in every seed",
     "heterogeneous": "in at least one seed, the weight bits differ between layers",
     "bit_width_worse": "err({name}) > err(U3) (ordering), or {name} diverged / never met the budget (no admissible "
-                       "checkpoint)",
+    "checkpoint)",
     "u3_bounded": "max over x and b of |∂Q/∂d| ≤ 0.5 and of |∂Q/∂q_max| ≤ 1",
     "u1_grows": "max |∂Q/∂d| of U1 at b = {b1} ≥ 2^({b1}−2)",
     "means_grow": "mean |∂Q/∂θ| at b = {b1} > at b = {b0} for every U1/U2 partial",
 }
-TABLE_HEADER = ["method", "test error %", "weight KB", "≤ budget (seeds)", "weight bits per layer",
-                "activation bits per layer"]
+TABLE_HEADER = [
+    "method",
+    "test error %",
+    "weight KB",
+    "≤ budget (seeds)",
+    "weight bits per layer",
+    "activation bits per layer",
+]
 ALLOCATIONS = (("u3", "U3 (d, q_max)"), ("p3", "P3 (q_min, q_max)"), ("u1", "U1 (b, d)"), ("u2", "U2 (b, q_max)"))
-BITS_CAPTION = ("Learned per-layer weight bit widths (seed 0) at the reported checkpoint, or at the last epoch for a "
-                "run that never met the budget.")
-GRADIENTS_CAPTION = ("Gradient magnitudes of the three uniform parametrizations for x ~ N(0, 1), q_max = 3σ fixed (so "
-                     "d = q_max/(2^(b−1)−1) shrinks as b grows): mean over samples (left) and the largest per-sample "
-                     "value (right).")
+BITS_CAPTION = (
+    "Learned per-layer weight bit widths (seed 0) at the reported checkpoint, or at the last epoch for a "
+    "run that never met the budget."
+)
+GRADIENTS_CAPTION = (
+    "Gradient magnitudes of the three uniform parametrizations for x ~ N(0, 1), q_max = 3σ fixed (so "
+    "d = q_max/(2^(b−1)−1) shrinks as b grows): mean over samples (left) and the largest per-sample "
+    "value (right)."
+)
 
 # ---------------------------------------------------------------------------------------------- experiments
-BUDGETS = {"full": Budget(epochs=6, train_subset=15_000, test_subset=5_000, pretrain_epochs=12),
-           "quick": Budget(epochs=12, pretrain_epochs=30)}
+BUDGETS = {
+    "full": Budget(epochs=6, train_subset=15_000, test_subset=5_000, pretrain_epochs=12),
+    "quick": Budget(epochs=12, pretrain_epochs=30),
+}
 
 
 def _parametric(parametrization: str, bits: int, frozen: tuple = (), pow2_step: bool = True) -> dict:
@@ -93,44 +109,86 @@ def _parametric(parametrization: str, bits: int, frozen: tuple = (), pow2_step: 
 
 def _quantize(weight: dict, activation: dict) -> dict:
     """Weights and biases with ``weight``, activations with ``activation``; the network input is not quantized."""
-    return {"weight": weight, "bias": dict(weight), "input": activation,
-            "overrides": [{"match": "first", "input": None}]}
+    return {
+        "weight": weight,
+        "bias": dict(weight),
+        "input": activation,
+        "overrides": [{"match": "first", "input": None}],
+    }
 
 
 def _fixed(bits: int) -> dict:
     """U3 with d and q_max frozen at their initial values: a fixed homogeneous grid, no penalty."""
-    return {"name": f"mp-fixed-w{bits}", "train.regularizers": [],
-            "quantize": _quantize(_parametric("U3", bits, ("d", "q_max")), _parametric("U3", 4, ("d", "q_max")))}
+    return {
+        "name": f"mp-fixed-w{bits}",
+        "train.regularizers": [],
+        "quantize": _quantize(_parametric("U3", bits, ("d", "q_max")), _parametric("U3", 4, ("d", "q_max"))),
+    }
 
 
 def _homogeneous() -> dict:
     """U2 with b frozen learns q_max at a fixed bit width; d = q_max / (2^(b-1) - 1) is left unsnapped, because
     snapping it to a power of two can make q_max / d exceed 2^(b-1) - 1 and the inferred width b + 1 (measured: a
     "3-bit" net at 4 bits in its large layer, 100 KB instead of 76 KB)."""
-    return {"name": f"mp-homogeneous-w{BUDGET_BITS}", "train.regularizers": [],
-            "quantize": _quantize(_parametric("U2", BUDGET_BITS, ("b",), pow2_step=False),
-                                  _parametric("U2", 4, ("b",), pow2_step=False))}
+    return {
+        "name": f"mp-homogeneous-w{BUDGET_BITS}",
+        "train.regularizers": [],
+        "quantize": _quantize(
+            _parametric("U2", BUDGET_BITS, ("b",), pow2_step=False), _parametric("U2", 4, ("b",), pow2_step=False)
+        ),
+    }
 
 
 def cells(mode: Mode, budget: Budget) -> list:
-    base = dict(model="small-cnn", model_options=dict(CNN), init_from="shared/float-cnn",
-                **budget_kwargs(mode, budget))
-    penalty = [{"type": "memory_budget", "weight_bits": BUDGET_BITS, "activation_bits": 4,
-                "activation_reduce": "max", "strength": 0.1}]
+    base = dict(model="small-cnn", model_options=dict(CNN), init_from="shared/float-cnn", **budget_kwargs(mode, budget))
+    penalty = [
+        {
+            "type": "memory_budget",
+            "weight_bits": BUDGET_BITS,
+            "activation_bits": 4,
+            "activation_reduce": "max",
+            "strength": 0.1,
+        }
+    ]
     out = [shared_float(mode, budget)]
     for bits in (2, BUDGET_BITS, 4):
-        out.append(Cell(id=f"uhlich/fixed-w{bits}", label=f"fixed {bits}-bit W (4-bit A), d and q_max fixed",
-                        recipe="mp-u3", role=f"fixed{bits}", changes=_fixed(bits), probes=("memory",),
-                        kind="parametric", **base))
-    out.append(Cell(id=f"uhlich/homogeneous-w{BUDGET_BITS}",
-                    label=f"homogeneous {BUDGET_BITS}-bit W (4-bit A), learned q_max (U2, b frozen, d not snapped)",
-                    recipe="mp-u3", role="homog", changes=_homogeneous(), probes=("memory",), kind="parametric",
-                    **base))
+        out.append(
+            Cell(
+                id=f"uhlich/fixed-w{bits}",
+                label=f"fixed {bits}-bit W (4-bit A), d and q_max fixed",
+                recipe="mp-u3",
+                role=f"fixed{bits}",
+                changes=_fixed(bits),
+                probes=("memory",),
+                kind="parametric",
+                **base,
+            )
+        )
+    out.append(
+        Cell(
+            id=f"uhlich/homogeneous-w{BUDGET_BITS}",
+            label=f"homogeneous {BUDGET_BITS}-bit W (4-bit A), learned q_max (U2, b frozen, d not snapped)",
+            recipe="mp-u3",
+            role="homog",
+            changes=_homogeneous(),
+            probes=("memory",),
+            kind="parametric",
+            **base,
+        )
+    )
     for name in ("U3", "P3", "U1", "U2"):
-        out.append(Cell(id=f"uhlich/{name.lower()}-budget",
-                        label=f"learned bit widths, {name}, budget = {BUDGET_BITS}-bit W",
-                        recipe=f"mp-{name.lower()}", role=name.lower(), changes={"train.regularizers": penalty},
-                        probes=("memory",), kind="pow2" if name == "P3" else "parametric", **base))
+        out.append(
+            Cell(
+                id=f"uhlich/{name.lower()}-budget",
+                label=f"learned bit widths, {name}, budget = {BUDGET_BITS}-bit W",
+                recipe=f"mp-{name.lower()}",
+                role=name.lower(),
+                changes={"train.regularizers": penalty},
+                probes=("memory",),
+                kind="pow2" if name == "P3" else "parametric",
+                **base,
+            )
+        )
     return out
 
 
@@ -156,12 +214,15 @@ def checks(stats: dict, analyses: dict) -> list:
     u3, p3, homog = r.get("u3"), r.get("p3"), r.get("homog")
     fixed_role = next((k for k in ("fixed3", "fixed2") if k in r), "fixed3")
     fixed, fixed_name = r.get(fixed_role), f"fixed {fixed_role[-1]}-bit"
-    out = [budget_met(PREDICTIONS["u3_budget"], u3), heterogeneous(u3),
-           lower(PREDICTIONS["u3_vs_fixed"], u3, fixed, "U3", fixed_name),
-           lower(PREDICTIONS["u3_vs_homogeneous"], u3, homog, "U3", "homogeneous learned"),
-           budget_met(PREDICTIONS["p3_budget"], p3),
-           lower(PREDICTIONS["p3_vs_fixed"], p3, fixed, "P3", fixed_name),
-           lower(PREDICTIONS["learned_q_max"], homog, fixed, "homogeneous learned", fixed_name)]
+    out = [
+        budget_met(PREDICTIONS["u3_budget"], u3),
+        heterogeneous(u3),
+        lower(PREDICTIONS["u3_vs_fixed"], u3, fixed, "U3", fixed_name),
+        lower(PREDICTIONS["u3_vs_homogeneous"], u3, homog, "U3", "homogeneous learned"),
+        budget_met(PREDICTIONS["p3_budget"], p3),
+        lower(PREDICTIONS["p3_vs_fixed"], p3, fixed, "P3", fixed_name),
+        lower(PREDICTIONS["learned_q_max"], homog, fixed, "homogeneous learned", fixed_name),
+    ]
     for name in ("U1", "U2"):
         out.append(worse_or_failed(PREDICTIONS["bit_width_worse"].format(name=name), r.get(name.lower()), u3, name))
     return out + gradient_checks(analyses.get("gradients"))
@@ -181,8 +242,9 @@ def budget_met(claim: str, s: Optional[CellStats]) -> Check:
     met = [p["memory"]["weight_kb"] <= p["memory"]["budget_kb"] + 1e-9 for p in probed] + [False] * s.diverged
     if not met:
         return Check(claim, rule, "–", None)
-    shown = ", ".join(f"{p['memory']['weight_kb']:.2f}/{p['memory']['budget_kb']:.2f} KB ({p.get('checkpoint')})"
-                      for p in probed)
+    shown = ", ".join(
+        f"{p['memory']['weight_kb']:.2f}/{p['memory']['budget_kb']:.2f} KB ({p.get('checkpoint')})" for p in probed
+    )
     if s.diverged:
         shown += f", {s.diverged} diverged"
     return Check(claim, rule, f"{sum(met)}/{len(met)} seeds: {shown}", all(met))
@@ -195,8 +257,12 @@ def heterogeneous(s: Optional[CellStats]) -> Check:
     allocations = [tuple(v["weight"] for v in memory["bits"].values()) for memory in _memories(s)]
     if not allocations:
         return Check(claim, rule, "–", None)
-    return Check(claim, rule, "; ".join("/".join(str(b) for b in a) for a in allocations),
-                 any(len(set(a)) > 1 for a in allocations))
+    return Check(
+        claim,
+        rule,
+        "; ".join("/".join(str(b) for b in a) for a in allocations),
+        any(len(set(a)) > 1 for a in allocations),
+    )
 
 
 def worse_or_failed(claim: str, s: Optional[CellStats], u3: Optional[CellStats], name: str) -> Check:
@@ -219,9 +285,11 @@ def gradient_checks(grads: Optional[dict]) -> list:
     grows = mx["U1/d"][-1] >= 2 ** (grads["bits"][-1] - 2)
     ratios = {k: mean[k][-1] / mean[k][0] for k in ("U1/b", "U1/d", "U2/b", "U2/q_max")}
     b0, b1 = grads["bits"][0], grads["bits"][-1]
-    observed = [f"max |∂Q/∂d| = {max(mx['U3/d']):.3f}, max |∂Q/∂q_max| = {max(mx['U3/q_max']):.3f}",
-                f"max |∂Q/∂d| = {', '.join(f'{v:.0f}' for v in mx['U1/d'])} for b = {b0}..{b1}",
-                ", ".join(f"{k}: ×{v:.2f}" for k, v in ratios.items())]
+    observed = [
+        f"max |∂Q/∂d| = {max(mx['U3/d']):.3f}, max |∂Q/∂q_max| = {max(mx['U3/q_max']):.3f}",
+        f"max |∂Q/∂d| = {', '.join(f'{v:.0f}' for v in mx['U1/d'])} for b = {b0}..{b1}",
+        ", ".join(f"{k}: ×{v:.2f}" for k, v in ratios.items()),
+    ]
     passed = [bounded, grows, all(v > 1 for v in ratios.values())]
     return [Check(PREDICTIONS[k], RULES[k].format(b0=b0, b1=b1), o, ok) for k, o, ok in zip(keys, observed, passed)]
 
@@ -229,8 +297,10 @@ def gradient_checks(grads: Optional[dict]) -> list:
 # ------------------------------------------------------------------------------------------- table, figures
 def _bits_text(s: CellStats, slot: str = "weight") -> str:
     """The distinct per-layer bit allocations of the seeds ("4/2/2/3"; "f" = a float layer)."""
-    allocations = ["/".join(str(v[slot]) if v[slot] is not None else "f" for v in memory["bits"].values())
-                   for memory in _memories(s)]
+    allocations = [
+        "/".join(str(v[slot]) if v[slot] is not None else "f" for v in memory["bits"].values())
+        for memory in _memories(s)
+    ]
     if not allocations:
         return "–"
     return "; ".join(sorted(set(allocations), key=allocations.index))
@@ -264,10 +334,17 @@ def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
         if memories:
             allocations.append((label, {k: v["weight"] for k, v in memories[0]["bits"].items()}))
         shares = shares or next((m["layer_shares"] for m in memories if "layer_shares" in m), None)
-    budget_bits = next((c.changes["train.regularizers"][0]["weight_bits"] for c in table.cells
-                        if c.changes.get("train.regularizers")), None)
-    path = F.bits_figure(allocations, fig_dir / "uhlich_bits.png",
-                         f"budget = the net at {budget_bits:g}-bit weights" if budget_bits else "", budget_bits, shares)
+    budget_bits = next(
+        (c.changes["train.regularizers"][0]["weight_bits"] for c in table.cells if c.changes.get("train.regularizers")),
+        None,
+    )
+    path = F.bits_figure(
+        allocations,
+        fig_dir / "uhlich_bits.png",
+        f"budget = the net at {budget_bits:g}-bit weights" if budget_bits else "",
+        budget_bits,
+        shares,
+    )
     if path:
         out.append((BITS_CAPTION, path))
     grads = analyses.get("gradients")
@@ -276,6 +353,18 @@ def figures(table: Table, stats: dict, analyses: dict, fig_dir: Path) -> list:
     return out
 
 
-PAPER = Paper(key="uhlich", title=TITLE, authors=AUTHORS, claim=CLAIM, setup=SETUP, select="best_budget",
-              budgets=BUDGETS, cells=cells, checks=checks, markdown=markdown, figures=figures,
-              probes={"memory": memory_probe}, analyses=(GRADIENTS,))
+PAPER = Paper(
+    key="uhlich",
+    title=TITLE,
+    authors=AUTHORS,
+    claim=CLAIM,
+    setup=SETUP,
+    select="best_budget",
+    budgets=BUDGETS,
+    cells=cells,
+    checks=checks,
+    markdown=markdown,
+    figures=figures,
+    probes={"memory": memory_probe},
+    analyses=(GRADIENTS,),
+)

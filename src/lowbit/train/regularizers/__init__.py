@@ -6,5 +6,15 @@ from .base import REGULARIZERS, Regularizer, build_regularizers
 from .bin_reg import BinRegularizer, bin_regularization, level_distance
 from .memory_budget import MemoryBudget, activation_memory_bits, measure_activation_sizes, weight_memory_bits
 
-__all__ = ["Regularizer", "REGULARIZERS", "BinRegularizer", "MemoryBudget", "build_regularizers", "level_distance",
-           "weight_memory_bits", "activation_memory_bits", "measure_activation_sizes", "bin_regularization"]
+__all__ = [
+    "Regularizer",
+    "REGULARIZERS",
+    "BinRegularizer",
+    "MemoryBudget",
+    "build_regularizers",
+    "level_distance",
+    "weight_memory_bits",
+    "activation_memory_bits",
+    "measure_activation_sizes",
+    "bin_regularization",
+]

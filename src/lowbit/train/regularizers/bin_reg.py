@@ -40,11 +40,18 @@ def level_distance(weight: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch
     return ((w - encoded.dequantize()).abs() / step).reshape(-1), (w / step).reshape(-1), int(encoded.bits)
 
 
-@REGULARIZERS.register("bin_reg", options={
-    "strength": {"type": "number", "minimum": 0, "default": 0.5, "description": "lambda"},
-    "start_epoch": {"type": "integer", "minimum": 0, "default": 0,
-                    "description": "train with the task loss only before this epoch (staged strategy S2)"},
-})
+@REGULARIZERS.register(
+    "bin_reg",
+    options={
+        "strength": {"type": "number", "minimum": 0, "default": 0.5, "description": "lambda"},
+        "start_epoch": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 0,
+            "description": "train with the task loss only before this epoch (staged strategy S2)",
+        },
+    },
+)
 @dataclass
 class BinRegularizer(Regularizer):
     """``λ Σ_layers L_BR(layer)`` on quantized weights, off before ``start_epoch`` (staged strategy S2)."""
@@ -56,8 +63,11 @@ class BinRegularizer(Regularizer):
         return epoch >= self.start_epoch and self.strength > 0
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        terms = [bin_regularization(layer.weight, layer.weight_quantizer)
-                 for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
+        terms = [
+            bin_regularization(layer.weight, layer.weight_quantizer)
+            for _, layer in quantized_layers(model)
+            if layer.weight_quantizer is not None
+        ]
         if not terms:
             raise ConfigError("bin_reg needs quantized weights, but the recipe quantizes none")
         return self.strength * torch.stack(terms).sum()
@@ -65,8 +75,11 @@ class BinRegularizer(Regularizer):
     @torch.no_grad()
     def describe(self, model: nn.Module) -> dict:
         """Mean |w - Q(w)| / step and the fraction of weights within 0.05 step of a level (BR's sharpness)."""
-        distances = [level_distance(layer.weight, layer.weight_quantizer)[0]
-                     for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
+        distances = [
+            level_distance(layer.weight, layer.weight_quantizer)[0]
+            for _, layer in quantized_layers(model)
+            if layer.weight_quantizer is not None
+        ]
         if not distances:
             return {}
         relative = torch.cat(distances)

@@ -17,15 +17,16 @@ from .base import REGULARIZERS, Regularizer
 __all__ = ["MemoryBudget", "weight_memory_bits", "activation_memory_bits", "measure_activation_sizes"]
 
 
-
 def measure_activation_sizes(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Activations per sample (``M_l``) entering each quantized layer, from one forward pass on ``example``."""
     sizes: dict[str, int] = {}
     hooks = []
     for name, layer in quantized_layers(model):
+
         def hook(module, inputs, _name=name):
             x = inputs[0]
             sizes[_name] = x[0].numel()
+
         hooks.append(layer.register_forward_pre_hook(hook))
     was_training = model.training
     try:
@@ -51,11 +52,15 @@ def weight_memory_bits(model: nn.Module, differentiable: bool = False) -> torch.
     return total
 
 
-def activation_memory_bits(model: nn.Module, sizes: dict[str, int], reduce: str = "max",
-                           differentiable: bool = False) -> torch.Tensor:
+def activation_memory_bits(
+    model: nn.Module, sizes: dict[str, int], reduce: str = "max", differentiable: bool = False
+) -> torch.Tensor:
     """``S_a = Σ_l M_l b_l`` (``sum``, eq. 8b) or ``max_l M_l b_l`` (``max``, eq. 8c) over quantized layer inputs."""
-    terms = [sizes[name] * _bits(layer.input_quantizer, differentiable)
-             for name, layer in quantized_layers(model) if layer.input_quantizer is not None and name in sizes]
+    terms = [
+        sizes[name] * _bits(layer.input_quantizer, differentiable)
+        for name, layer in quantized_layers(model)
+        if layer.input_quantizer is not None and name in sizes
+    ]
     if not terms:
         return torch.zeros(())
     stacked = torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in terms])
@@ -70,19 +75,36 @@ def _bits(quantizer, differentiable: bool):
     return torch.tensor(float(quantizer.bits))
 
 
-@REGULARIZERS.register("memory_budget", options={
-    "weight_kb": {"type": "number", "exclusiveMinimum": 0, "description": "weight memory budget in KB"},
-    "weight_bits": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
-                    "description": "budget = memory of the same net at this homogeneous weight bit width"},
-    "activation_kb": {"type": "number", "exclusiveMinimum": 0, "description": "activation memory budget in KB"},
-    "activation_bits": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
-                        "description": "budget = activation memory at this homogeneous bit width"},
-    "activation_reduce": {"enum": ["sum", "max"], "default": "max",
-                          "description": "total (8b) or largest single layer (8c) activation memory"},
-    "strength": {"type": "number", "minimum": 0, "default": 0.1, "description": "lambda of the squared excess"},
-    "clip_grads": {"type": "boolean", "default": True,
-                   "description": "clip d / q_max gradients to [-d, d] while the budget is on"},
-})
+@REGULARIZERS.register(
+    "memory_budget",
+    options={
+        "weight_kb": {"type": "number", "exclusiveMinimum": 0, "description": "weight memory budget in KB"},
+        "weight_bits": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 32,
+            "description": "budget = memory of the same net at this homogeneous weight bit width",
+        },
+        "activation_kb": {"type": "number", "exclusiveMinimum": 0, "description": "activation memory budget in KB"},
+        "activation_bits": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 32,
+            "description": "budget = activation memory at this homogeneous bit width",
+        },
+        "activation_reduce": {
+            "enum": ["sum", "max"],
+            "default": "max",
+            "description": "total (8b) or largest single layer (8c) activation memory",
+        },
+        "strength": {"type": "number", "minimum": 0, "default": 0.1, "description": "lambda of the squared excess"},
+        "clip_grads": {
+            "type": "boolean",
+            "default": True,
+            "description": "clip d / q_max gradients to [-d, d] while the budget is on",
+        },
+    },
+)
 @dataclass
 class MemoryBudget(Regularizer):
     """``λ relu(S_w[KB] - S_w0)^2 + λ relu(S_a[KB] - S_a0)^2`` with bits inferred through an STE.
@@ -107,12 +129,16 @@ class MemoryBudget(Regularizer):
             raise ConfigError("a memory budget needs an example batch to measure activation sizes")
         self.activation_sizes = measure_activation_sizes(model, example)
         if self.weight_bits is not None:
-            n = sum(p.numel() for _, layer in quantized_layers(model) for p in (layer.weight, layer.bias)
-                    if p is not None)
+            n = sum(
+                p.numel() for _, layer in quantized_layers(model) for p in (layer.weight, layer.bias) if p is not None
+            )
             self.weight_kb = n * self.weight_bits / BITS_PER_KB
         if self.activation_bits is not None:
-            sizes = [self.activation_sizes[name] for name, layer in quantized_layers(model)
-                     if layer.input_quantizer is not None and name in self.activation_sizes]
+            sizes = [
+                self.activation_sizes[name]
+                for name, layer in quantized_layers(model)
+                if layer.input_quantizer is not None and name in self.activation_sizes
+            ]
             total = sum(sizes) if self.activation_reduce == "sum" else max(sizes, default=0)
             self.activation_kb = total * self.activation_bits / BITS_PER_KB
 
@@ -151,9 +177,13 @@ class MemoryBudget(Regularizer):
 
     def describe(self, model: nn.Module) -> dict:
         usage = self.usage(model)
-        return {"weight_kb": round(usage["weight_kb"], 3), "weight_budget_kb": self.weight_kb,
-                "activation_kb": round(usage["activation_kb"], 3), "activation_budget_kb": self.activation_kb,
-                "budget_satisfied": self.satisfied(model)}
+        return {
+            "weight_kb": round(usage["weight_kb"], 3),
+            "weight_budget_kb": self.weight_kb,
+            "activation_kb": round(usage["activation_kb"], 3),
+            "activation_budget_kb": self.activation_kb,
+            "budget_satisfied": self.satisfied(model),
+        }
 
     def log_line(self, record: dict) -> str:
         return f"  weights {record['weight_kb']:.2f} KB" if "weight_kb" in record else ""
