@@ -74,9 +74,11 @@ def check_parity(model, run_dir, x, tmp_path, label):
     written (float biases, no graph rewrites). The deployed graph (int32 biases, onnxruntime's fused integer kernels)
     shifts pre-activations by up to half an accumulator step: it may flip near-tie samples only."""
     expected = torch_logits(model, x)
-    exact = export_checkpoint(run_dir / "last.safetensors", "onnx", tmp_path / "exact.onnx", integer_bias=False)
+    exact = export_checkpoint(
+        run_dir / "checkpoint.safetensors", "onnx", tmp_path / "exact.onnx", integer_bias=False, which="last"
+    )
     as_written = compare_logits(expected, onnx_logits(exact.path, x, optimization="none"))
-    deployed = export_checkpoint(run_dir / "last.safetensors", "onnx", tmp_path / "model.onnx")
+    deployed = export_checkpoint(run_dir / "checkpoint.safetensors", "onnx", tmp_path / "model.onnx", which="last")
     onnx.checker.check_model(onnx.load(deployed.path), full_check=True)
     got = onnx_logits(deployed.path, x)
     fused = compare_logits(expected, got, runtime_kernels(deployed.path))
@@ -230,7 +232,7 @@ def test_models_that_cannot_be_exported_say_why(tmp_path):
 def test_onnxruntime_predicts_the_same_classes_on_fashion_mnist(tmp_path, record_property):
     # the trainer evaluates a small test subset; the parity check below runs the whole test set
     trained("lsq-w8a8", tmp_path / "run", data="fashion-mnist", epochs=1, train_subset=2000, test_subset=200)
-    model = load_checkpoint(tmp_path / "run" / "last.safetensors").restore_model()
+    model = load_checkpoint(tmp_path / "run").restore_model()
     splits = load_dataset("fashion-mnist")
     x = torch.cat([x for x, _ in BatchLoader(splits.test, 2000, normalize=(splits.mean, splits.std))])
     as_written, fused = check_parity(model, tmp_path / "run", x, tmp_path, "fashion-mnist lsq-w8a8")

@@ -160,7 +160,7 @@ def test_foreign_and_other_version_packed_files_are_refused(tmp_path):
     with pytest.raises(PackedFileError, match="format version 2.*reads version 1"):
         load_packed(path)
     with pytest.raises(PackedFileError, match="not a lowbit packed file"):
-        load_packed(tmp_path / "run" / "last.safetensors")
+        load_packed(tmp_path / "run" / "checkpoint.safetensors")
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(PackedFileError, match="not a lowbit packed file"):
         load_packed(tmp_path / "empty")
@@ -178,8 +178,8 @@ def test_command_line_writes_and_verifies(tmp_path, capsys):
     assert _cli(["export", str(run_dir), "--out", str(out), "--verify"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "identical on 359/359" in printed
-    assert _cli(["export", str(run_dir / "last.safetensors"), "--json"]) == 0
+    assert _cli(["export", str(run_dir / "checkpoint.safetensors"), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["path"].endswith("last.packed.safetensors") and payload["format"] == "packed"
+    assert payload["path"].endswith("checkpoint.packed.safetensors") and payload["format"] == "packed"
     assert _cli(["export", str(out)]) == 2
     assert "packed file already" in capsys.readouterr().err

@@ -56,7 +56,7 @@ def test_objects_that_are_not_data_are_refused_when_writing(tmp_path):
 
 
 def test_checkpoint_round_trips_every_field(run_dir):
-    checkpoint = load_checkpoint(run_dir / "last.safetensors")
+    checkpoint = load_checkpoint(run_dir, which="last")
     assert checkpoint.phase == "train" and checkpoint.epoch == 0 and checkpoint.quantized
     assert checkpoint.recipe_name == "sr-adam" and checkpoint.model_spec.name == "small-cnn"
     assert checkpoint.data.name == "digits" and checkpoint.data.train_subset == 300
@@ -103,7 +103,7 @@ def test_a_pickle_payload_is_never_executed(tmp_path):
 
 def test_damaged_tensor_data_is_detected(run_dir, tmp_path):
     damaged = tmp_path / "damaged.safetensors"
-    raw = bytearray((run_dir / "last.safetensors").read_bytes())
+    raw = bytearray((run_dir / "checkpoint.safetensors").read_bytes())
     for i in range(64):  # flip bytes in the tensor data (behind the header)
         raw[-1 - 97 * i] ^= 0xFF
     damaged.write_bytes(bytes(raw))
@@ -118,7 +118,7 @@ def test_damaged_tensor_data_is_detected(run_dir, tmp_path):
 
 
 def test_a_trusted_old_checkpoint_converts_to_the_same_model(run_dir, tmp_path, capsys):
-    current = load_checkpoint(run_dir / "last.safetensors")
+    current = load_checkpoint(run_dir, which="last")
     old = {
         "format": "lowbit-checkpoint",
         "version": 1,
@@ -141,13 +141,13 @@ def test_a_trusted_old_checkpoint_converts_to_the_same_model(run_dir, tmp_path, 
     legacy.mkdir()
     torch.save(old, legacy / "last.pt")
     assert main(["convert-checkpoint", str(legacy)]) == 0
-    assert "last.safetensors" in capsys.readouterr().out
-    converted = load_checkpoint(legacy / "last.safetensors")
+    assert "checkpoint.safetensors" in capsys.readouterr().out
+    converted = load_checkpoint(legacy, which="last")
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(converted.restore_model()(x), current.restore_model()(x))
     with pytest.raises(CheckpointError, match="not a lowbit 0.1 checkpoint"):
-        convert_legacy_checkpoint(legacy / "last.safetensors")
+        convert_legacy_checkpoint(legacy / "checkpoint.safetensors")
 
 
 def test_a_custom_model_needs_the_users_float_model(tmp_path):
@@ -172,7 +172,7 @@ def test_a_custom_model_needs_the_users_float_model(tmp_path):
 
 def test_run_files_name_the_layout(run_dir):
     files = RunFiles(run_dir)
-    assert files.last.exists() and files.best.exists() and files.read_metrics()["recipe"] == "sr-adam"
+    assert files.checkpoint.exists() and files.read_metrics()["recipe"] == "sr-adam"
     assert [r["epoch"] for r in files.read_history()] == [1]
     with pytest.raises(CheckpointError, match="no training log"):
         RunFiles(run_dir / "missing").read_history()

@@ -114,7 +114,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged, match="loss became nan in train epoch 2") as info:
         trainer.fit()
     assert "last good checkpoint" in str(info.value) and "--lr" in str(info.value)
-    kept = load_checkpoint(tmp_path / "last.safetensors")
+    kept = load_checkpoint(tmp_path, which="last")
     assert kept.epoch == 0  # the epoch-1 checkpoint, intact
     assert all(
         torch.isfinite(v).all()

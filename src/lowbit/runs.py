@@ -2,12 +2,16 @@
 
 A run directory (``lowbit train --out DIR``) holds::
 
-    last.safetensors    the checkpoint after the last finished epoch (what --resume continues from)
-    best.safetensors    the checkpoint of the best validation epoch (what eval, export and summary use)
-    log.jsonl           one JSON record per epoch
-    metrics.json        the run's final figures
+    checkpoint.safetensors  the run's state after its last finished epoch, with the model of its best epoch
+    log.jsonl               one JSON record per epoch (for people; the checkpoint's history is the record)
+    metrics.json            the run's final figures, written when it finishes
     .lock               held by the process training into the directory (one writer at a time)
     replaced-<time>/    an earlier run, moved aside by ``lowbit train --overwrite``
+
+The checkpoint file is the one commit point of a run: an epoch is committed when its checkpoint has been renamed
+into place (atomically), and everything else is derived from it. It holds the model of the best validation epoch
+too (when that is not the last one), so "last" and "best" can never disagree, whatever moment a run is killed at;
+``log.jsonl`` is rewritten from the checkpoint's history when a run resumes.
 
 A checkpoint is a :class:`Checkpoint`: named, versioned fields, stored with :mod:`lowbit.safe_state` (tensors in
 safetensors, everything else as JSON; nothing is unpickled, so opening a checkpoint from someone else cannot run
@@ -25,9 +29,10 @@ import contextlib
 import json
 import os
 import random
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -69,12 +74,8 @@ class RunFiles:
     root: Path
 
     @property
-    def last(self) -> Path:
-        return self.root / f"last{SUFFIX}"
-
-    @property
-    def best(self) -> Path:
-        return self.root / f"best{SUFFIX}"
+    def checkpoint(self) -> Path:
+        return self.root / f"checkpoint{SUFFIX}"
 
     @property
     def log(self) -> Path:
@@ -85,12 +86,22 @@ class RunFiles:
         return self.root / "metrics.json"
 
     def read_history(self) -> list[dict]:
-        """The per-epoch records of ``log.jsonl``."""
+        """The per-epoch records of the run: the checkpoint's history (``log.jsonl`` may lack the last committed
+        epoch after a kill, or hold one that was never committed)."""
+        if self.checkpoint.exists():
+            return Checkpoint.load(self.checkpoint).history
         if not self.log.exists():
             raise CheckpointError(
                 f"no training log {str(self.log)!r}: give a directory written by 'lowbit train --out'"
             )
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def write_log(self, history: list[dict]) -> None:
+        """Rewrite ``log.jsonl`` from a history (atomically)."""
+        _write_text(self.log, "".join(json.dumps(record) + "\n" for record in history))
+
+    def write_metrics(self, metrics: dict, default: Any = None) -> None:
+        _write_text(self.metrics, json.dumps(metrics, indent=2, default=default))
 
     def read_metrics(self) -> Optional[dict]:
         """``metrics.json``, or ``None`` while the run has not finished."""
@@ -107,7 +118,7 @@ class RunFiles:
     def holds_run(self) -> bool:
         """Whether the directory holds (part of) a run: a checkpoint, a log or metrics, of this or lowbit 0.1."""
         legacy = [self.root / f"{name}{LEGACY_SUFFIX}" for name in ("last", "best")]
-        return any(p.exists() for p in (self.last, self.best, self.log, self.metrics, *legacy))
+        return any(p.exists() for p in (self.checkpoint, self.log, self.metrics, *legacy))
 
     def move_aside(self) -> Path:
         """Move everything of the current run (not the lock, not earlier replaced runs) into ``replaced-<time>/``."""
@@ -210,12 +221,42 @@ class Checkpoint:
     rng: Optional[dict] = None
     history: list = field(default_factory=list)
     best: dict = field(default_factory=dict)
+    best_model_state: Optional[dict] = None  # the best epoch's model, when it is not this epoch's
     lowbit_version: str = ""
     path: Optional[Path] = field(default=None, compare=False)  # where it was read from (not stored)
+    which: str = field(default="last", compare=False)  # the view: "last" (resumable) or "best" (not stored)
 
     @property
     def recipe_name(self) -> str:
         return str(self.recipe.get("name", "?"))
+
+    @property
+    def has_best(self) -> bool:
+        """Whether an epoch qualified as best (one that met every constraint, e.g. a memory budget)."""
+        return bool(self.best) and self.best.get("epoch") is not None
+
+    def view(self, which: str) -> Checkpoint:
+        """``"last"``: this checkpoint. ``"best"``: the model of the best validation epoch (the last one when no
+        epoch qualified, as during float pre-training or when a memory budget was never met); it cannot be
+        resumed from (no optimizer state)."""
+        if which not in ("last", "best"):
+            raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+        if which == "last" or not self.has_best or self.best["epoch"] == self.epoch + 1:
+            return replace(self, which=which)
+        if self.best_model_state is None:
+            raise CheckpointError(
+                f"checkpoint {str(self.path)!r} names best epoch {self.best['epoch']} but does not hold its model"
+            )
+        return replace(
+            self,
+            epoch=self.best["epoch"] - 1,
+            model_state=self.best_model_state,
+            best_model_state=None,
+            optimizer_state=None,
+            scheduler_state=None,
+            rng=None,
+            which="best",
+        )
 
     # ------------------------------------------------------------------------------------------ writing
     def save(self, path: PathLike) -> Path:
@@ -282,8 +323,10 @@ class Checkpoint:
         return model.eval()
 
 
-_STATE_FIELDS = ("model_state", "optimizer_state", "scheduler_state", "rng")
-_META_FIELDS = tuple(f.name for f in fields(Checkpoint) if f.name not in _STATE_FIELDS + ("model_spec", "data", "path"))
+_STATE_FIELDS = ("model_state", "optimizer_state", "scheduler_state", "rng", "best_model_state")
+_META_FIELDS = tuple(
+    f.name for f in fields(Checkpoint) if f.name not in _STATE_FIELDS + ("model_spec", "data", "path", "which")
+)
 
 
 def _json_value(value: Any) -> Any:
@@ -306,25 +349,40 @@ def _foreign(path: Path) -> CheckpointError:
     return CheckpointError(f"{str(path)!r} is not a lowbit checkpoint")
 
 
-def load_checkpoint(path: PathLike) -> Checkpoint:
-    """Read a checkpoint file, or the best (else the last) checkpoint of a run directory."""
+def load_checkpoint(path: PathLike, which: str = "best") -> Checkpoint:
+    """Read a run directory's checkpoint, or a checkpoint file, as ``which`` says (see :meth:`Checkpoint.view`):
+    ``"best"`` (the default: what eval, export, summary and plots use) or ``"last"`` (what a resumed run continues
+    from)."""
     path = Path(path)
     if path.is_dir():
         files = RunFiles(path)
-        found = next((p for p in (files.best, files.last) if p.exists()), None)
-        if found is None:
+        if not files.checkpoint.exists():
             legacy = next(
-                (path / f"{n}{LEGACY_SUFFIX}" for n in ("best", "last") if (path / f"{n}{LEGACY_SUFFIX}").exists()),
+                (path / f"{n}{LEGACY_SUFFIX}" for n in ("last", "best") if (path / f"{n}{LEGACY_SUFFIX}").exists()),
                 None,
             )
             if legacy is not None:
                 raise _foreign(legacy)
             raise CheckpointError(
-                f"no checkpoint in {str(path)!r}: expected {files.best.name} or "
-                f"{files.last.name} written by 'lowbit train --out {path}'"
+                f"no checkpoint in {str(path)!r}: expected {files.checkpoint.name} written by "
+                f"'lowbit train --out {path}'"
             )
-        path = found
-    return Checkpoint.load(path)
+        path = files.checkpoint
+    return Checkpoint.load(path).view(which)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically (unique temporary name, flushed, renamed)."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # -------------------------------------------------------------------------------------------------- RNG
@@ -342,22 +400,48 @@ def restore_rng(state: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- conversion
 def convert_legacy_checkpoint(source: PathLike, target: Optional[PathLike] = None) -> Path:
-    """Convert a lowbit 0.1 checkpoint (``*.pt``, pickled) to the current format.
+    """Convert a lowbit 0.1 run directory (``last.pt`` and ``best.pt``) or one of its ``*.pt`` files (pickled) to a
+    current checkpoint file.
 
-    This unpickles ``source``, which runs any code a malicious file contains: call it only on files you trust
-    (your own runs). ``target`` defaults to the same name with the ``.safetensors`` suffix.
+    This unpickles the old files, which runs any code a malicious file contains: call it only on files you trust
+    (your own runs). ``target`` defaults to ``DIR/checkpoint.safetensors`` for a directory, else the file's name with
+    the ``.safetensors`` suffix.
     """
     source = Path(source)
+    if source.is_dir():
+        last, best = source / f"last{LEGACY_SUFFIX}", source / f"best{LEGACY_SUFFIX}"
+        if not last.exists():
+            raise CheckpointError(f"no lowbit 0.1 checkpoint (last.pt) in {str(source)!r}")
+        target = Path(target) if target is not None else RunFiles(source).checkpoint
+        old = _read_legacy(last)
+        best_state = None
+        if best.exists():
+            old_best = _read_legacy(best)
+            if old_best["epoch"] != old["epoch"] or old_best["phase"] != old["phase"]:
+                best_state = old_best["model_state"]
+        return _from_legacy(old, best_state).save(target)
     target = Path(target) if target is not None else source.with_suffix(SUFFIX)
+    old = _read_legacy(source)
+    best = old.get("best") or {}
+    if best.get("epoch") not in (None, old["epoch"] + 1):  # a lone file: it is its own best
+        old = {**old, "best": {**best, "epoch": old["epoch"] + 1}}
+    return _from_legacy(old, None).save(target)
+
+
+def _read_legacy(path: Path) -> dict:
     try:
-        old = torch.load(source, map_location="cpu", weights_only=False)
+        old = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
-            f"{str(source)!r} cannot be read as a lowbit 0.1 checkpoint ({type(error).__name__}: {error})"
+            f"{str(path)!r} cannot be read as a lowbit 0.1 checkpoint ({type(error).__name__}: {error})"
         ) from None
     if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("version") != 1:
-        raise CheckpointError(f"{str(source)!r} is not a lowbit 0.1 checkpoint (format {FORMAT!r}, version 1)")
-    checkpoint = Checkpoint(
+        raise CheckpointError(f"{str(path)!r} is not a lowbit 0.1 checkpoint (format {FORMAT!r}, version 1)")
+    return old
+
+
+def _from_legacy(old: dict, best_model_state: Optional[dict]) -> Checkpoint:
+    return Checkpoint(
         phase=old["phase"],
         epoch=old["epoch"],
         model_spec=ModelSpec(**old["model_spec"]),
@@ -371,6 +455,6 @@ def convert_legacy_checkpoint(source: PathLike, target: Optional[PathLike] = Non
         rng=old.get("rng"),
         history=old.get("history", []),
         best=old.get("best", {}),
+        best_model_state=best_model_state,
         lowbit_version=old.get("lowbit_version", ""),
     )
-    return checkpoint.save(target)

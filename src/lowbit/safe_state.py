@@ -121,7 +121,12 @@ def write_state(path: PathLike, tree: Any, metadata: dict[str, str]) -> Path:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        save_file(tensors, tmp, metadata=header)
+        try:
+            save_file(tensors, tmp, metadata=header)
+        except Exception as error:  # safetensors reports I/O failures (a full disk) as its own error type
+            if isinstance(error, OSError):
+                raise
+            raise OSError(f"{type(error).__name__}: {error}") from error
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)

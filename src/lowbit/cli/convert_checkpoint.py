@@ -10,22 +10,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "convert-checkpoint",
         help="convert a lowbit 0.1 checkpoint (.pt) that you trust to the current format",
-        description="Reads a checkpoint of lowbit 0.1 (last.pt / best.pt, written with torch.save) and writes it "
-        "as NAME.safetensors beside it. Reading the old format unpickles the file, which runs any code "
-        "that a malicious file contains: convert only files you trust (your own runs).",
+        description="Reads a run directory of lowbit 0.1 (last.pt and best.pt, written with torch.save) and writes "
+        "its checkpoint.safetensors, or converts one .pt file to NAME.safetensors beside it. Reading the old format "
+        "unpickles the file, which runs any code that a malicious file contains: convert only files you trust (your "
+        "own runs).",
     )
     parser.add_argument("source", help="a .pt checkpoint, or a run directory (converts its last.pt and best.pt)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import CheckpointError
     from ..runs import convert_legacy_checkpoint
 
-    source = Path(args.source)
-    sources = [p for p in (source / "last.pt", source / "best.pt") if p.exists()] if source.is_dir() else [source]
-    if not sources:
-        raise CheckpointError(f"no last.pt or best.pt in {str(source)!r}")
-    for path in sources:
-        print(f"wrote {convert_legacy_checkpoint(path)} (from {path})")
+    print(f"wrote {convert_legacy_checkpoint(Path(args.source))} (from {args.source})")
     return 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import add_epoch_option
+
 ALLOCATES = True
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("eval", help="evaluate a checkpoint on its test split")
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
+    add_epoch_option(parser)
     parser.add_argument("--data-dir", help="dataset directory, if it moved since training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -21,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..summary import model_summary
     from ..train import Trainer
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint, which=args.epoch)
     trainer = Trainer.from_checkpoint(checkpoint, data_dir=args.data_dir)
     test, val = trainer.evaluate(trainer.splits.test), trainer.evaluate(trainer.splits.val)
     summary = model_summary(trainer.model, tuple(trainer.splits.input_shape))

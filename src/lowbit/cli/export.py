@@ -7,6 +7,7 @@ import json
 
 from ..export.from_checkpoint import FORMATS
 from ..export.grids import WEIGHT_DTYPES
+from .options import add_epoch_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "BatchNorm folded into the convolutions, for onnxruntime.",
     )
     parser.add_argument("checkpoint", help="checkpoint file or run directory (or a packed file, with --format onnx)")
+    add_epoch_option(parser)
     parser.add_argument("--format", choices=FORMATS, default="packed", help="packed (default) or onnx")
     parser.add_argument(
         "--out",
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         weight_dtype=args.weight_dtype,
         integer_bias=not args.float_bias,
+        which=args.epoch,
     )
     verified = verify_export(result, args.data_dir) if args.verify else None
     if args.json:

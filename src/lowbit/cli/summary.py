@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .options import add_epoch_option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("summary", help="per-layer bit widths, parameters, memory and MACs")
@@ -14,6 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="dataset that fixes the input shape (default: digits)")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", action="store_true")
+    add_epoch_option(parser)
     return parser
 
 
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, Trainer
 
     if _is_checkpoint(args.target):
-        trainer = Trainer.from_checkpoint(load_checkpoint(args.target), data_dir=args.data_dir)
+        trainer = Trainer.from_checkpoint(load_checkpoint(args.target, which=args.epoch), data_dir=args.data_dir)
         model, example = trainer.model, trainer.example_batch()
     else:
         trainer = Trainer(

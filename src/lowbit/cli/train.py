@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import assignment, non_negative_int, positive_float, positive_int
+from .options import directory
 
 ALLOCATES = True  # large tensors allocated and freed every step
 
@@ -49,9 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--lr", type=positive_float, help="learning rate")
     parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
+    parser.add_argument("--out", type=directory, default="runs/latest", help="output directory (default: runs/latest)")
     run_dir = parser.add_mutually_exclusive_group()
-    run_dir.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.safetensors")
+    run_dir.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint")
     run_dir.add_argument(
         "--overwrite",
         action="store_true",
@@ -66,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)",
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -117,5 +118,5 @@ def run(args: argparse.Namespace) -> int:
             f"({m['compression']:.1f}x smaller than float32)"
         )
     files = result.files
-    print(f"wrote {files.metrics}, {files.log.name}, {files.last.name}, {files.best.name}")
+    print(f"wrote {files.metrics}, {files.log.name}, {files.checkpoint.name}")
     return 0

@@ -1,7 +1,7 @@
 """Export the model of a training checkpoint (:func:`export_checkpoint`), and check the exported file against the
 trained model on its test split (:func:`verify_export`); ``lowbit export`` calls both.
 
-The source is a training checkpoint (``best.safetensors`` / ``last.safetensors`` or their run directory); for ONNX a
+The source is a run directory or its checkpoint file (the model of the best epoch is exported); for ONNX a
 packed file works too. Bad input raises :class:`~lowbit.export.errors.ExportError` or
 :class:`~lowbit.errors.CheckpointError` with a one-line message.
 """
@@ -35,7 +35,7 @@ class ExportResult:
 
 
 def default_output(source: Union[str, os.PathLike], fmt: str) -> Path:
-    """``RUN/model.packed.safetensors`` for a run directory, ``DIR/best.onnx`` for ``DIR/best.safetensors``, ..."""
+    """``RUN/model.packed.safetensors`` for a run directory, ``DIR/NAME.onnx`` for ``DIR/NAME.safetensors``, ..."""
     source = Path(source)
     if source.is_dir():
         return source / f"model{SUFFIXES[fmt]}"
@@ -55,11 +55,11 @@ def _never_quantized(path: str, recipe: str, phase: Optional[str]) -> ExportErro
     )
 
 
-def _from_checkpoint(source, model: Optional[nn.Module]):
+def _from_checkpoint(source, model: Optional[nn.Module], which: str = "best"):
     from ..nn.layers import QuantizedLayer
     from ..runs import load_checkpoint
 
-    checkpoint = load_checkpoint(source)
+    checkpoint = load_checkpoint(source, which)
     path = str(checkpoint.path)
     if not checkpoint.quantized:
         raise _never_quantized(path, checkpoint.recipe_name, checkpoint.phase)
@@ -76,7 +76,7 @@ def _from_checkpoint(source, model: Optional[nn.Module]):
     return restored, meta
 
 
-def _from_packed(source, model: Optional[nn.Module]):
+def _from_packed(source, model: Optional[nn.Module], which: str = "best"):
     from .packed import load_packed, read_packed_header
 
     header = read_packed_header(source)
@@ -94,11 +94,13 @@ def export_checkpoint(
     opset: Optional[int] = None,
     weight_dtype: str = "auto",
     integer_bias: bool = True,
+    which: str = "best",
 ) -> ExportResult:
     """Export the model of a training checkpoint (or run directory) as a packed file or ONNX.
 
     ``source`` may also be a packed file for ``format="onnx"``. ``model``: your float model, for checkpoints of a
-    custom architecture. ``out`` defaults to :func:`default_output`. The ONNX options are those of
+    custom architecture. ``which``: the checkpoint's ``"best"`` epoch (default) or its ``"last"`` one (see
+    :meth:`lowbit.runs.Checkpoint.view`). ``out`` defaults to :func:`default_output`. The ONNX options are those of
     :func:`~lowbit.export.onnx_export.export_onnx`.
     """
     from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -110,7 +112,7 @@ def export_checkpoint(
     from_packed = source_path.is_file() and is_packed_file(source_path)
     if from_packed and format == "packed":
         raise ExportError(f"{str(source)!r} is a packed file already; export a checkpoint, or use --format onnx")
-    restored, meta = (_from_packed if from_packed else _from_checkpoint)(source, model)
+    restored, meta = (_from_packed if from_packed else _from_checkpoint)(source, model, which)
     out_path = Path(out) if out else default_output(source, format)
     data = meta.get("data") or {}
     if format == "packed":

@@ -143,14 +143,15 @@ def run_probes(probes: Mapping[str, Callable[[nn.Module, object], dict]], model:
 
 
 def selected_checkpoint(run_dir, select: str) -> Optional[str]:
-    """The checkpoint a table reports: the best one for best-validation selections, the last one for the final
-    epoch."""
+    """The checkpoint a table reports: ``"best"`` for best-validation selections when an epoch qualified, else
+    ``"last"`` (the final epoch); ``None`` when the run wrote no checkpoint."""
     from pathlib import Path
 
-    from ..runs import RunFiles
+    from ..runs import Checkpoint, RunFiles
 
     files = RunFiles(Path(run_dir))
-    best, last = files.best, files.last
-    if select in ("best_val", "best_budget") and best.exists():
-        return str(best)
-    return str(last) if last.exists() else None
+    if not files.checkpoint.exists():
+        return None
+    if select in ("best_val", "best_budget") and Checkpoint.load(files.checkpoint).has_best:
+        return "best"
+    return "last"

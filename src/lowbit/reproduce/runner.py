@@ -215,7 +215,7 @@ class Runner:
         return job.cell.fingerprint(job.parent)
 
     def _checkpoint_ready(self, cell: Cell, seed: int) -> bool:
-        return RunFiles(run_dir(self.work, self.mode, cell.id, seed)).last.exists()
+        return RunFiles(run_dir(self.work, self.mode, cell.id, seed)).checkpoint.exists()
 
     def pending(self, jobs: list) -> list:
         """The jobs to run: those without a cached result, plus parents whose checkpoint a pending child needs."""
@@ -290,7 +290,7 @@ class Runner:
             not self.fresh
             and stamp.exists()
             and stamp.read_text().strip() == fingerprint
-            and RunFiles(directory).last.exists()
+            and RunFiles(directory).checkpoint.exists()
         )
         if not resumable and directory.exists():
             shutil.rmtree(directory)
@@ -341,12 +341,12 @@ class Runner:
                 }
             )
             if cell.probes:
-                path = selected_checkpoint(directory, job.select)
-                model = result.model
-                if job.select != "final" and path is not None and path == str(RunFiles(directory).best):
-                    model = load_checkpoint(path).restore_model()
+                which = selected_checkpoint(directory, job.select)
+                model = result.model  # the last epoch's
+                if which == "best":
+                    model = load_checkpoint(directory, which="best").restore_model()
                 record["probes"] = run_probes(job.probes, model, splits)
-                record["probes"]["checkpoint"] = Path(path).name if path else None
+                record["probes"]["checkpoint"] = which
         record["data"] = {
             "name": splits.name,
             "train": len(splits.train),

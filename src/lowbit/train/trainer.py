@@ -12,11 +12,11 @@ or, with your own float model and data splits, ``Trainer(config, model=my_model,
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -27,6 +27,7 @@ from .. import __version__
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
 from ..data import BatchLoader, DatasetSplits, load_dataset
+from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models import build_model, model_options
 from ..recipes import Recipe, load_recipe
@@ -34,6 +35,7 @@ from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_
 from ..summary import model_summary
 from .losses import get_loss
 from .progress import Progress
+from .resume import RESUMABLE_CHANGES, configuration_differences, scale_learning_rates
 from .schedule import build_scheduler
 from .step import NonFiniteLoss, TrainingStep
 
@@ -168,7 +170,7 @@ class Trainer:
         self.config = config
         self.recipe = resolve_recipe(config)
         self.train_spec = self.recipe.train
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         self.log = log or ((lambda _msg: None) if config.quiet else (lambda msg: print(msg, flush=True)))
         dataset = config.data or self.recipe.data.get("data") or "digits"
         self.splits = (
@@ -203,6 +205,7 @@ class Trainer:
         self.loss_fn = get_loss(self.train_spec["loss"])
         self.history: list[dict] = []
         self.best: dict = {}
+        self._best_state: Optional[dict] = None  # a copy of the best epoch's model state (see _commit)
         self.progress = Progress(enabled=config.progress, quiet=config.quiet)
 
     @classmethod
@@ -217,7 +220,7 @@ class Trainer:
         return cls(config, model=checkpoint.restore_model(model), model_spec=checkpoint.model_spec)
 
     def _load_float_start(self, model: nn.Module, source: str) -> None:
-        start = load_checkpoint(RunFiles(Path(source)).last if Path(source).is_dir() else source)
+        start = load_checkpoint(source, which="last")
         if start.quantized:
             raise ConfigError(
                 f"--init-from needs a float checkpoint (an fp32 run or a pre-training phase); "
@@ -326,8 +329,8 @@ class Trainer:
 
     def _divergence_message(self, value: float, epoch: int, step: int) -> str:
         kept = (
-            (f"the last good checkpoint {self.files.last} is kept (resume with --resume after fixing the cause)")
-            if self.files and self.files.last.exists()
+            (f"the last good checkpoint {self.files.checkpoint} is kept (resume with --resume after fixing the cause)")
+            if self.files and self.files.checkpoint.exists()
             else "no checkpoint had been written yet"
         )
         return (
@@ -353,10 +356,9 @@ class Trainer:
         return {"acc": correct / seen, "loss": total_loss / seen}
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def checkpoint(self, epoch: int) -> Checkpoint:
-        """The run's state after ``epoch`` (0-based) of the current phase."""
+    def _data_spec(self) -> DataSpec:
         splits, config = self.splits, self.config
-        data = DataSpec(
+        return DataSpec(
             splits.name,
             config.data_dir,
             list(splits.mean),
@@ -367,6 +369,10 @@ class Trainer:
             config.train_subset,
             config.test_subset,
         )
+
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        """The run's state after ``epoch`` (0-based) of the current phase."""
+        config, data = self.config, self._data_spec()
         return Checkpoint(
             phase=self.phase,
             epoch=epoch,
@@ -381,16 +387,35 @@ class Trainer:
             rng=capture_rng(),
             history=self.history,
             best=self.best,
+            best_model_state=None if self.best.get("epoch") == epoch + 1 else self._best_state,
             lowbit_version=__version__,
         )
 
-    def _save(self, epoch: int, is_best: bool) -> None:
+    def _commit(self, epoch: int, record: dict, is_best: bool) -> None:
+        """Record a finished epoch: the history, the best epoch's model, then the checkpoint file, renamed into place
+        as a whole (the run's one commit point), then the log line derived from it."""
+        if is_best:
+            self._best_state = {
+                k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                for k, v in self.model.state_dict().items()
+            }
+        self.history.append(record)
         if self.files is None:
             return
-        checkpoint = self.checkpoint(epoch)
-        checkpoint.save(self.files.last)
-        if is_best:
-            checkpoint.save(self.files.best)
+        try:
+            self.checkpoint(epoch).save(self.files.checkpoint)
+        except OSError as error:  # a full disk, a directory that went away, ...
+            raise CheckpointError(
+                f"cannot write the checkpoint {self.files.checkpoint}: {error.strerror or error}; the checkpoint "
+                f"of the previous epoch is kept (resume with --resume once the cause is fixed)"
+            ) from None
+        try:
+            self.files.append_log(record)
+        except OSError as error:
+            raise CheckpointError(
+                f"cannot append to {self.files.log}: {error.strerror or error}; epoch {epoch + 1} is saved in "
+                f"{self.files.checkpoint} (resume with --resume once the cause is fixed)"
+            ) from None
 
     @contextlib.contextmanager
     def _claim_run_directory(self) -> Iterator[Optional[Checkpoint]]:
@@ -425,22 +450,63 @@ class Trainer:
     def _resume_point(self) -> Optional[Checkpoint]:
         if not self.config.resume:
             return None
-        if not self.files.last.exists():
+        if not self.files.checkpoint.exists():
             legacy = self.out / "last.pt"
             if legacy.exists():
                 load_checkpoint(legacy)  # refused with the conversion hint
             raise CheckpointError(
-                f"nothing to resume in {str(self.out)!r}: there is no {self.files.last.name} (a "
+                f"nothing to resume in {str(self.out)!r}: there is no {self.files.checkpoint.name} (a "
                 f"run killed before the end of its first epoch leaves none); start the run "
                 f"without --resume"
             )
-        state = load_checkpoint(self.files.last)
-        if state.seed != self.config.seed or state.recipe_name != self.recipe.name:
-            raise CheckpointError(
-                f"{state.path} was written by a run with recipe {state.recipe_name!r} and seed "
-                f"{state.seed}; resume with the same --recipe and --seed, or use another --out"
-            )
+        state = load_checkpoint(self.files.checkpoint, which="last")
+        self._resume_changes = self._check_resumable(state)
         return state
+
+    def _run_description(self, recipe: dict, data: Optional[DataSpec], model: ModelSpec, seed: int) -> dict:
+        """What makes two runs the same run (compared on resume)."""
+        data_fields = (
+            {k: v for k, v in asdict(data).items() if k in ("name", "val_fraction", "train_subset", "test_subset")}
+            if data
+            else {}
+        )
+        return {
+            "recipe": recipe,
+            "data": data_fields,
+            "model": {"name": model.name, "options": model.options},
+            "seed": seed,
+        }
+
+    def _check_resumable(self, saved: Checkpoint) -> dict[str, tuple]:
+        """The allowed differences between the saved run and this one; anything else is refused."""
+        differences = configuration_differences(
+            self._run_description(saved.recipe, saved.data, saved.model_spec, saved.seed),
+            self._run_description(self.recipe.to_dict(), self._data_spec(), self.model_spec, self.config.seed),
+        )
+        refused = {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
+        if refused:
+            shown = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in list(refused.items())[:4])
+            more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
+            raise CheckpointError(
+                f"cannot resume {str(saved.path)!r} with a different configuration: {shown}{more}; resume with the "
+                f"settings of the run (only --epochs and --lr may change), or start a new run with another --out"
+            )
+        return differences
+
+    def _apply_resume_changes(self, resume: Checkpoint) -> None:
+        changes = getattr(self, "_resume_changes", {})
+        if "recipe.train.epochs" in changes:
+            old, new = changes["recipe.train.epochs"]
+            self.log(f"resuming with {new} epochs instead of {old}: {RESUMABLE_CHANGES['recipe.train.epochs']}")
+        lr_change = changes.get("recipe.train.optimizer.lr")
+        uses_optimizer_lr = self.phase == "train" or not (self.train_spec.get("pretrain") or {}).get("lr")
+        if lr_change and uses_optimizer_lr:
+            old, new = lr_change
+            scale_learning_rates(self.optimizer, self.scheduler, new / old)
+            self.log(
+                f"resuming with learning rate {new:g} instead of {old:g}: "
+                f"{RESUMABLE_CHANGES['recipe.train.optimizer.lr']}"
+            )
 
     # -------------------------------------------------------------------------------------------- fit
     def fit(self) -> RunResult:
@@ -469,8 +535,11 @@ class Trainer:
                 self.model.load_state_dict(resume.model_state)
                 self.optimizer.load_state_dict(resume.optimizer_state)
                 self.scheduler.load_state_dict(resume.scheduler_state)
+                self._apply_resume_changes(resume)
                 restore_rng(resume.rng)
-                self.history, self.best = resume.history, resume.best
+                self.history, self.best = list(resume.history), dict(resume.best)
+                self._best_state = resume.view("best").model_state if resume.has_best else None
+                self.files.write_log(self.history)  # drops a line of an epoch that was never committed
                 start_epoch = resume.epoch + 1
                 self.log(f"resumed from {resume.path} after {phase} epoch {start_epoch}")
                 resume = None
@@ -510,18 +579,14 @@ class Trainer:
                 "val_loss": record["val_loss"],
                 "test_acc": record["test_acc"],
             }
-        self.history.append(record)
-        self._save(epoch, is_best)
-        if self.files is not None:
-            self.files.append_log(record)
+        self._commit(epoch, record, is_best)
         self.log(self._epoch_line(record))
 
     def _evaluate_only(self) -> None:
         val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test)
         record = {"phase": "train", "epoch": 0, "val_acc": val["acc"], "test_acc": test["acc"]}
         self.best = {"epoch": 0, "val_acc": val["acc"], "test_acc": test["acc"]}
-        self.history.append(record)
-        self._save(0, True)
+        self._commit(0, record, is_best=True)
 
     def _epoch_line(self, r: dict) -> str:
         extra = "".join(reg.log_line(r) for reg in self.regularizers)
@@ -556,7 +621,13 @@ class Trainer:
             "recipe_resolved": self.recipe.to_dict(),
         }
         if self.files is not None:
-            self.files.metrics.write_text(json.dumps(metrics, indent=2, default=_jsonable))
+            try:
+                self.files.write_metrics(metrics, default=_jsonable)
+            except OSError as error:
+                raise CheckpointError(
+                    f"cannot write {self.files.metrics}: {error.strerror or error}; the trained run is saved in "
+                    f"{self.files.checkpoint} (resume with --resume to write the metrics once the cause is fixed)"
+                ) from None
         self.log(
             f"test accuracy {100 * (metrics['test_accuracy'] or 0):.2f}% (best-val epoch "
             f"{metrics['best_epoch']}: {100 * (metrics['best_test_accuracy'] or 0):.2f}%)  model size "
