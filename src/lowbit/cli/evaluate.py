@@ -8,7 +8,7 @@ import json
 ALLOCATES = True
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("eval", help="evaluate a checkpoint on its test split")
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
     parser.add_argument("--data-dir", help="dataset directory, if it moved since training")

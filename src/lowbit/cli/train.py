@@ -9,7 +9,7 @@ from .argtypes import assignment, non_negative_int, positive_float, positive_int
 ALLOCATES = True  # large tensors allocated and freed every step
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help="train a model with a recipe",
