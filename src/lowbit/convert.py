@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Iterator
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from torch import nn
 
@@ -25,6 +25,9 @@ from .nn.slots import SLOTS
 from .quantizers import build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .rounding import derive_seed
+
+if TYPE_CHECKING:
+    from .quantizers.base import Quantizer
 
 __all__ = ["quantize", "quantized_layers", "quantizers_of", "layer_plan"]
 
@@ -126,7 +129,7 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayer]]:
             yield name, module
 
 
-def quantizers_of(model: nn.Module):
+def quantizers_of(model: nn.Module) -> list[Quantizer]:
     """Every quantizer module in the model (layer slots, Range BN gradient quantizers, ``QuantAct``)."""
     from .quantizers.base import Quantizer
 

@@ -22,13 +22,14 @@ import difflib
 import inspect
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, Optional, TypeVar, Union, overload
 
 from .errors import ConfigError
 
 __all__ = ["Registry", "Component", "registries", "declared_keywords"]
 
 K = TypeVar("K", bound=Hashable)
+FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])  # a registered factory: a class or a function
 
 _ALL: list[Registry] = []
 
@@ -71,7 +72,7 @@ class Registry(Mapping[K, Callable[..., Any]]):
     :meth:`get` raises for an unknown name (a :class:`~lowbit.errors.ConfigError` unless given).
     """
 
-    def __init__(self, kind: str, *, error: type[Exception] = ConfigError):
+    def __init__(self, kind: str, *, error: type[Exception] = ConfigError) -> None:
         self.kind = kind
         self.error = error
         self._components: dict[K, Component[K]] = {}
@@ -79,23 +80,47 @@ class Registry(Mapping[K, Callable[..., Any]]):
         _ALL.append(self)
 
     # ------------------------------------------------------------------------------------------ registration
+    @overload
     def register(
         self,
         name: K,
-        factory: Optional[Callable[..., Any]] = None,
+        factory: None = None,
         *,
         options: Optional[Mapping[str, dict]] = None,
         description: Optional[str] = None,
         aliases: Sequence[K] = (),
         keywords_from: Sequence[Callable[..., Any]] = (),
-    ):
+    ) -> Callable[[FactoryT], FactoryT]: ...
+
+    @overload
+    def register(
+        self,
+        name: K,
+        factory: FactoryT,
+        *,
+        options: Optional[Mapping[str, dict]] = None,
+        description: Optional[str] = None,
+        aliases: Sequence[K] = (),
+        keywords_from: Sequence[Callable[..., Any]] = (),
+    ) -> FactoryT: ...
+
+    def register(
+        self,
+        name: K,
+        factory: Optional[FactoryT] = None,
+        *,
+        options: Optional[Mapping[str, dict]] = None,
+        description: Optional[str] = None,
+        aliases: Sequence[K] = (),
+        keywords_from: Sequence[Callable[..., Any]] = (),
+    ) -> Union[FactoryT, Callable[[FactoryT], FactoryT]]:
         """Register ``factory`` under ``name``; without ``factory``, a decorator that registers what it decorates.
 
         ``options`` defaults to the factory's ``OPTIONS`` attribute (the quantizer families declare theirs there),
         ``description`` to the first paragraph of its docstring.
         """
 
-        def add(target: Callable[..., Any]) -> Callable[..., Any]:
+        def add(target: FactoryT) -> FactoryT:
             if name in self._components or name in self._aliases:
                 raise ValueError(f"{self.kind} {_display(name)!r} is registered twice")
             declared = options if options is not None else getattr(target, "OPTIONS", {})

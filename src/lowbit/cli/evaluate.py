@@ -10,7 +10,7 @@ from .options import add_epoch_option
 ALLOCATES = True
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("eval", help="evaluate a checkpoint on its test split")
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
     add_epoch_option(parser)

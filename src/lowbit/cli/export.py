@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..export.from_checkpoint import FORMATS
+from ..export.from_checkpoint import FORMATS, ExportResult
 from ..export.grids import WEIGHT_DTYPES
 from .options import add_epoch_option
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export",
         help="write a trained model as a bit-packed file or as ONNX",
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(result) -> list[str]:
+def _summary(result: ExportResult) -> list[str]:
     info = result.info
     if result.format == "packed":
         return [

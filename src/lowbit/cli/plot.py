@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("plot", help="write PNG figures of a run (curves, bit widths, weight histograms)")
     parser.add_argument("run_dir")
     parser.add_argument("--out", help="directory for the PNG files (default: the run directory)")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("recipes", help="list the shipped recipes")
     parser.add_argument("name", nargs="?", help="print this recipe, fully resolved, as YAML")
     parser.add_argument("--schema", action="store_true", help="print the recipe JSON schema")

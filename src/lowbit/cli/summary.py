@@ -9,7 +9,7 @@ from pathlib import Path
 from .options import add_epoch_option
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("summary", help="per-layer bit widths, parameters, memory and MACs")
     parser.add_argument("target", help="checkpoint, run directory, or recipe name/path")
     parser.add_argument("--model", help="model for a recipe (default: the dataset's default)")

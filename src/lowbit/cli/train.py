@@ -10,7 +10,7 @@ from .options import directory
 ALLOCATES = True  # large tensors allocated and freed every step
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help="train a model with a recipe",

@@ -13,6 +13,7 @@ datasets; ``mean``/``std`` are in those units.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,6 @@ def _compose(base: np.ndarray, index: torch.Tensor | None) -> torch.Tensor:
 
 
 @DATASETS.register("digits", options={})
-def _digits(data_dir: str | os.PathLike | None, **split_options) -> DatasetSplits:
+def _digits(data_dir: str | os.PathLike | None, **split_options: Any) -> DatasetSplits:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes), embedded: no files needed (``data_dir`` is ignored)."""
     return load_digits_dataset(**split_options)

@@ -9,7 +9,12 @@ as bytes, for ``b = 16`` their little-endian ``uint16`` encoding.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["pack_bits", "unpack_bits", "packed_nbytes", "MAX_BITS"]
 
@@ -27,7 +32,7 @@ def _check_bits(bits: int) -> int:
     return int(bits)
 
 
-def pack_bits(codes, bits: int) -> np.ndarray:
+def pack_bits(codes: npt.ArrayLike, bits: int) -> np.ndarray:
     """Pack unsigned integer ``codes`` (any shape, flattened in C order) into a ``uint8`` array.
 
     Raises ``ValueError`` for a bit width outside 1..16, non-integer codes, or codes outside ``0 .. 2^bits - 1``.
@@ -49,7 +54,7 @@ def pack_bits(codes, bits: int) -> np.ndarray:
     return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
 
 
-def unpack_bits(data, bits: int, count: int) -> np.ndarray:
+def unpack_bits(data: npt.ArrayLike, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_bits`: ``count`` codes as ``uint8`` (bits <= 8) or ``uint16``, flat.
 
     Raises ``ValueError`` when ``data`` does not hold exactly ``⌈count·bits/8⌉`` bytes.

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from torch import nn
 
 from .errors import ExportError
+
+if TYPE_CHECKING:
+    from ..data import BatchLoader
 
 __all__ = ["export_checkpoint", "verify_export", "ExportResult", "FORMATS", "default_output"]
 
@@ -55,7 +58,9 @@ def _never_quantized(path: str, recipe: str, phase: Optional[str]) -> ExportErro
     )
 
 
-def _from_checkpoint(source, model: Optional[nn.Module], which: str = "best"):
+def _from_checkpoint(
+    source: Union[str, os.PathLike], model: Optional[nn.Module], which: str = "best"
+) -> tuple[nn.Module, dict[str, Any]]:
     from ..nn.layers import QuantizedLayer
     from ..runs import load_checkpoint
 
@@ -76,7 +81,9 @@ def _from_checkpoint(source, model: Optional[nn.Module], which: str = "best"):
     return restored, meta
 
 
-def _from_packed(source, model: Optional[nn.Module], which: str = "best"):
+def _from_packed(
+    source: Union[str, os.PathLike], model: Optional[nn.Module], which: str = "best"
+) -> tuple[nn.Module, dict[str, Any]]:
     from .packed import load_packed, read_packed_header
 
     header = read_packed_header(source)
@@ -156,7 +163,7 @@ def export_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------------------- verify
-def _test_batches(result: ExportResult, data_dir: Optional[str]):
+def _test_batches(result: ExportResult, data_dir: Optional[str]) -> BatchLoader:
     from ..data import BatchLoader, load_dataset
 
     data = result.data or {}

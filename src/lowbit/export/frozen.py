@@ -24,7 +24,7 @@ class FrozenCodes(Quantizer):
 
     kind = "frozen"
 
-    def __init__(self, codes: Optional[QuantizedTensor], *, bits: int, signed: bool, role: str = "weight"):
+    def __init__(self, codes: Optional[QuantizedTensor], *, bits: int, signed: bool, role: str = "weight") -> None:
         super().__init__(role=role)
         self.codes = codes
         self._bits = int(bits)

@@ -107,7 +107,7 @@ def weight_codes(qt: QuantizedTensor, weight_dtype: str = "auto") -> Optional[We
     levels, zero = levels.astype(np.int64), zero.astype(np.int64)
     low, high = min(levels.min(initial=0), zero.min(initial=0)), max(levels.max(initial=0), zero.max(initial=0))
 
-    def fits(dtype, offset):
+    def fits(dtype: type[np.integer], offset: int) -> bool:
         lo, hi = _RANGES[dtype]
         return lo <= low + offset and high + offset <= hi
 

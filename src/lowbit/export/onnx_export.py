@@ -20,9 +20,10 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import nn
@@ -36,7 +37,10 @@ from .encode import encode_model, eval_mode, join_name
 from .errors import ExportError
 from .fold import affine_of, is_foldable_norm
 from .grids import weight_codes
-from .marks import MARK_DOMAIN, MARK_OP, ActMark, AffineMark, WeightMark
+from .marks import MARK_DOMAIN, MARK_OP, ActMark, AffineMark, Mark, WeightMark
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["export_onnx", "OnnxExport", "DEFAULT_OPSET"]
 
@@ -47,18 +51,19 @@ class _Mark(torch.autograd.Function):
     """Identity in PyTorch; ``lowbit.Mark(tag)`` in the traced ONNX graph."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, tag: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, tag: int) -> torch.Tensor:
         return x.clone()
 
     @staticmethod
-    def symbolic(g, x, tag: int):
+    def symbolic(g: Any, x: torch._C.Value, tag: int) -> torch._C.Value:
+        # g: the TorchScript exporter's GraphContext, a private class whose module moves between torch versions
         out = g.op(f"{MARK_DOMAIN}::{MARK_OP}", x, tag_i=tag)
         out.setType(x.type())
         return out
 
 
 class _MarkModule(nn.Module):
-    def __init__(self, tag: int):
+    def __init__(self, tag: int) -> None:
         super().__init__()
         self.tag = tag
         self.rank = None
@@ -99,12 +104,14 @@ def _activation_grid(quantizer: Quantizer, where: str) -> Optional[Grid]:
         ) from None
 
 
-def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
+def _deploy_copy(
+    model: nn.Module, weight_dtype: str, notes: list[str]
+) -> tuple[nn.Module, dict[int, Mark], dict[int, _MarkModule]]:
     """A copy of ``model`` with placeholders, and what each placeholder stands for (tag -> mark)."""
-    marks: dict[int, object] = {}
+    marks: dict[int, Mark] = {}
     modules: dict[int, _MarkModule] = {}
 
-    def placeholder(spec) -> _MarkModule:
+    def placeholder(spec: Mark) -> _MarkModule:
         tag = len(marks)
         marks[tag], modules[tag] = spec, _MarkModule(tag)
         return modules[tag]
@@ -159,7 +166,7 @@ def _deploy_copy(model: nn.Module, weight_dtype: str, notes: list[str]):
     return deploy, marks, modules
 
 
-def _example(model: nn.Module, input_shape, example) -> torch.Tensor:
+def _example(model: nn.Module, input_shape: Optional[Sequence[int]], example: Optional[torch.Tensor]) -> torch.Tensor:
     if example is not None:
         return example[:1].detach().cpu()
     if input_shape is None:
@@ -168,7 +175,7 @@ def _example(model: nn.Module, input_shape, example) -> torch.Tensor:
     return torch.zeros((1,) + tuple(int(d) for d in input_shape), device=device)
 
 
-def _trace(deploy: nn.Module, example: torch.Tensor, opset: int):
+def _trace(deploy: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     import onnx
 
     buffer = io.BytesIO()
@@ -208,7 +215,7 @@ def export_onnx(
     model: nn.Module,
     path: Union[str, os.PathLike],
     *,
-    input_shape=None,
+    input_shape: Optional[Sequence[int]] = None,
     example: Optional[torch.Tensor] = None,
     opset: int = DEFAULT_OPSET,
     weight_dtype: str = "auto",

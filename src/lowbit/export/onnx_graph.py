@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 from ..quantizers.grids import AffineFloat, IntegerGrid, Pow2Grid, SignGrid
 from .errors import ExportError
@@ -66,7 +69,7 @@ class RewriteReport:
 class _Graph:
     """The node list and initializers being rewritten, with name bookkeeping."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.nodes: list[onnx.NodeProto] = list(model.graph.node)
         self.inits: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -133,7 +136,7 @@ def _marks(graph: _Graph, marks: dict[int, Mark], kind: type) -> list[tuple[onnx
     return found
 
 
-def _attribute(node: onnx.NodeProto, name: str, default):
+def _attribute(node: onnx.NodeProto, name: str, default: object) -> Any:
     for attr in node.attribute:
         if attr.name == name:
             return helper.get_attribute_value(attr)
@@ -277,10 +280,10 @@ def _qdq_nodes(graph: _Graph, spec: ActMark, x: str, out: str) -> Optional[list[
 class _Chain:
     """Builds a straight chain of float ops ``x -> op(x, constants) -> ...`` ending in ``out``."""
 
-    def __init__(self, graph: _Graph, name: str, x: str):
+    def __init__(self, graph: _Graph, name: str, x: str) -> None:
         self.graph, self.name, self.value, self.nodes = graph, name, x, []
 
-    def const(self, label: str, value) -> str:
+    def const(self, label: str, value: npt.ArrayLike) -> str:
         return self.graph.add_init(f"{self.name}.{label}", np.asarray(value, dtype=np.float32))
 
     def op(self, op_type: str, *extra: str, out: Optional[str] = None, first: Optional[str] = None) -> str:

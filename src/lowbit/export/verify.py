@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .encode import as_exported
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 __all__ = [
     "OnnxParity",
@@ -30,6 +33,9 @@ __all__ = [
     "runtime_kernels",
     "INTEGER_KERNELS",
 ]
+
+#: what the comparisons accept as inputs: a tensor, or an iterable of tensors / (x, y) batches (a ``BatchLoader``)
+ModelInputs = Union[torch.Tensor, Iterable[Union[torch.Tensor, Sequence[torch.Tensor]]]]
 
 #: onnxruntime ops that compute with integer arithmetic
 INTEGER_KERNELS = (
@@ -68,7 +74,7 @@ def ort_session(
     optimized_path: Optional[str] = None,
     optimization: str = "all",
     disabled_optimizers: Sequence[str] = (),
-):
+) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session (``threads`` intra-op threads; ``optimization``: all, extended, basic, none;
     ``disabled_optimizers``: names of onnxruntime graph transformers to skip)."""
     import onnxruntime as ort
@@ -111,7 +117,7 @@ def runtime_kernels(
     return dict(Counter(node.op_type for node in graph.node))
 
 
-def _batches(inputs):
+def _batches(inputs: ModelInputs) -> list[torch.Tensor]:
     """A tensor, or an iterable of tensors / (x, y) batches, as a list of input tensors."""
     batches = [inputs] if isinstance(inputs, torch.Tensor) else inputs
     return [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
@@ -119,7 +125,7 @@ def _batches(inputs):
 
 def onnx_logits(
     path: Union[str, os.PathLike],
-    inputs,
+    inputs: ModelInputs,
     *,
     batch_size: int = 1024,
     threads: Optional[int] = None,
@@ -138,7 +144,7 @@ def onnx_logits(
 
 
 @torch.no_grad()
-def torch_logits(model: nn.Module, inputs, *, batch_size: int = 1024) -> np.ndarray:
+def torch_logits(model: nn.Module, inputs: ModelInputs, *, batch_size: int = 1024) -> np.ndarray:
     """The outputs of ``model`` evaluated as exported (:func:`~lowbit.export.encode.as_exported`)."""
     reference = as_exported(model)
     return np.concatenate(
@@ -163,7 +169,7 @@ def compare_logits(expected: np.ndarray, got: np.ndarray, kernels: Optional[dict
 def onnx_parity(
     model: nn.Module,
     path: Union[str, os.PathLike],
-    inputs,
+    inputs: ModelInputs,
     *,
     batch_size: int = 1024,
     threads: Optional[int] = None,

@@ -9,6 +9,8 @@ parameter-free shortcut "A" and 10 classes, ResNet-20 (n = 3) has 0.27M and ResN
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,7 +117,7 @@ class CifarResNet(nn.Module):
         return self.out_bn(self.fc(self.flatten(self.pool(x))))
 
 
-def _resnet_builder(n: int):
+def _resnet_builder(n: int) -> Callable[..., CifarResNet]:
     def build(
         input_shape: tuple[int, int, int], num_classes: int, *, shortcut: str = "A", output_bn: bool = False
     ) -> CifarResNet:

@@ -19,7 +19,7 @@ class QuantAct(nn.Module):
     you export, a pooling layer, a custom op) or to build a quantized model by hand.
     """
 
-    def __init__(self, quantizer: Quantizer):
+    def __init__(self, quantizer: Quantizer) -> None:
         super().__init__()
         if quantizer.role != "activation":
             raise ConfigError(f"QuantAct needs a quantizer built with role='activation', got role={quantizer.role!r}")

@@ -14,7 +14,8 @@ weight gradient also sees ``Q(g_l)``.
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +29,12 @@ class _QuantizeGradient(torch.autograd.Function):
     """Identity in the forward pass; the incoming gradient is replaced by ``Q(gradient)``."""
 
     @staticmethod
-    def forward(ctx, x, quantizer):
+    def forward(ctx: Any, x: torch.Tensor, quantizer: Quantizer) -> torch.Tensor:
         ctx.quantizer = quantizer
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.no_grad():
             return ctx.quantizer(grad), None
 
@@ -47,7 +48,14 @@ def quantize_gradient(x: torch.Tensor, quantizer: Optional[Quantizer]) -> torch.
 
 class _BifurcatedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, quantizer, bifurcate: bool):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        quantizer: Quantizer,
+        bifurcate: bool,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.quantizer = quantizer
         ctx.bifurcate = bifurcate
@@ -55,7 +63,7 @@ class _BifurcatedLinear(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
         quantize = ctx.needs_input_grad[0] or not ctx.bifurcate
         with torch.no_grad():
@@ -74,7 +82,18 @@ class _BifurcatedLinear(torch.autograd.Function):
 
 class _BifurcatedConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, quantizer, bifurcate: bool):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+        groups: int,
+        quantizer: Quantizer,
+        bifurcate: bool,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, dilation, groups)
         ctx.quantizer = quantizer
@@ -83,13 +102,13 @@ class _BifurcatedConv2d(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.bias_sizes is not None
 
-        def conv_backward(g, mask):
+        def conv_backward(g: torch.Tensor, mask: list[bool]) -> tuple[Optional[torch.Tensor], ...]:
             return torch.ops.aten.convolution_backward(
                 g, x, weight, ctx.bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups, mask
             )
@@ -107,12 +126,26 @@ class _BifurcatedConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
-def bifurcated_linear(x, weight, bias, quantizer: Quantizer, bifurcate: bool = True) -> torch.Tensor:
+def bifurcated_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    quantizer: Quantizer,
+    bifurcate: bool = True,
+) -> torch.Tensor:
     return _BifurcatedLinear.apply(x, weight, bias, quantizer, bifurcate)
 
 
 def bifurcated_conv2d(
-    x, weight, bias, stride, padding, dilation, groups, quantizer: Quantizer, bifurcate: bool = True
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    quantizer: Quantizer,
+    bifurcate: bool = True,
 ) -> torch.Tensor:
     """``padding`` must be a pair of ints (callers resolve string padding and non-zero padding modes first)."""
     return _BifurcatedConv2d.apply(

@@ -10,7 +10,7 @@ Every slot may be ``None`` (left in float). The float parameters keep their name
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, TypedDict, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +22,25 @@ from ..registry import Registry
 from .gradient import bifurcated_conv2d, bifurcated_linear
 from .slots import SLOTS
 
+if TYPE_CHECKING:
+    from torch.types import Device
+    from typing_extensions import Unpack
+
 __all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "SLOTS", "QUANTIZED_LAYERS"]
 
 #: float layer class -> its quantized replacement, which has ``from_float(layer, **slots)``; ``lowbit.quantize``
 #: swaps modules whose type is exactly a registered class (a subclass of ``nn.Linear`` is not matched)
 QUANTIZED_LAYERS: Registry[type] = Registry("quantized layer type")
+
+
+class SlotQuantizers(TypedDict, total=False):
+    """The keyword arguments of ``from_float``: one quantizer (or ``None``) per slot, and ``bifurcate``."""
+
+    weight: Optional[Quantizer]
+    input: Optional[Quantizer]
+    bias: Optional[Quantizer]
+    grad: Optional[Quantizer]
+    bifurcate: bool
 
 
 class QuantizedLayer:
@@ -93,19 +107,19 @@ class QuantLinear(QuantizedLayer, nn.Linear):
         out_features: int,
         bias: bool = True,
         *,
-        weight_quantizer=None,
-        input_quantizer=None,
-        bias_quantizer=None,
-        grad_quantizer=None,
+        weight_quantizer: Optional[Quantizer] = None,
+        input_quantizer: Optional[Quantizer] = None,
+        bias_quantizer: Optional[Quantizer] = None,
+        grad_quantizer: Optional[Quantizer] = None,
         bifurcate: bool = True,
-        device=None,
-        dtype=None,
-    ):
+        device: Device = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, **slots) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, **slots: Unpack[SlotQuantizers]) -> QuantLinear:
         """Wrap an existing ``nn.Linear``; its parameter tensors are reused, not copied."""
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         layer.weight, layer.bias = linear.weight, linear.bias
@@ -127,22 +141,22 @@ class QuantConv2d(QuantizedLayer, nn.Conv2d):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: Union[int, tuple[int, int]],
+        stride: Union[int, tuple[int, int]] = 1,
+        padding: Union[str, int, tuple[int, int]] = 0,
+        dilation: Union[int, tuple[int, int]] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
-        weight_quantizer=None,
-        input_quantizer=None,
-        bias_quantizer=None,
-        grad_quantizer=None,
+        weight_quantizer: Optional[Quantizer] = None,
+        input_quantizer: Optional[Quantizer] = None,
+        bias_quantizer: Optional[Quantizer] = None,
+        grad_quantizer: Optional[Quantizer] = None,
         bifurcate: bool = True,
-        device=None,
-        dtype=None,
-    ):
+        device: Device = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         nn.Conv2d.__init__(
             self,
             in_channels,
@@ -160,7 +174,7 @@ class QuantConv2d(QuantizedLayer, nn.Conv2d):
         self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, **slots) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, **slots: Unpack[SlotQuantizers]) -> QuantConv2d:
         layer = cls(
             conv.in_channels,
             conv.out_channels,

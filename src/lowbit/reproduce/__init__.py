@@ -16,6 +16,11 @@ is generic over the registered papers, each piece one job:
 * :mod:`.suite` — :func:`~.suite.run_suite`, what ``lowbit reproduce`` runs (its options: :mod:`lowbit.cli.reproduce`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
 from .experiments import MODES, TABLE_KEYS, Cell, Mode, Table, build_tables, mode_named
 from .gradients import gradient_magnitudes
 from .paper import Analysis, Paper
@@ -46,8 +51,8 @@ __all__ = [
 def reproduce(
     mode: str = "quick",
     *,
-    only=None,
-    seeds=None,
+    only: Optional[Sequence[str]] = None,
+    seeds: Optional[int] = None,
     out: str = "docs/results",
     work: str = "runs/reproduce",
     fresh: bool = False,

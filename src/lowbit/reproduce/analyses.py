@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +22,12 @@ __all__ = ["analysis_path", "ensure_analyses", "load_analysis", "load_analyses"]
 
 
 def ensure_analyses(
-    out: Path, mode: Mode, table_keys: list, fresh: bool = False, log=print, papers: Optional[Sequence[Paper]] = None
+    out: Path,
+    mode: Mode,
+    table_keys: list,
+    fresh: bool = False,
+    log: Callable[[str], None] = print,
+    papers: Optional[Sequence[Paper]] = None,
 ) -> dict:
     """Compute (or reuse) the analyses of the papers in ``table_keys`` (among ``papers``, default: the registry);
     returns ``name -> result``."""

@@ -92,7 +92,7 @@ def _se_diff(a: CellStats, b: CellStats) -> float:
     return math.sqrt((a.se or 0.0) ** 2 + (b.se or 0.0) ** 2)
 
 
-def have(*stats) -> bool:
+def have(*stats: Optional[CellStats]) -> bool:
     """Whether every one of ``stats`` has a mean error to compare."""
     return all(s is not None and s.mean is not None for s in stats)
 

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> tuple[str, ...]:
     if name == "TABLE_KEYS":
         return tuple(paper.key for paper in registry.registered())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

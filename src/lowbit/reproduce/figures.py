@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import matplotlib
 
@@ -11,12 +11,18 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .results import CellStats
+
 __all__ = ["curves_figure", "toy_figure", "histogram_figure", "bits_figure", "gradient_figure", "mean_curve"]
 
 DPI = 110
 
 
-def mean_curve(stats, key: str = "test_acc", as_error: bool = True) -> Optional[tuple]:
+def mean_curve(stats: CellStats, key: str = "test_acc", as_error: bool = True) -> Optional[tuple]:
     """(epochs, mean over seeds) of a per-epoch quantity of the training phase, or None without history."""
     runs = []
     for record in stats.records:
@@ -32,7 +38,7 @@ def mean_curve(stats, key: str = "test_acc", as_error: bool = True) -> Optional[
     return np.arange(1, length + 1), arr.mean(axis=0)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -77,7 +83,7 @@ def curves_figure(panels: list, path: Path, title: str = "", loss_panel: bool = 
     return _save(fig, path)
 
 
-def _plain_log_ticks(ax) -> None:
+def _plain_log_ticks(ax: Axes) -> None:
     """Label a log y axis of percentages with plain numbers (``12``, ``15``), not ``1.2 x 10^1``."""
     from matplotlib.ticker import FuncFormatter
 

@@ -20,6 +20,7 @@ that the library's straight-through gradients are the table's.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def closed_form_partials(x: np.ndarray, bits: int, q_max: float = 3.0) -> dict:
     }
 
 
-def gradient_magnitudes(bits=range(2, 9), n: int = 200_000, q_max: float = 3.0, seed: int = 0) -> dict:
+def gradient_magnitudes(bits: Iterable[int] = range(2, 9), n: int = 200_000, q_max: float = 3.0, seed: int = 0) -> dict:
     """For ``x ~ N(0, 1)``: ``{"bits": [...], "mean": {"U1/b": [mean |dQ/db| per b], ...}, "max": {...}}``.
 
     The mean weighs each region by its probability (the outside of a 3 sigma range holds 0.27 % of the samples);

@@ -16,14 +16,15 @@ The papers register them under the names their cells use (:attr:`lowbit.reproduc
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from ..convert import quantized_layers
-from ..data import BatchLoader
+from ..data import BatchLoader, DatasetSplits, TensorSplit
 from ..summary import BITS_PER_KB, model_summary
 from ..train.regularizers import level_distance, weight_memory_bits
 
@@ -33,7 +34,7 @@ HIST_BIN = 0.02  # histogram bin width in units of the step
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split, splits, batch_size: int = 512) -> float:
+def accuracy(model: nn.Module, split: TensorSplit, splits: DatasetSplits, batch_size: int = 512) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``split``, normalised like the trainer's batches."""
     model.eval()
     correct = seen = 0
@@ -48,7 +49,7 @@ def _weight_quantizers(model: nn.Module) -> list:
 
 
 @torch.no_grad()
-def _reestimate_batchnorm(model: nn.Module, splits, batch_size: int, max_samples: int = 5000) -> None:
+def _reestimate_batchnorm(model: nn.Module, splits: DatasetSplits, batch_size: int, max_samples: int = 5000) -> None:
     """Recompute BN running statistics with the model's eval-time weights (quantizers kept in eval mode)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
@@ -68,7 +69,7 @@ def _reestimate_batchnorm(model: nn.Module, splits, batch_size: int, max_samples
     model.eval()
 
 
-def sign_eval(model: nn.Module, splits, batch_size: int = 100) -> dict:
+def sign_eval(model: nn.Module, splits: DatasetSplits, batch_size: int = 100) -> dict:
     """Test accuracy with real W, with sign(W), and with real W after re-estimating BatchNorm statistics."""
     real = accuracy(model, splits.test, splits)
     signed = copy.deepcopy(model)
@@ -137,12 +138,14 @@ def memory_usage(model: nn.Module, budget_bits: float = 3.0) -> dict:
     }
 
 
-def run_probes(probes: Mapping[str, Callable[[nn.Module, object], dict]], model: nn.Module, splits) -> dict:
+def run_probes(
+    probes: Mapping[str, Callable[[nn.Module, DatasetSplits], dict]], model: nn.Module, splits: DatasetSplits
+) -> dict:
     """``name -> probe(model, splits)`` for every probe of a cell, taken on the checkpoint its table reports."""
     return {name: probe(model, splits) for name, probe in probes.items()}
 
 
-def selected_checkpoint(run_dir, select: str) -> Optional[str]:
+def selected_checkpoint(run_dir: Union[str, os.PathLike], select: str) -> Optional[str]:
     """The checkpoint a table reports: ``"best"`` for best-validation selections when an epoch qualified, else
     ``"last"`` (the final epoch); ``None`` when the run wrote no checkpoint."""
     from pathlib import Path

@@ -39,7 +39,7 @@ def read_raw(path: Path) -> Optional[dict]:
         return None
 
 
-def _clean(value):
+def _clean(value: object) -> object:
     """JSON without NaN/inf (written as null), so every JSON reader accepts the raw files."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -23,7 +23,7 @@ from .analyses import load_analyses
 from .cells import Table
 from .markdown import render_table
 from .modes import Mode
-from .results import collect
+from .results import CellStats, collect
 from .runner import format_duration
 
 __all__ = ["write_report", "write_index", "render_table", "SELECT_TEXT"]
@@ -195,7 +195,7 @@ def write_report(
     return base / "README.md"
 
 
-def _threads(tables, all_stats) -> str:
+def _threads(tables: list[Table], all_stats: dict[str, dict[str, CellStats]]) -> str:
     values = {
         rec.get("timing", {}).get("threads") for t in tables for s in all_stats[t.key].values() for rec in s.records
     }

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -40,6 +40,9 @@ from .modes import Mode
 from .paper import Probe
 from .probes import run_probes, selected_checkpoint
 from .rawfiles import raw_path, read_raw, write_json
+
+if TYPE_CHECKING:
+    from ..data import DatasetSplits
 
 __all__ = [
     "Job",
@@ -194,7 +197,9 @@ def format_duration(seconds: float) -> str:
 class Runner:
     """Runs jobs, writes raw JSON, skips finished ones; ``log`` receives one line per event."""
 
-    def __init__(self, mode: Mode, out: Path, work: Path, *, fresh: bool = False, log: Callable[[str], None] = print):
+    def __init__(
+        self, mode: Mode, out: Path, work: Path, *, fresh: bool = False, log: Callable[[str], None] = print
+    ) -> None:
         self.mode = mode
         self.out = Path(out)
         self.work = Path(work)
@@ -266,7 +271,7 @@ class Runner:
             parts.append(f"{100 * (1 - r['best_test_acc']):.2f}% (best val)")
         return ", ".join(parts)
 
-    def _data(self, cell: Cell, seed: int):
+    def _data(self, cell: Cell, seed: int) -> DatasetSplits:
         from ..data import load_dataset
 
         key = (cell.data, seed, cell.train_subset, cell.test_subset)

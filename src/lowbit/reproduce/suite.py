@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .runner import Job, Runner
 
 __all__ = ["SuiteOptions", "run_suite"]
 
@@ -36,7 +39,7 @@ class SuiteOptions:
     threads: int = 1
 
 
-def _plan_text(jobs, runner, estimates) -> str:
+def _plan_text(jobs: Sequence[Job], runner: Runner, estimates: Mapping[int, float]) -> str:
     from .runner import format_duration
 
     lines = [f"{'cell':<34} {'seed':>4} {'epochs':>6} {'train pool':>10} {'status':>8} {'estimate':>9}"]

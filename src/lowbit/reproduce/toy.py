@@ -23,6 +23,7 @@ to it, ``f(Q_d(w_LS)) - f*``. All five methods and all learning rates advance to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +73,7 @@ def make_problem(n: int = 2000, d: int = 20, delta: float = 0.25, noise: float =
 
 def run_toy(
     problem: ToyProblem | None = None,
-    lrs=DEFAULT_LRS,
+    lrs: Sequence[float] = DEFAULT_LRS,
     steps: int = 50_000,
     batch: int = 10,
     seed: int = 0,

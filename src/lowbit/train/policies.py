@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -79,7 +79,7 @@ class UpdatePolicy(ABC):
     #: the stored weights are already on the weight quantizer's grid (layers then skip quantizing them)
     weights_on_grid: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, *, lr_scale: str = "none", init: str = "keep"):
+    def __init__(self, model: nn.Module, *, lr_scale: str = "none", init: str = "keep") -> None:
         if init not in ("keep", "uniform"):
             raise ConfigError(f"unknown weight init {init!r}; valid choices: keep, uniform")
         self.lr_scale = lr_scale
@@ -137,7 +137,7 @@ class LatentWeights(UpdatePolicy):
     """BC: float weights ``W``, the forward pass uses ``Q(W)``; with ``clip``, ``W <- clip(W, lo, hi)`` after each step
     over the weight quantizer's range (BinaryConnect: ``[-H, H]``)."""
 
-    def __init__(self, model: nn.Module, *, clip: bool = True, lr_scale: str = "none", init: str = "keep"):
+    def __init__(self, model: nn.Module, *, clip: bool = True, lr_scale: str = "none", init: str = "keep") -> None:
         super().__init__(model, lr_scale=lr_scale, init=init)
         self.clip = clip
         self._clip_ranges = [(w, q.clip_range()) for w, q in self._weighted] if clip else []
@@ -178,12 +178,12 @@ class PolicyOptimizer:
     opt = PolicyOptimizer(torch.optim.Adam(model.parameters()), GridWeights(model))
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, policy: UpdatePolicy):
+    def __init__(self, optimizer: torch.optim.Optimizer, policy: UpdatePolicy) -> None:
         self.optimizer = optimizer
         self.policy = policy
         policy.start()
 
-    def step(self, closure=None):
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         loss = self.optimizer.step(closure)
         self.policy.after_step()
         return loss

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 from tqdm.auto import tqdm
 
@@ -12,7 +12,7 @@ __all__ = ["Progress"]
 
 
 class _NoBar:
-    def update(self, **_metrics) -> None:
+    def update(self, **_metrics: float) -> None:
         pass
 
     def close(self) -> None:
@@ -20,7 +20,7 @@ class _NoBar:
 
 
 class _Bar:
-    def __init__(self, total: int, description: str):
+    def __init__(self, total: int, description: str) -> None:
         self._bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
 
     def update(self, *, loss: float, acc: float, throughput: float) -> None:
@@ -32,10 +32,10 @@ class _Bar:
 
 
 class Progress:
-    def __init__(self, enabled: Optional[bool] = None, quiet: bool = False):
+    def __init__(self, enabled: Optional[bool] = None, quiet: bool = False) -> None:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.enabled = enabled and not quiet
 
-    def bar(self, total: int, description: str):
+    def bar(self, total: int, description: str) -> Union[_Bar, _NoBar]:
         return _Bar(total, description) if self.enabled else _NoBar()

@@ -83,6 +83,8 @@ def lr_multiplier(spec: dict, epoch: int, total_epochs: int) -> float:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: dict, total_epochs: int):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: dict, total_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` stepped once per epoch (its state is checkpointed with the optimizer)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_multiplier(spec, epoch, total_epochs))

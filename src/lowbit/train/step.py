@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ __all__ = ["TrainingStep", "StepOutput", "NonFiniteLoss"]
 class NonFiniteLoss(ArithmeticError):
     """The objective became NaN or infinite; raised before the optimizer touches the weights."""
 
-    def __init__(self, value: float):
+    def __init__(self, value: float) -> None:
         super().__init__(f"the loss became {value}")
         self.value = value
 
@@ -47,7 +48,7 @@ class TrainingStep:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         regularizers: Sequence[Regularizer] = (),
         grad_clip: Optional[float] = None,
-    ):
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.policy = policy
@@ -60,7 +61,7 @@ class TrainingStep:
     def from_recipe(
         cls,
         model: nn.Module,
-        recipe,
+        recipe: Union[Recipe, str, os.PathLike, Mapping],
         example: Optional[torch.Tensor] = None,
         *,
         optimizer_spec: Optional[dict] = None,

@@ -26,7 +26,7 @@ from torch import nn
 from .. import __version__
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
-from ..data import BatchLoader, DatasetSplits, load_dataset
+from ..data import BatchLoader, DatasetSplits, TensorSplit, load_dataset
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models import build_model, model_options
@@ -166,7 +166,7 @@ class Trainer:
         splits: Optional[DatasetSplits] = None,
         log: Optional[Callable[[str], None]] = None,
         model_spec: Optional[ModelSpec] = None,
-    ):
+    ) -> None:
         self.config = config
         self.recipe = resolve_recipe(config)
         self.train_spec = self.recipe.train
@@ -239,7 +239,9 @@ class Trainer:
         self.log(f"starting from the float weights of {start.path}")
 
     # ------------------------------------------------------------------------------------------- data
-    def _loader(self, split, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None) -> BatchLoader:
+    def _loader(
+        self, split: TensorSplit, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None
+    ) -> BatchLoader:
         return BatchLoader(
             split,
             batch_size or self.train_spec["batch_size"],
@@ -340,7 +342,7 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, split) -> dict:
+    def evaluate(self, split: TensorSplit) -> dict:
         """Accuracy and loss on a split in eval mode (BC-stoch evaluates with its float weights here)."""
         if len(split) == 0:
             return {"acc": float("nan"), "loss": float("nan")}
@@ -637,7 +639,7 @@ class Trainer:
         return RunResult(metrics=metrics, model=self.model, out=self.out)
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (torch.Tensor,)):
@@ -645,6 +647,6 @@ def _jsonable(value):
     return str(value)
 
 
-def run(config: TrainConfig, **kwargs) -> RunResult:
+def run(config: TrainConfig, **kwargs: Any) -> RunResult:
     """Train as ``config`` says and return the metrics, the trained model and the output directory."""
     return Trainer(config, **kwargs).fit()

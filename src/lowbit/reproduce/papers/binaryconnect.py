@@ -10,6 +10,7 @@ real-valued weights; the ``sign_eval`` probe re-tests it with sign(W) (the paper
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from .. import figures as F
 from ..cells import Budget, Cell, Table
@@ -18,7 +19,7 @@ from ..markdown import mean_text, render_table
 from ..modes import Mode
 from ..paper import Paper
 from ..probes import sign_eval
-from ..results import by_role
+from ..results import CellStats, by_role
 from .common import CNN, budget_kwargs, float_changes
 
 __all__ = ["PAPER"]
@@ -159,7 +160,7 @@ def checks(stats: dict, analyses: dict) -> list:
 
 
 # ------------------------------------------------------------------------------------------- table, figures
-def _sign_eval_error(s, key: str) -> str:
+def _sign_eval_error(s: Optional[CellStats], key: str) -> str:
     """The error (%) of BC-stoch re-evaluated by the ``sign_eval`` probe."""
     return "–" if s is None else mean_text([100 * (1 - v) for v in s.probe_values("sign_eval", key)])
 

@@ -151,7 +151,7 @@ def late_improvement(sr: Optional[CellStats], bc: Optional[CellStats]) -> Check:
     """
     claim, rule = PREDICTIONS["late"], RULES["late"]
 
-    def delta(s):
+    def delta(s: Optional[CellStats]) -> tuple[Optional[float], Optional[float]]:
         if s is None or not s.records:
             return None, None
         values = []

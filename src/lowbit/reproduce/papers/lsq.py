@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .. import figures as F
 from ..cells import Budget, Cell, Table
@@ -21,6 +21,11 @@ from ..paper import Paper
 from ..probes import weight_statistics
 from ..results import CellStats, by_role
 from .common import CNN, budget_kwargs, float_changes, shared_float
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ...data import DatasetSplits
 
 __all__ = ["PAPER"]
 
@@ -143,7 +148,7 @@ def cells(mode: Mode, budget: Budget) -> list:
     return out
 
 
-def weights_probe(model, splits) -> dict:
+def weights_probe(model: nn.Module, splits: DatasetSplits) -> dict:
     """Distance of the latent weights to the quantization levels, and their histograms."""
     return weight_statistics(model)
 

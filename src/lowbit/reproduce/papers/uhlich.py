@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .. import figures as F
 from ..cells import Budget, Cell, Table
@@ -24,6 +24,11 @@ from ..paper import Analysis, Paper
 from ..probes import memory_usage
 from ..results import CellStats, by_role
 from .common import CNN, budget_kwargs, shared_float
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ...data import DatasetSplits
 
 __all__ = ["PAPER", "BUDGET_BITS"]
 
@@ -192,7 +197,7 @@ def cells(mode: Mode, budget: Budget) -> list:
     return out
 
 
-def memory_probe(model, splits) -> dict:
+def memory_probe(model: nn.Module, splits: DatasetSplits) -> dict:
     """Weight memory at the reported checkpoint, the budget (the net at BUDGET_BITS) and the per-layer bits."""
     return memory_usage(model, BUDGET_BITS)
 

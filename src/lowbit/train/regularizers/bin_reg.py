@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -11,10 +12,13 @@ from ...convert import quantized_layers
 from ...errors import ConfigError
 from .base import REGULARIZERS, Regularizer
 
+if TYPE_CHECKING:
+    from ...quantizers.base import Quantizer
+
 __all__ = ["BinRegularizer", "bin_regularization", "level_distance"]
 
 
-def bin_regularization(weight: torch.Tensor, quantizer) -> torch.Tensor:
+def bin_regularization(weight: torch.Tensor, quantizer: Quantizer) -> torch.Tensor:
     """``L_BR = Σ_i over non-empty bins [(mean(B_i) - t_i)^2 + Var(B_i)]`` for one weight tensor.
 
     Bins are the current integer codes (same clipping as the forward quantizer), targets ``t_i`` the levels with the
@@ -31,7 +35,7 @@ def bin_regularization(weight: torch.Tensor, quantizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def level_distance(weight: torch.Tensor, quantizer) -> tuple[torch.Tensor, torch.Tensor, int]:
+def level_distance(weight: torch.Tensor, quantizer: Quantizer) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(|w - Q(w)| / s, w / s, bits)`` per weight (flattened), with ``s`` the quantizer's step: how far each latent
     weight sits from its quantization level, in steps (0 on a level, 1/2 on a bin edge)."""
     encoded = quantizer.encode(weight)

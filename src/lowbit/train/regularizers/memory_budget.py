@@ -4,7 +4,7 @@ of the learned quantizers inferred through a straight-through estimator."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from ...convert import quantized_layers
 from ...errors import ConfigError
 from ...summary import BITS_PER_KB
 from .base import REGULARIZERS, Regularizer
+
+if TYPE_CHECKING:
+    from ...quantizers.base import Quantizer
 
 __all__ = ["MemoryBudget", "weight_memory_bits", "activation_memory_bits", "measure_activation_sizes"]
 
@@ -23,7 +26,7 @@ def measure_activation_sizes(model: nn.Module, example: torch.Tensor) -> dict[st
     hooks = []
     for name, layer in quantized_layers(model):
 
-        def hook(module, inputs, _name=name):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _name: str = name) -> None:
             x = inputs[0]
             sizes[_name] = x[0].numel()
 
@@ -67,7 +70,7 @@ def activation_memory_bits(
     return stacked.sum() if reduce == "sum" else stacked.max()
 
 
-def _bits(quantizer, differentiable: bool):
+def _bits(quantizer: Optional[Quantizer], differentiable: bool) -> torch.Tensor:
     if quantizer is None:
         return torch.tensor(32.0)
     if differentiable:
