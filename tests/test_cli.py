@@ -1,5 +1,6 @@
 """The command line: the main job, eval/summary/plot/recipes, and one-line errors without tracebacks."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from lowbit.cli import main
+from lowbit.cli.argtypes import assignment
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +56,9 @@ def test_summary_of_a_recipe_and_recipe_listing(capsys):
         (["train", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
         (["train", "--epochs", "-3"], "must be >= 0"),
         (["train", "--set", "quantize.weight.bits=99"], "quantize.weight.bits"),
+        (["train", "--set", "a=[1,"], "argument --set: 'a=[1,': the value is not valid YAML"),
+        (["train", "--set", "train.epochs.x=1"], "train.epochs.x=1"),
+        (["train", "--lr", "inf"], "must be a finite number"),
         (["eval", "/nonexistent/run"], "does not exist"),
     ],
 )
@@ -63,6 +68,17 @@ def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(args, fragment)
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error_lines) == 1 and fragment in error_lines[0]
+
+
+def test_set_values_are_read_as_recipes_are():
+    assert assignment("train.optimizer.lr=1e-3") == ("train.optimizer.lr", 0.001)
+    assert assignment(" quantize.weight.bits = 4") == ("quantize.weight.bits", 4)
+    assert assignment("train.pretrain=null") == ("train.pretrain", None)
+    assert assignment("x=[16, 32]") == ("x", [16, 32])
+    with pytest.raises(argparse.ArgumentTypeError, match="refers to its own anchor"):
+        assignment("x=&a [*a]")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        assignment("=3")
 
 
 def test_a_bug_is_not_disguised_as_a_usage_error(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import random
 import struct
 import tarfile
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.data import DATASETS, BatchLoader, DatasetError, TensorSplit, load_dataset
+from lowbit.data import DATASETS, BatchLoader, DatasetError, TensorSplit, load_dataset, seed_everything
 from lowbit.data.idx import read_idx
 from lowbit.data.splits import channel_stats, stratified_holdout
 
@@ -568,3 +569,54 @@ def test_loader_argument_checks():
         BatchLoader(split, 0)
     with pytest.raises(ValueError, match="seed"):
         BatchLoader(split, 8, seed=-1)
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(33, 16, [16, 17]), (17, 16, [17]), (1, 16, [1]), (5, 1, [1] * 5)])
+def test_a_last_batch_of_one_sample_joins_the_batch_before(n, batch_size, sizes):
+    """BatchNorm cannot train on a batch of one: no epoch ends with one (unless the split has one sample)."""
+    split = indexed_split(n)
+    for shuffle in (True, False):
+        loader = BatchLoader(split, batch_size, shuffle=shuffle, seed=2, augment="crop-flip")
+        assert [len(y) for _, y in loader] == sizes and len(loader) == len(sizes)
+        assert torch.equal(torch.sort(collect(loader)[1]).values, torch.arange(n))
+    kept = BatchLoader(split, batch_size, merge_single_last=False)
+    assert [len(y) for _, y in kept] == [batch_size] * (n // batch_size) + [1] * (n % batch_size == 1)
+    assert [len(y) for _, y in BatchLoader(split, batch_size, drop_last=True)] == [batch_size] * (n // batch_size)
+
+
+def test_merging_the_last_sample_keeps_the_order_and_the_other_batches():
+    split = indexed_split(33)
+    merged = [y for _, y in BatchLoader(split, 16, shuffle=True, seed=4)]
+    kept = [y for _, y in BatchLoader(split, 16, shuffle=True, seed=4, merge_single_last=False)]
+    assert torch.equal(merged[0], kept[0]) and torch.equal(merged[1], torch.cat(kept[1:]))
+
+
+def test_idx_shape_larger_than_int64_is_reported_exactly_naming_the_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    shape = (65536, 65536, 65536, 32768)  # 2**63 elements: int64 arithmetic wraps around
+    path.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">4I", *shape) + bytes(10))
+    with pytest.raises(DatasetError, match=f"corrupt dataset file {path}: truncated: .*\\({4 + 16 + 2**63} bytes\\)"):
+        read_idx(path)
+
+
+def draws() -> tuple:
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_seed_everything_seeds_python_numpy_and_torch():
+    seed_everything(7)
+    first = draws()
+    seed_everything(7)
+    assert draws() == first
+    seed_everything(8)
+    assert all(a != b for a, b in zip(draws(), first))
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    assert draws() == first  # the conventional seeding of each generator
+    seed_everything(2**40 + 3)  # numpy takes 32-bit words
+    big = draws()
+    seed_everything(2**40 + 3)
+    assert draws() == big
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(-1)

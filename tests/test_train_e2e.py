@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lowbit
+from lowbit.data import load_dataset
 from lowbit.runs import load_checkpoint
 from lowbit.train import TrainConfig, Trainer, TrainingDiverged, run
 
@@ -146,3 +147,12 @@ def test_fine_tuning_starts_from_a_float_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="needs a float checkpoint"):
         quantized = run(TrainConfig(recipe="bc-det", data="digits", epochs=1, out=str(tmp_path / "q"), quiet=True))
         Trainer(TrainConfig(recipe="lsq-w4a4", data="digits", init_from=str(quantized.out), quiet=True))
+
+
+def test_an_epoch_ending_with_a_single_sample_trains_a_batchnorm_model():
+    """90 training samples in batches of 89 leave one: it joins the batch before instead of crashing BatchNorm."""
+    config = TrainConfig(recipe="bc-det", data="digits", epochs=1, batch_size=89, train_subset=100, quiet=True)
+    assert len(load_dataset("digits", train_subset=100).train) % 89 == 1
+    result = run(config)
+    assert result.metrics["epochs"] == 1 and math.isfinite(result.metrics["val_accuracy"])
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in result.model.modules())

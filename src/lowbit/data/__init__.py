@@ -10,6 +10,7 @@ from .augment import AUGMENTATIONS
 from .errors import DatasetError
 from .loader import BatchLoader
 from .registry import DATASETS, canonical_name, load_dataset
+from .rng import seed_everything
 from .splits import DatasetSplits, TensorSplit
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "TensorSplit",
     "canonical_name",
     "load_dataset",
+    "seed_everything",
 ]

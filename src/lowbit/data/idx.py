@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -92,7 +93,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise corrupt(path, f"truncated IDX header ({len(raw)} bytes, need {header})")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = _IDX_TYPES[type_code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: np.prod in int64 wraps around for a damaged header such as 65536^3 x 32768 and reports a
+    # nonsensical size (negative, or "trailing bytes")
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(raw) < expected:
         raise corrupt(path, f"truncated: header promises shape {shape} ({expected} bytes) but the file has {len(raw)}")
     if len(raw) > expected:

@@ -27,7 +27,8 @@ class BatchLoader:
 
     Args:
         split: the data (images kept in memory, typically uint8).
-        batch_size: samples per batch; the last batch may be smaller unless ``drop_last``.
+        batch_size: samples per batch; the last batch may be smaller unless ``drop_last``, and a last batch of
+            a single sample is merged into the one before (see ``merge_single_last``).
         shuffle: visit samples in a random order (a fresh permutation each epoch).
         seed: non-negative base seed.
         epoch: initial epoch (see :meth:`set_epoch`).
@@ -36,6 +37,13 @@ class BatchLoader:
         augment: one of ``"none"``, ``"crop-flip"``, ``"crop"`` (see :mod:`lowbit.data.augment`),
             applied to the raw pixels before normalising; meant for the training split only.
         drop_last: drop a final batch smaller than ``batch_size``.
+        merge_single_last: when the samples leave a final batch of exactly one (``len(split) % batch_size == 1``),
+            append it to the batch before, which then has ``batch_size + 1`` samples. BatchNorm in training mode
+            cannot normalise a batch of one sample (its batch variance is undefined: PyTorch raises "Expected more
+            than 1 value per channel"), so without this a run would crash at the end of its first epoch; every
+            sample is still visited once per epoch. A split of one sample still gives one batch of one. On by
+            default, for training and evaluation loaders alike (in evaluation the merge changes nothing but the
+            number of batches).
 
     Reproducibility: the visiting order is a permutation drawn from a generator seeded
     by ``(seed, epoch)``; the augmentation of batch ``b`` is drawn from its own
@@ -58,6 +66,7 @@ class BatchLoader:
         normalize: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
         augment: str = "none",
         drop_last: bool = False,
+        merge_single_last: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -69,6 +78,7 @@ class BatchLoader:
         self.epoch = check_seed(epoch, "epoch")
         self.augment = check_augment(augment)
         self.drop_last = bool(drop_last)
+        self.merge_single_last = bool(merge_single_last)
         channels = split.x.shape[1]
         if normalize is None:
             self._mean = self._std = None
@@ -96,7 +106,15 @@ class BatchLoader:
         n = len(self.split)
         if self.drop_last:
             return n // self.batch_size
-        return -(-n // self.batch_size)
+        batches = -(-n // self.batch_size)
+        if self._merges_last():
+            batches -= 1
+        return batches
+
+    def _merges_last(self) -> bool:
+        """Whether the last batch would hold one sample and is merged into the one before."""
+        n = len(self.split)
+        return self.merge_single_last and not self.drop_last and n > 1 and n % self.batch_size == 1
 
     def order(self, epoch: int | None = None) -> torch.Tensor:
         """The sample order of ``epoch`` (default: the current one) as int64 positions."""
@@ -111,8 +129,11 @@ class BatchLoader:
         epoch = self.epoch
         order = self.order(epoch)
         x_all, y_all = self.split.x, self.split.y
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        batches = len(self)
+        for b in range(batches):
+            # the last batch takes every remaining sample: a short batch, or batch_size + 1 after a merge
+            end = len(order) if b == batches - 1 and not self.drop_last else (b + 1) * self.batch_size
+            idx = order[b * self.batch_size : end]
             x = x_all.index_select(0, idx)
             y = y_all.index_select(0, idx)
             if self.augment != "none":

@@ -1,6 +1,8 @@
-"""Seed derivation: independent, reproducible random streams from small integer keys."""
+"""Seed derivation: independent, reproducible random streams from small integer keys; seeding the global RNGs."""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import torch
@@ -35,6 +37,22 @@ def derive_seed(*keys: int) -> int:
     """
     words = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return ((int(words[0]) << 32) | int(words[1])) & ((1 << 63) - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global random number generators from a run's seed: PyTorch's (CPU and every GPU), Python's
+    :mod:`random` and NumPy's legacy global generator (``np.random.*``).
+
+    lowbit's own random streams never read these (they use :func:`torch_generator` / :func:`numpy_rng`), but a model,
+    a user's layer or a library might; seeding all three makes such code repeat from run to run as well. ``seed`` is
+    a non-negative int below 2**64; NumPy, which takes 32-bit seeds, gets the seed's 32-bit words.
+    """
+    seed = check_seed(seed)
+    if seed >= 1 << 64:
+        raise ConfigError(f"seed must be below 2**64, got {seed}")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed if seed < 1 << 32 else [seed & 0xFFFFFFFF, seed >> 32])
 
 
 def numpy_rng(*keys: int) -> np.random.Generator:

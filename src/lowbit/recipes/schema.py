@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,7 +19,24 @@ import jsonschema
 from ..data.registry import DATASETS
 from ..quantizers import QUANTIZERS
 
-__all__ = ["recipe_schema", "quantizer_spec_schema", "validation_errors", "explain", "fill_defaults"]
+__all__ = ["recipe_schema", "quantizer_spec_schema", "validation_errors", "explain", "fill_defaults", "shown"]
+
+#: longest quotation of a value in a message: a message names the bad value, never a whole document
+MAX_SHOWN = 80
+
+# bounded repr: at most a few items per level and a few levels, so quoting a huge value costs little
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, MAX_SHOWN, MAX_SHOWN
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters (``...`` marks the cut)."""
+    return _clip(_REPR.repr(value), limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def quantizer_spec_schema(require_type: bool = True) -> dict:
@@ -39,12 +57,12 @@ def _slots(require_type: bool) -> dict:
     }
 
 
-def _choices(registry) -> str:
+def _choices(registry: Any) -> str:
     """``name: description; ...`` of a registry's components, for the description of a ``type`` key."""
     return "; ".join(f"{component.name}: {component.description.rstrip('.')}" for component in registry.components())
 
 
-def _flat_section(registry, default_type: str, common: dict) -> dict:
+def _flat_section(registry: Any, default_type: str, common: dict) -> dict:
     """A recipe section whose ``type`` picks a component and that accepts the options of every component of the
     registry (each takes its own), plus options ``common`` to all of them."""
     return {
@@ -97,6 +115,7 @@ def _train_schema() -> dict:
 
 
 def recipe_schema() -> dict:
+    """The whole recipe schema, with the components registered now (``lowbit recipes --schema`` prints it)."""
     override = {
         "type": "object",
         "additionalProperties": False,
@@ -160,6 +179,7 @@ def recipe_schema() -> dict:
 
 # ---------------------------------------------------------------------------------------------- validation
 def validation_errors(instance: Any, schema: dict) -> list[jsonschema.ValidationError]:
+    """The schema violations of ``instance``, most specific first, one per key, value and kind."""
     validator = jsonschema.Draft202012Validator(schema)
     errors = list(validator.iter_errors(instance))
     # anyOf errors wrap the interesting ones; report the deepest, most specific
@@ -169,7 +189,7 @@ def validation_errors(instance: Any, schema: dict) -> list[jsonschema.Validation
     flat.sort(key=lambda e: (list(map(str, e.absolute_path)), e.validator != "enum"))
     unique, seen = [], set()
     for error in flat:
-        key = (tuple(error.absolute_path), error.validator, str(error.instance)[:50])
+        key = (tuple(error.absolute_path), error.validator, shown(error.instance))
         if key not in seen:
             seen.add(key)
             unique.append(error)
@@ -200,7 +220,9 @@ def _path(error: jsonschema.ValidationError, prefix: str) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
+def _suggest(word: Any, choices: Iterable[str]) -> str:
+    if not isinstance(word, (str, int, float)):  # a list or mapping where a name was expected: nothing to suggest
+        return ""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -214,11 +236,13 @@ def explain(error: jsonschema.ValidationError, prefix: str = "") -> str:
         allowed = list(schema.get("properties", {}))
         unknown = [k for k in value if k not in allowed]
         key = unknown[0] if unknown else "?"
-        return f"{where}: unknown key {key!r}{_suggest(key, allowed)}; valid keys: {', '.join(allowed)}"
+        return f"{where}: unknown key {shown(key)}{_suggest(key, allowed)}; valid keys: {', '.join(allowed)}"
     if kind in ("enum", "const"):
         choices = schema.get("enum", [schema.get("const")])
-        shown = ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
-        return f"{where}: {value!r} is not a valid choice{_suggest(value, map(str, choices))}; valid choices: {shown}"
+        valid = ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        return (
+            f"{where}: {shown(value)} is not a valid choice{_suggest(value, map(str, choices))}; valid choices: {valid}"
+        )
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         low = schema.get("minimum", schema.get("exclusiveMinimum"))
         high = schema.get("maximum", schema.get("exclusiveMaximum"))
@@ -231,15 +255,17 @@ def explain(error: jsonschema.ValidationError, prefix: str = "") -> str:
             allowed = f"{name} {'>' if low_op == '<' else '>='} {low}"
         else:
             allowed = f"{name} {high_op} {high}"
-        return f"{where}: {value!r} is out of range; allowed: {allowed}"
+        return f"{where}: {shown(value)} is out of range; allowed: {allowed}"
     if kind == "type":
         expected = schema["type"]
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{where}: expected {expected}, got {value!r} ({type(value).__name__})"
+        return f"{where}: expected {expected}, got {shown(value)} ({type(value).__name__})"
     if kind == "required":
         missing = [k for k in schema.get("required", []) if k not in value]
-        return f"{where}: missing required key {missing[0]!r}" if missing else f"{where}: {error.message}"
-    return f"{where}: {error.message}"
+        if missing:
+            return f"{where}: missing required key {shown(missing[0])}"
+    # jsonschema's own message quotes the whole value: keep its start
+    return f"{where}: {_clip(error.message, 2 * MAX_SHOWN)}"
 
 
 # -------------------------------------------------------------------------------------------------- defaults
