@@ -26,7 +26,7 @@ from torch import nn
 from .. import __version__
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
-from ..data import BatchLoader, DatasetSplits, TensorSplit, load_dataset
+from ..data import BatchLoader, DatasetSplits, TensorSplit, load_dataset, seed_everything
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models import build_model, model_options
@@ -123,7 +123,9 @@ class RunResult:
 def resolve_recipe(config: TrainConfig) -> Recipe:
     """The recipe with the config's overrides applied (validated again, so bad values get recipe errors)."""
     recipe = load_recipe(config.recipe)
-    changes = dict(config.changes)
+    if config.changes:
+        recipe = recipe.with_changes(dict(config.changes), source="--set")
+    changes = {}
     if config.epochs is not None:
         changes["train.epochs"] = config.epochs
     if config.batch_size is not None:
@@ -138,7 +140,7 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
             if config.pretrain_epochs == 0
             else {**(recipe.train.get("pretrain") or {}), "epochs": config.pretrain_epochs}
         )
-    return recipe.with_changes(changes) if changes else recipe
+    return recipe.with_changes(changes, source="option") if changes else recipe
 
 
 def _model_choice(recipe: Recipe, config: TrainConfig, dataset: str) -> tuple[str, dict, list[str]]:
@@ -189,7 +191,7 @@ class Trainer:
             name, options, dropped = _model_choice(self.recipe, config, self.splits.name)
             if dropped:
                 self.log(f"note: model {name!r} has no option {', '.join(dropped)} (from the recipe); ignored")
-            torch.manual_seed(config.seed)
+            seed_everything(config.seed)
             model = build_model(name, self.splits.input_shape, self.splits.num_classes, **options)
             model_spec = ModelSpec(name, options, list(self.splits.input_shape), self.splits.num_classes)
         elif model_spec is None:
@@ -513,7 +515,7 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- fit
     def fit(self) -> RunResult:
         started = time.perf_counter()
-        torch.manual_seed(self.config.seed)
+        seed_everything(self.config.seed)  # torch, Python's random and NumPy's global generator
         with self._claim_run_directory() as resume:
             return self._fit(resume, started)
 
