@@ -10,6 +10,7 @@ as bytes, for ``b = 16`` their little-endian ``uint16`` encoding.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["pack_bits", "unpack_bits", "packed_nbytes", "MAX_BITS"]
 
@@ -21,13 +22,13 @@ def packed_nbytes(count: int, bits: int) -> int:
     return (int(count) * int(bits) + 7) // 8
 
 
-def _check_bits(bits: int) -> int:
+def _check_bits(bits: object) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bit width must be an int in 1..{MAX_BITS}, got {bits!r}")
     return int(bits)
 
 
-def pack_bits(codes, bits: int) -> np.ndarray:
+def pack_bits(codes: npt.ArrayLike, bits: int) -> np.ndarray:
     """Pack unsigned integer ``codes`` (any shape, flattened in C order) into a ``uint8`` array.
 
     Raises ``ValueError`` for a bit width outside 1..16, non-integer codes, or codes outside ``0 .. 2^bits - 1``.
@@ -49,7 +50,7 @@ def pack_bits(codes, bits: int) -> np.ndarray:
     return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")
 
 
-def unpack_bits(data, bits: int, count: int) -> np.ndarray:
+def unpack_bits(data: npt.ArrayLike, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_bits`: ``count`` codes as ``uint8`` (bits <= 8) or ``uint16``, flat.
 
     Raises ``ValueError`` when ``data`` does not hold exactly ``⌈count·bits/8⌉`` bytes.

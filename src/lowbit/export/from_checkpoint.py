@@ -55,7 +55,7 @@ def _never_quantized(path: str, recipe: str, phase: Optional[str]) -> ExportErro
     )
 
 
-def _from_checkpoint(source, model: Optional[nn.Module]):
+def _from_checkpoint(source: Union[str, os.PathLike], model: Optional[nn.Module]) -> tuple[nn.Module, dict]:
     from ..nn.layers import QuantizedLayer
     from ..runs import load_checkpoint
 
@@ -76,7 +76,7 @@ def _from_checkpoint(source, model: Optional[nn.Module]):
     return restored, meta
 
 
-def _from_packed(source, model: Optional[nn.Module]):
+def _from_packed(source: Union[str, os.PathLike], model: Optional[nn.Module]) -> tuple[nn.Module, dict]:
     from .packed import load_packed, read_packed_header
 
     header = read_packed_header(source)
@@ -107,7 +107,10 @@ def export_checkpoint(
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")
     source_path = Path(source)
-    from_packed = source_path.is_file() and is_packed_file(source_path)
+    # a damaged packed file may not show its lowbit metadata: its name says what it is, and load_packed what is wrong
+    from_packed = source_path.is_file() and (
+        is_packed_file(source_path) or source_path.name.endswith(SUFFIXES["packed"])
+    )
     if from_packed and format == "packed":
         raise ExportError(f"{str(source)!r} is a packed file already; export a checkpoint, or use --format onnx")
     restored, meta = (_from_packed if from_packed else _from_checkpoint)(source, model)

@@ -106,7 +106,7 @@ class PackedInfo:
         """float32 size of the whole model / file size."""
         return self.float32_bytes / self.file_bytes
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "weight_compression": self.weight_compression, "compression": self.compression}
 
 
