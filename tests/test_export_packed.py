@@ -23,6 +23,7 @@ from lowbit.export import (
 )
 from lowbit.export.bitpack import packed_nbytes
 from lowbit.export.encode import as_exported
+from lowbit.export.packed import VERSION
 from lowbit.runs import load_checkpoint
 from lowbit.train import TrainConfig, run
 
@@ -156,8 +157,8 @@ def test_foreign_and_other_version_packed_files_are_refused(tmp_path):
     result = export_checkpoint(train_briefly("lsq-w4a4", tmp_path / "run"), "packed")
     path = tmp_path / "run" / "model.packed.safetensors"
     assert result.path == str(path)
-    _rewrite_header(path, lambda h: h.update(version=2))
-    with pytest.raises(PackedFileError, match="format version 2.*reads version 1"):
+    _rewrite_header(path, lambda h: h.update(version=VERSION + 1))
+    with pytest.raises(PackedFileError, match=f"format version {VERSION + 1}.*reads version {VERSION}"):
         load_packed(path)
     with pytest.raises(PackedFileError, match="not a lowbit packed file"):
         load_packed(tmp_path / "run" / "checkpoint.safetensors")

@@ -28,7 +28,14 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-__all__ = ["write_state", "read_state", "read_metadata", "StateFileError", "is_safetensors_file"]
+__all__ = [
+    "write_state",
+    "read_state",
+    "read_metadata",
+    "StateFileError",
+    "is_safetensors_file",
+    "tensor_checksum",
+]
 
 PathLike = Union[str, os.PathLike]
 _MARKERS = ("$tensor", "$ndarray", "$tuple", "$dict")
@@ -97,7 +104,9 @@ def _hashable(key: Any) -> Any:
     return key
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over every tensor in name order: ``name:dtype:shape;`` then its raw bytes. Any change of a
+    name, dtype, shape or byte changes it; packed model files store it too (:mod:`lowbit.export.packed`)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name]
@@ -116,7 +125,7 @@ def write_state(path: PathLike, tree: Any, metadata: dict[str, str]) -> Path:
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(tree, tensors, "")
-    header = {**metadata, "structure": json.dumps(structure), "tensor_sha256": _checksum(tensors)}
+    header = {**metadata, "structure": json.dumps(structure), "tensor_sha256": tensor_checksum(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -170,7 +179,7 @@ def read_state(path: PathLike) -> tuple[Any, dict[str, str]]:
         tensors = load_file(str(path))
     except Exception as error:
         raise StateFileError(f"{str(path)!r} cannot be read: {error}") from None
-    if _checksum(tensors) != metadata.get("tensor_sha256"):
+    if tensor_checksum(tensors) != metadata.get("tensor_sha256"):
         raise StateFileError(f"{str(path)!r} is damaged: its tensor data does not match the checksum written with it")
     try:
         tree = _decode(json.loads(metadata.pop("structure")), tensors)

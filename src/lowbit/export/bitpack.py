@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -26,7 +27,7 @@ def packed_nbytes(count: int, bits: int) -> int:
     return (int(count) * int(bits) + 7) // 8
 
 
-def _check_bits(bits: int) -> int:
+def _check_bits(bits: object) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bit width must be an int in 1..{MAX_BITS}, got {bits!r}")
     return int(bits)

@@ -116,7 +116,10 @@ def export_checkpoint(
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; valid formats: {', '.join(FORMATS)}")
     source_path = Path(source)
-    from_packed = source_path.is_file() and is_packed_file(source_path)
+    # a damaged packed file may not show its lowbit metadata: its name says what it is, and load_packed what is wrong
+    from_packed = source_path.is_file() and (
+        is_packed_file(source_path) or source_path.name.endswith(SUFFIXES["packed"])
+    )
     if from_packed and format == "packed":
         raise ExportError(f"{str(source)!r} is a packed file already; export a checkpoint, or use --format onnx")
     restored, meta = (_from_packed if from_packed else _from_checkpoint)(source, model, which)

@@ -11,7 +11,11 @@ JSON header, raw tensor bytes), so any safetensors reader can list it. Its tenso
   float slots, activation-quantizer steps and ranges, ...), except the replaced weight/bias quantizers and the
   random-generator state of stochastic rounding (training only).
 
-The safetensors metadata holds one JSON document under ``"lowbit"`` (see :data:`FORMAT`, :data:`VERSION`): lowbit
+The safetensors metadata holds one JSON document under ``"lowbit"`` (see :data:`FORMAT`, :data:`VERSION`) and two
+SHA-256 checksums: ``"lowbit_sha256"`` of that document's UTF-8 text, ``"tensor_sha256"`` of every tensor
+(:func:`~lowbit.safe_state.tensor_checksum`: names, dtypes, shapes and bytes). Reading verifies both, then checks
+every field before using it (:mod:`~lowbit.export.packed_checks`), so a damaged or malformed file raises
+:class:`~lowbit.export.errors.PackedFileError` instead of loading changed weights. The JSON document: lowbit
 version, model spec, resolved recipe, seed, data normalisation, notes, and per quantized tensor its layer, slot,
 shape, bits, ``qmin``, lookup ``table``, ``axis`` and ``scale``/``zero_point`` (shape and values; float32 values
 written as JSON numbers round-trip exactly). Decoding follows :class:`~lowbit.quantizers.codes.QuantizedTensor`::
@@ -25,7 +29,9 @@ the eval outputs equal the trained model's bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import asdict, dataclass, field
@@ -36,12 +42,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import LowbitError
 from ..nn.layers import QuantizedLayer
 from ..nn.slots import SLOTS
+from ..quantizers.codes import QuantizedTensor, index_dtype
+from ..safe_state import tensor_checksum
 from .bitpack import pack_bits, unpack_bits
 from .encode import EncodedSlot, encode_model
 from .errors import ExportError, PackedFileError
 from .frozen import FrozenCodes
+from .packed_checks import (
+    CODES,
+    DTYPES,
+    PARAMS,
+    STATE,
+    TensorEntry,
+    check_header,
+    check_quantization,
+    check_tensor_index,
+)
 
 __all__ = [
     "save_packed",
@@ -55,9 +74,11 @@ __all__ = [
 ]
 
 FORMAT = "lowbit-packed"
-VERSION = 1
-CODES, STATE, PARAMS = "codes/", "state/", "params/"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: 2: SHA-256 checksums of the lowbit header and of the tensors; version-1 files (no checksums) are refused
+VERSION = 2
+#: safetensors metadata keys: the lowbit JSON header, SHA-256 of its UTF-8 text, SHA-256 of the tensors
+METADATA_KEY, HEADER_SHA256, TENSOR_SHA256 = "lowbit", "lowbit_sha256", "tensor_sha256"
+_MAX_HEADER = 100 << 20  # safetensors headers larger than this are not ours
 
 
 @dataclass
@@ -85,7 +106,7 @@ class PackedInfo:
         """float32 size of the whole model / file size."""
         return self.float32_bytes / self.file_bytes
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "weight_compression": self.weight_compression, "compression": self.compression}
 
 
@@ -207,7 +228,9 @@ def save_packed(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"lowbit": json.dumps(header, separators=(",", ":"))})
+    text = json.dumps(header, separators=(",", ":"))
+    metadata = {METADATA_KEY: text, HEADER_SHA256: _sha256(text), TENSOR_SHA256: tensor_checksum(tensors)}
+    save_file(tensors, str(tmp), metadata=metadata)
     umask = os.umask(0)  # safetensors writes 0600; give the file the usual permissions
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
@@ -216,133 +239,221 @@ def save_packed(
 
 
 # ------------------------------------------------------------------------------------------------------- reading
-def _raw_header(path: Path) -> dict:
-    """The safetensors JSON header (tensor index + metadata), read without loading the tensors."""
+@dataclass
+class _PackedFile:
+    """A packed file's header after its checksum and field checks, with the tensor index and safetensors metadata."""
+
+    path: Path
+    header: dict
+    index: dict[str, TensorEntry]
+    metadata: dict
+    header_bytes: int  # the 8-byte length prefix + the safetensors JSON header
+
+
+def _raw_header(path: Path) -> tuple[dict, int]:
+    """The safetensors JSON header (tensor index + metadata) and its length, read without loading the tensors."""
     try:
         with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise ValueError("file shorter than a safetensors header")
             (length,) = struct.unpack("<Q", prefix)
-            if length > min(os.path.getsize(path) - 8, 100 << 20):
+            if length > min(os.path.getsize(path) - 8, _MAX_HEADER):
                 raise ValueError("header length out of range")
-            return json.loads(f.read(length))
+            raw = json.loads(f.read(length))
     except FileNotFoundError:
         raise PackedFileError(f"packed file {str(path)!r} does not exist") from None
     except (ValueError, UnicodeDecodeError, OSError) as error:
         raise PackedFileError(f"{str(path)!r} is not a lowbit packed file ({error})") from None
+    if not isinstance(raw, dict):
+        raise PackedFileError(f"{str(path)!r} is not a lowbit packed file (its header is not a JSON object)")
+    return raw, length
 
 
-def is_packed_file(path: Union[str, os.PathLike]) -> bool:
-    """Whether ``path`` is a file carrying lowbit packed metadata (any version)."""
-    try:
-        return "lowbit" in (_raw_header(Path(path)).get("__metadata__") or {})
-    except PackedFileError:
-        return False
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def read_packed_header(path: Union[str, os.PathLike]) -> dict:
-    """The lowbit JSON header of a packed file, after checking its format tag and version."""
+def _damaged(path: Path, what: str) -> PackedFileError:
+    return PackedFileError(
+        f"packed file {str(path)!r} is damaged: {what} does not match the checksum written with it; "
+        f"export it again from its checkpoint"
+    )
+
+
+def _read(path: Union[str, os.PathLike]) -> _PackedFile:
+    """Read and check everything but the tensor data: the header's checksum, format, version and every field."""
     path = Path(path)
     if path.is_dir():
         raise PackedFileError(f"{str(path)!r} is a directory, not a packed file")
-    raw = _raw_header(path)
-    try:
-        header = json.loads((raw.get("__metadata__") or {})["lowbit"])
-    except (KeyError, TypeError, ValueError):
+    raw, length = _raw_header(path)
+    metadata = raw.get("__metadata__")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY), str):
         raise PackedFileError(
             f"{str(path)!r} is a safetensors file without lowbit metadata, not a lowbit packed "
             f"file; write one with 'lowbit export CHECKPOINT --format packed'"
-        ) from None
-    if header.get("format") != FORMAT:
-        raise PackedFileError(f"{str(path)!r} is not a lowbit packed file (format {header.get('format')!r})")
+        )
+    # format and version come before the checksums: another version may checksum differently, or not at all
+    text, written_sha = metadata[METADATA_KEY], metadata.get(HEADER_SHA256)
+    try:
+        header = json.loads(text)
+    except ValueError as error:
+        if written_sha is not None and written_sha != _sha256(text):
+            raise _damaged(path, "its lowbit header") from None
+        raise PackedFileError(f"packed file {str(path)!r} has a lowbit header that is not JSON ({error})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise PackedFileError(f"{str(path)!r} is not a lowbit packed file (format {found!r})")
     if header.get("version") != VERSION:
         raise PackedFileError(
-            f"packed file {str(path)!r} has format version {header.get('version')}, this lowbit "
+            f"packed file {str(path)!r} has format version {header.get('version')!r}, this lowbit "
             f"reads version {VERSION}; export it again from its checkpoint, or use the lowbit "
             f"release that wrote it ({header.get('lowbit_version', 'unknown')})"
         )
-    return header
+    for key in (HEADER_SHA256, TENSOR_SHA256):
+        if not isinstance(metadata.get(key), str):
+            raise PackedFileError(
+                f"packed file {str(path)!r} has no {key!r} checksum in its metadata, which every version-{VERSION} "
+                f"file has; it was changed or not written by lowbit: export it again from its checkpoint"
+            )
+    if written_sha != _sha256(text):
+        raise _damaged(path, "its lowbit header")
+    index = check_tensor_index(raw, str(path), os.path.getsize(path) - 8 - length)
+    check_header(header, index, str(path))
+    return _PackedFile(path, header, index, metadata, 8 + length)
+
+
+def is_packed_file(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a file carrying lowbit packed metadata (any version, damaged or not)."""
+    try:
+        metadata = _raw_header(Path(path))[0].get("__metadata__")
+    except PackedFileError:
+        return False
+    return isinstance(metadata, dict) and METADATA_KEY in metadata
+
+
+def read_packed_header(path: Union[str, os.PathLike]) -> dict:
+    """The lowbit JSON header of a packed file, after checking its checksum, format tag, version and every field
+    (:func:`~lowbit.export.packed_checks.check_header`); the tensor data is checked by :func:`load_packed`.
+
+    Raises :class:`PackedFileError` for anything else than a packed file this lowbit writes.
+    """
+    return _read(path).header
 
 
 def packed_info(path: Union[str, os.PathLike]) -> PackedInfo:
     """Sizes of a packed file (see :class:`PackedInfo`)."""
-    path = Path(path)
-    header = read_packed_header(path)
-    raw = _raw_header(path)
-    with open(path, "rb") as f:
-        header_bytes = 8 + struct.unpack("<Q", f.read(8))[0]
+    packed = _read(path)
     code_bytes = param_bytes = float_bytes = code_bits = quantized = float32_bytes = 0
-    for key, info in raw.items():
-        if key == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        numel = int(np.prod(info["shape"], dtype=np.int64))
+    for key, tensor in packed.index.items():
         if key.startswith(CODES):
-            code_bytes += end - start
+            code_bytes += tensor.nbytes
         elif key.startswith(PARAMS):
-            param_bytes += end - start
+            param_bytes += tensor.nbytes
         else:
-            float_bytes += end - start
-            float32_bytes += 4 * numel
-    for entry in header["quantized"].values():
+            float_bytes += tensor.nbytes
+            float32_bytes += 4 * math.prod(tensor.shape)
+    for entry in packed.header["quantized"].values():
         if entry["stored"] == "codes":  # tensors kept as float were counted with the state above
-            numel = int(np.prod(entry["shape"], dtype=np.int64))
+            numel = math.prod(entry["shape"])
             quantized += numel
             code_bits += numel * entry["bits"]
             float32_bytes += 4 * numel
     return PackedInfo(
-        path=str(path),
-        file_bytes=path.stat().st_size,
-        header_bytes=header_bytes,
+        path=str(packed.path),
+        file_bytes=packed.path.stat().st_size,
+        header_bytes=packed.header_bytes,
         code_bytes=code_bytes,
         param_bytes=param_bytes,
         float_bytes=float_bytes,
         code_bits=code_bits,
         quantized_params=quantized,
         float32_bytes=float32_bytes,
-        notes=list(header.get("notes", [])),
+        notes=list(packed.header["notes"]),
     )
 
 
 def _tensor(entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     if "tensor" in entry:
         return tensors[entry["tensor"]].reshape(entry["shape"])
-    dtype = _DTYPES.get(entry["dtype"], torch.float32)
-    return torch.tensor(entry["values"], dtype=dtype).reshape(entry["shape"])
+    return torch.tensor(entry["values"], dtype=DTYPES[entry["dtype"]][0]).reshape(entry["shape"])
 
 
-def _decode(entry: dict, packed: torch.Tensor, tensors: dict[str, torch.Tensor]):
-    from ..quantizers.codes import QuantizedTensor, index_dtype
-
+def _decode(name: str, entry: dict, tensors: dict[str, torch.Tensor], path: Path) -> QuantizedTensor:
+    """The stored codes of tensor ``name``, checked (:func:`check_quantization`); sizes were checked with the
+    header, so unpacking cannot fail."""
     shape = entry["shape"]
-    count = int(np.prod(shape, dtype=np.int64))
-    codes = unpack_bits(packed.numpy(), entry["bits"], count)
+    codes = unpack_bits(tensors[CODES + name].numpy(), entry["bits"], math.prod(shape))
     indices = torch.from_numpy(codes.astype(np.int64)).to(index_dtype(entry["bits"])).reshape(shape)
     table = None if entry["table"] is None else _tensor(entry["table"], tensors)
+    scale, zero_point = _tensor(entry["scale"], tensors), _tensor(entry["zero_point"], tensors)
+    check_quantization(name, entry, scale, zero_point, table, indices, str(path))
     return QuantizedTensor(
         indices=indices,
         bits=entry["bits"],
-        scale=_tensor(entry["scale"], tensors),
-        zero_point=_tensor(entry["zero_point"], tensors),
+        scale=scale,
+        zero_point=zero_point,
         qmin=entry["qmin"],
         table=table,
         axis=entry["axis"],
     )
 
 
-def _float_model(header: dict, model: Optional[nn.Module], path: Path) -> nn.Module:
+def _build_described_model(spec: dict, packed: _PackedFile) -> nn.Module:
+    """The float model of ``model_spec``, first built without memory (``meta`` device) to check that its size
+    matches the file: a hand-edited spec must not allocate a model far larger than the tensors stored for it."""
+    from ..runs import ModelSpec
+
+    stored = sum(math.prod(e["shape"]) for e in packed.header["quantized"].values()) + sum(
+        math.prod(t.shape) for key, t in packed.index.items() if key.startswith(STATE)
+    )
+    spec = ModelSpec(**spec)
+    with torch.device("meta"):
+        described = sum(t.numel() for t in spec.build().state_dict().values())
+    if described > 2 * stored + (1 << 20):
+        raise PackedFileError(
+            f"{str(packed.path)!r} does not fit its model description: model_spec describes {described:,} values, "
+            f"the file stores {stored:,}"
+        )
+    return spec.build()
+
+
+def _float_model(packed: _PackedFile, model: Optional[nn.Module]) -> nn.Module:
     if model is not None:
         return model
     from ..errors import CustomModelError
-    from ..runs import ModelSpec
 
+    path = packed.path
     try:
-        return ModelSpec(**(header.get("model_spec") or {"name": None})).build()
+        return _build_described_model(packed.header["model_spec"] or {"name": None}, packed)
     except CustomModelError as error:
         raise PackedFileError(f"{str(path)!r}: {error} (lowbit.load_packed(path, model=MyNet()))") from None
-    except TypeError as error:
-        raise PackedFileError(f"{str(path)!r} has a malformed model description: {error}") from None
+    except PackedFileError:
+        raise
+    except (LowbitError, TypeError, ValueError, RuntimeError) as error:
+        # the builders reject bad names and options with ConfigError; torch rejects impossible layer sizes
+        raise PackedFileError(f"{str(path)!r} has a model_spec that cannot be built: {error}") from None
+
+
+def _quantized_model(header: dict, float_model: nn.Module, path: Path) -> nn.Module:
+    from ..convert import quantize
+    from ..recipes import load_recipe
+
+    try:
+        recipe = load_recipe(header["recipe"])
+        return quantize(float_model, recipe, seed=header["seed"])
+    except LowbitError as error:
+        raise PackedFileError(f"{str(path)!r} has a recipe that cannot quantize its model: {error}") from None
+
+
+def _check_state_fits(state: dict[str, torch.Tensor], qmodel: nn.Module, path: Path) -> None:
+    expected = qmodel.state_dict()
+    for key, value in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape):
+            raise PackedFileError(
+                f"{str(path)!r} does not fit this model: state {key!r} has shape {list(value.shape)}, the model's "
+                f"has {list(expected[key].shape)}"
+            )
 
 
 def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None) -> nn.Module:
@@ -350,18 +461,22 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
 
     ``model``: the float model to quantize, required for a custom architecture (the file then has no model name);
     it is copied, not changed. The result's eval outputs equal those of the model that was saved, bit for bit.
+
+    Raises :class:`PackedFileError` (and nothing else) for a file that is missing, damaged (its header or tensor
+    data does not match the SHA-256 written with it), of another format version, malformed (a field of the wrong
+    type or range, scales that are not finite and positive, ...), or written for another model.
     """
     from safetensors.torch import load_file
 
-    from ..convert import quantize
-
-    path = Path(path)
-    header = read_packed_header(path)
+    packed = _read(path)
+    path, header = packed.path, packed.header
     try:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for truncated files
         raise PackedFileError(f"packed file {str(path)!r} cannot be read ({error}); it may be truncated") from None
-    qmodel = quantize(_float_model(header, model, path), header["recipe"], seed=header["seed"])
+    if tensor_checksum(tensors) != packed.metadata[TENSOR_SHA256]:
+        raise _damaged(path, "its tensor data")
+    qmodel = _quantized_model(header, _float_model(packed, model), path)
     allowed_missing = set()
     for name, entry in header["quantized"].items():
         try:
@@ -377,7 +492,7 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
                 f"shape {entry['shape']}"
             )
         if entry["stored"] == "codes":
-            codes = _decode(entry, tensors[CODES + name], tensors)
+            codes = _decode(name, entry, tensors, path)
             values = codes.dequantize().reshape(entry["shape"])
         else:
             codes, values = None, tensors[STATE + name]
@@ -390,6 +505,7 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
         prefix = (entry["layer"] + "." if entry["layer"] else "") + attribute + "."
         allowed_missing.update(k for k in qmodel.state_dict() if k.startswith(prefix))
     state = {key: tensors[STATE + key] for key in header["state"]}
+    _check_state_fits(state, qmodel, path)
     result = qmodel.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in allowed_missing and not k.endswith("_extra_state")]
     if result.unexpected_keys or missing:
