@@ -97,6 +97,8 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
         if "bias" in quantizers and float_layer.bias is None:
             del quantizers["bias"]
         quantizers = {slot: q.to(float_layer.weight.device) for slot, q in quantizers.items()}
+        for slot, quantizer in quantizers.items():  # named before from_float initialises them, for its errors
+            quantizer.module_name = f"{name}.{SLOTS[slot].attribute}"
         layer = QUANTIZED_LAYERS[type(float_layer)].from_float(float_layer, bifurcate=slots["bifurcate"], **quantizers)
         replace_submodule(model, name, layer)
     batchnorm = recipe.quantize.get("batchnorm", {})
@@ -109,13 +111,13 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
                     if grad is None
                     else build_quantizer(grad, role="gradient", seed=derive_seed(seed, name, "grad"))
                 )
-                replace_submodule(
-                    model,
-                    name,
-                    RANGE_BATCHNORMS[type(module)].from_batchnorm(
-                        module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer
-                    ),
+                if grad_quantizer is not None:
+                    grad_quantizer.module_name = f"{name}.grad_quantizer"
+                range_bn = RANGE_BATCHNORMS[type(module)].from_batchnorm(
+                    module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer
                 )
+                range_bn.module_name = name
+                replace_submodule(model, name, range_bn)
     return model
 
 

@@ -37,6 +37,9 @@ Bit width, inferred from the quantities actually used (the official code rounds 
 ``bit_width()`` returns it with a straight-through ceil so that a memory budget can push d and q_max.
 Parameters are clipped into boxes after every step (``project_``): d in [2^-8, 1], q_max in [2^-8, 127] (weights) or
 [2^-8, 255] (activations), b in [2, 8] (weights) or [1, 8] (activations), and d <= q_max, q_min <= q_max.
+
+Numerics: the initialisation (from the first tensor, which must be non-empty and finite) and the quantization are
+computed in float32 for float16/bfloat16 inputs; the output has the input's dtype.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ..rounding import at_least, round_half_away
 from .base import EVAL_MODE_OPTION, QUANTIZERS, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
 from .grids import HALF_AWAY, IntegerGrid, Pow2Grid, float32
+from .numerics import cast_back, widen
 
 __all__ = ["ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "PARAMETRIZATIONS"]
 
@@ -330,6 +334,7 @@ class ParametricUniformQuantizer(_ParametricBase):
 
     # ------------------------------------------------------------------------------------ initialisation
     def reset_parameters_from(self, x: torch.Tensor) -> None:
+        x = widen(x)
         self._decide_sign(x)
         b0 = self.init_bits
         if self.role == "activation":
@@ -362,7 +367,8 @@ class ParametricUniformQuantizer(_ParametricBase):
         if self.passthrough_now:
             return x
         d, q_max = self.step_and_range()
-        return _ClipRoundFunction.apply(x, d, q_max, self._signed)
+        work = widen(x)
+        return cast_back(_ClipRoundFunction.apply(work, d, q_max, self._signed), x.dtype)
 
     def deterministic_grid(self) -> IntegerGrid:
         """Levels ``-k .. k`` (signed) or ``0 .. k`` of step ``d``, ``k = round(q_max / d)``."""
@@ -440,6 +446,7 @@ class ParametricPow2Quantizer(_ParametricBase):
         return ceil_ste(torch.log2(torch.log2(q_max / q_min) + 1)) + int(self._signed) + int(self.with_zero)
 
     def reset_parameters_from(self, x: torch.Tensor) -> None:
+        x = widen(x)
         self._decide_sign(x)
         b0 = self.init_bits
         n = b0 - int(self._signed) - int(self.with_zero)
@@ -469,7 +476,9 @@ class ParametricPow2Quantizer(_ParametricBase):
         if self.passthrough_now:
             return x
         q_min, q_max = self.range_bounds()
-        return _Pow2Function.apply(x, q_min, q_max, self._signed, self.with_zero)
+        work = widen(x)
+        y = _Pow2Function.apply(work, q_min, q_max, self._signed, self.with_zero)
+        return cast_back(y, x.dtype)
 
     def deterministic_grid(self) -> Pow2Grid:
         self.require_initialized()
