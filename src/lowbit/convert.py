@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
 from .nn.slots import SLOTS
-from .quantizers import build_quantizer
+from .quantizers import Quantizer, build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .rounding import derive_seed
 
@@ -128,8 +128,6 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayer]]:
             yield name, module
 
 
-def quantizers_of(model: nn.Module):
+def quantizers_of(model: nn.Module) -> list[Quantizer]:
     """Every quantizer module in the model (layer slots, Range BN gradient quantizers, ``QuantAct``)."""
-    from .quantizers.base import Quantizer
-
     return [m for m in model.modules() if isinstance(m, Quantizer)]

@@ -38,7 +38,7 @@ class _QuantizeGradient(torch.autograd.Function):
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.no_grad():
             return ctx.quantizer(grad), None
 
@@ -67,7 +67,15 @@ class _BifurcatedLinear(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(
+        ctx, grad: torch.Tensor
+    ) -> tuple[
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
         x, weight = ctx.saved_tensors
         x_dtype, weight_dtype = x.dtype, weight.dtype
         x, weight = x.to(grad.dtype), weight.to(grad.dtype)  # as autocast ran the forward (no-op otherwise)
@@ -109,7 +117,19 @@ class _BifurcatedConv2d(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(
+        ctx, grad: torch.Tensor
+    ) -> tuple[
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
         x, weight = ctx.saved_tensors
         dtypes = (x.dtype, weight.dtype, ctx.bias_dtype)
         x, weight = x.to(grad.dtype), weight.to(grad.dtype)  # as autocast ran the forward (no-op otherwise)
@@ -117,7 +137,7 @@ class _BifurcatedConv2d(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.bias_sizes is not None
 
-        def conv_backward(g, mask):
+        def conv_backward(g: torch.Tensor, mask: list[bool]) -> tuple[Optional[torch.Tensor], ...]:
             return torch.ops.aten.convolution_backward(
                 g, x, weight, ctx.bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups, mask
             )

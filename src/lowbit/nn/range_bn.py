@@ -95,7 +95,15 @@ class _RangeNorm(torch.autograd.Function):
         return y, mean, scale
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_scale: torch.Tensor):
+    def backward(
+        ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_scale: torch.Tensor
+    ) -> tuple[
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
         flat, mean, a, sigma, weight, high_n, low_n = ctx.saved_tensors
         if ctx.quantizer is not None:
             with torch.no_grad():

@@ -57,7 +57,7 @@ class _SaturatingCast(torch.autograd.Function):
         return y.clamp(-limit, limit).to(dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad.to(ctx.dtype), None
 
 

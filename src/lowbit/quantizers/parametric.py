@@ -45,7 +45,7 @@ computed in float32 for float16/bfloat16 inputs; the output has the input's dtyp
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -91,7 +91,7 @@ class _ClipRoundFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, d, q_max, signed: bool):
+    def forward(ctx, x: torch.Tensor, d: torch.Tensor, q_max: torch.Tensor, signed: bool) -> torch.Tensor:
         high = q_max / d
         s = x / d
         c = _clip_steps(s, high, signed)
@@ -102,7 +102,9 @@ class _ClipRoundFunction(torch.autograd.Function):
         return q * d
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx, grad: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         s, q, d, high = ctx.saved_tensors
         c = _clip_steps(s, high, ctx.signed)
         # the gradient where x lies outside the range: grad * sign(|s - c|), float kernels only (no bool mask)
@@ -129,7 +131,14 @@ class _U3StepRange(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, d_param, q_param, d_box, q_box, pow2: bool):
+    def forward(
+        ctx,
+        d_param: torch.Tensor,
+        q_param: torch.Tensor,
+        d_box: tuple[float, float],
+        q_box: tuple[float, float],
+        pow2: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         d_clipped = d_param.clamp(*d_box)
         d = torch.exp2(torch.round(torch.log2(d_clipped))) if pow2 else d_clipped
         q_clipped = q_param.clamp(*q_box)
@@ -139,7 +148,15 @@ class _U3StepRange(torch.autograd.Function):
         return d, q_max
 
     @staticmethod
-    def backward(ctx, grad_d, grad_q):
+    def backward(
+        ctx, grad_d: torch.Tensor, grad_q: torch.Tensor
+    ) -> tuple[
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
         d_param, q_param, d_clipped, d, q_clipped = ctx.saved_tensors
         (d_low, d_high), (q_low, q_high) = ctx.boxes
         share_q = (torch.sign(q_clipped - d) + 1) * 0.5  # maximum's gradient split: 1, 1/2 at a tie, 0
@@ -158,13 +175,15 @@ class _UniformBits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, d, q_max, signed: int):
+    def forward(ctx, d: torch.Tensor, q_max: torch.Tensor, signed: int) -> torch.Tensor:
         ratio = torch.round(q_max / d)
         ctx.save_for_backward(d, q_max, ratio)
         return torch.ceil(torch.log2(ratio + 1)) + signed
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx, grad: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         d, q_max, ratio = ctx.saved_tensors
         grad_ratio = grad / ((ratio + 1) * (LN2 * d))
         return -grad_ratio * q_max / d, grad_ratio, None
@@ -180,7 +199,9 @@ class _Pow2Function(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, q_min, q_max, signed: bool, with_zero: bool):
+    def forward(
+        ctx, x: torch.Tensor, q_min: torch.Tensor, q_max: torch.Tensor, signed: bool, with_zero: bool
+    ) -> torch.Tensor:
         if not signed:
             x = torch.relu(x)
         a = x.abs()
@@ -192,7 +213,15 @@ class _Pow2Function(torch.autograd.Function):
         return torch.sign(x).mul_(mag)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(
+        ctx, grad: torch.Tensor
+    ) -> tuple[
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
         x, mag, q_min, q_max = ctx.saved_tensors
         a = x.abs()
         above_min = at_least(a, q_min)
@@ -214,13 +243,13 @@ class _ParametricBase(Quantizer):
         self,
         *,
         parametrization: str,
-        signed: Optional[bool],
+        signed: Union[bool, str, None],
         init_bits: int,
         role: str,
         eval_mode: str,
         seed: int,
         frozen: tuple[str, ...] = (),
-    ):
+    ) -> None:
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         self.parametrization = parametrization
         if signed is None:
@@ -286,14 +315,14 @@ class ParametricUniformQuantizer(_ParametricBase):
         self,
         *,
         parametrization: str = "U3",
-        signed: Optional[bool] = None,
+        signed: Union[bool, str, None] = None,
         init_bits: int = 4,
         pow2_step: bool = True,
         frozen: tuple[str, ...] = (),
         role: str = "weight",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(
             parametrization=parametrization,
             signed=signed,
@@ -403,14 +432,14 @@ class ParametricPow2Quantizer(_ParametricBase):
         self,
         *,
         parametrization: str = "P3",
-        signed: Optional[bool] = None,
+        signed: Union[bool, str, None] = None,
         init_bits: int = 4,
         with_zero: bool = True,
         frozen: tuple[str, ...] = (),
         role: str = "weight",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(
             parametrization=parametrization,
             signed=signed,
@@ -539,7 +568,7 @@ PARAMETRIC_OPTIONS = {
 }
 
 
-def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBase:
+def make_parametric(*, parametrization: str = "U3", **options: Any) -> _ParametricBase:
     """Build the uniform (U1-U3) or power-of-two (P1-P3) learned quantizer named by ``parametrization``."""
     key = str(parametrization).upper()
     if key not in PARAMETRIZATIONS:

@@ -43,7 +43,15 @@ class _UniformSTE(torch.autograd.Function):
         return round_half_away(y).mul_(step)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(
+        ctx, grad: torch.Tensor
+    ) -> tuple[
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
         return grad, None, None, None, None
 
 
