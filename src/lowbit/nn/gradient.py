@@ -67,15 +67,7 @@ class _BifurcatedLinear(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
         x_dtype, weight_dtype = x.dtype, weight.dtype
         x, weight = x.to(grad.dtype), weight.to(grad.dtype)  # as autocast ran the forward (no-op otherwise)
@@ -117,19 +109,7 @@ class _BifurcatedConv2d(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
         dtypes = (x.dtype, weight.dtype, ctx.bias_dtype)
         x, weight = x.to(grad.dtype), weight.to(grad.dtype)  # as autocast ran the forward (no-op otherwise)

@@ -12,7 +12,7 @@ instead: the mean range over 16 chunks of size m, times ``0.5·0.35·(1 + sqrt(�
 Gradients flow through the mean, max and min. Running mean and scale (PyTorch's momentum convention) are used in eval
 mode. An optional ``grad_quantizer`` quantizes the gradient arriving at the output (8-bit stochastic in Banner).
 
-Numerics: statistics and the normalisation are computed in float32 for float16/bfloat16 inputs (``C(n)·range`` of
+Numerics: statistics and the normalisation are computed in float32 for float16/bfloat16 inputs (the range of
 activations of a few 10^4 overflows float16) and the output has the input's dtype. The running statistics, gamma and
 beta keep the module's dtype: float32 under ``torch.autocast``; ``module.half()`` casts them, as it casts
 BatchNorm's, and the float32 statistics are rounded into them. The first training batch must be non-empty and finite
@@ -97,13 +97,7 @@ class _RangeNorm(torch.autograd.Function):
     @staticmethod
     def backward(
         ctx, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_scale: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    ) -> tuple[Optional[torch.Tensor], ...]:
         flat, mean, a, sigma, weight, high_n, low_n = ctx.saved_tensors
         if ctx.quantizer is not None:
             with torch.no_grad():

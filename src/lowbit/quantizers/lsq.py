@@ -71,15 +71,7 @@ class _LSQFunction(torch.autograd.Function):
         return q * s
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, q = ctx.saved_tensors
         q_n, q_p = ctx.q_range
         # the STE mask is 1 inside [-Q_N, Q_P]; the boundary points themselves (a measure-zero set) count as inside

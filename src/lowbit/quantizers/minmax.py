@@ -100,16 +100,7 @@ class _AffineSTE(torch.autograd.Function):
         return affine_fake_quantize(x, scale, zero_point, q_max, noise, integer_zero)
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         return grad, None, None, None, None, None
 
 

@@ -102,9 +102,7 @@ class _ClipRoundFunction(torch.autograd.Function):
         return q * d
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         s, q, d, high = ctx.saved_tensors
         c = _clip_steps(s, high, ctx.signed)
         # the gradient where x lies outside the range: grad * sign(|s - c|), float kernels only (no bool mask)
@@ -148,15 +146,7 @@ class _U3StepRange(torch.autograd.Function):
         return d, q_max
 
     @staticmethod
-    def backward(
-        ctx, grad_d: torch.Tensor, grad_q: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad_d: torch.Tensor, grad_q: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         d_param, q_param, d_clipped, d, q_clipped = ctx.saved_tensors
         (d_low, d_high), (q_low, q_high) = ctx.boxes
         share_q = (torch.sign(q_clipped - d) + 1) * 0.5  # maximum's gradient split: 1, 1/2 at a tie, 0
@@ -181,9 +171,7 @@ class _UniformBits(torch.autograd.Function):
         return torch.ceil(torch.log2(ratio + 1)) + signed
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         d, q_max, ratio = ctx.saved_tensors
         grad_ratio = grad / ((ratio + 1) * (LN2 * d))
         return -grad_ratio * q_max / d, grad_ratio, None
@@ -213,15 +201,7 @@ class _Pow2Function(torch.autograd.Function):
         return torch.sign(x).mul_(mag)
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, mag, q_min, q_max = ctx.saved_tensors
         a = x.abs()
         above_min = at_least(a, q_min)

@@ -43,15 +43,7 @@ class _UniformSTE(torch.autograd.Function):
         return round_half_away(y).mul_(step)
 
     @staticmethod
-    def backward(
-        ctx, grad: torch.Tensor
-    ) -> tuple[
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         return grad, None, None, None, None
 
 
