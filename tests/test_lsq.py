@@ -128,3 +128,31 @@ def test_encoding_matches_forward():
     q = LSQQuantizer(bits=3)
     w = torch.randn(10, 10)
     assert torch.equal(q.encode(w).dequantize(), q(w).detach())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    bits=st.sampled_from([2, 4, 8]),
+    signed=st.booleans(),
+    seed=st.integers(0, 10_000),
+    step=st.floats(0.001, 2.0),
+    log_spread=st.floats(-2.0, 4.0),
+    n=st.sampled_from([0, 1, 257]),
+)
+def test_lsq_in_half_precision_is_lsq_in_float32_on_the_same_values(dtype, bits, signed, seed, step, log_spread, n):
+    """float16/bfloat16 inputs are quantized (and the step gradient computed) in float32: the same step gradient as
+    for the float32 copy of the input, bit for bit, and the float32 output rounded to the input's dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    v = (torch.randn(n, generator=gen) * 10.0**log_spread).clamp(-6e4, 6e4).to(dtype).requires_grad_()
+    upstream = torch.randn(n, generator=gen).to(dtype)
+    q = LSQQuantizer(bits=bits, signed=signed, init_step=step)
+    out = q(v)
+    out.backward(upstream)
+    v32 = v.detach().float().requires_grad_()
+    q32 = LSQQuantizer(bits=bits, signed=signed, init_step=step)
+    out32 = q32(v32)
+    out32.backward(upstream.float())
+    assert out.dtype == dtype and torch.equal(out, out32.to(dtype))
+    assert v.grad.dtype == dtype and torch.equal(v.grad, v32.grad.to(dtype))
+    assert torch.isfinite(q.step.grad) and torch.equal(q.step.grad, q32.step.grad)

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
 from .nn.slots import SLOTS
-from .quantizers import build_quantizer
+from .quantizers import Quantizer, build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .rounding import derive_seed
 
@@ -100,6 +100,8 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
         if "bias" in quantizers and float_layer.bias is None:
             del quantizers["bias"]
         quantizers = {slot: q.to(float_layer.weight.device) for slot, q in quantizers.items()}
+        for slot, quantizer in quantizers.items():  # named before from_float initialises them, for its errors
+            quantizer.module_name = f"{name}.{SLOTS[slot].attribute}"
         layer = QUANTIZED_LAYERS[type(float_layer)].from_float(float_layer, bifurcate=slots["bifurcate"], **quantizers)
         replace_submodule(model, name, layer)
     batchnorm = recipe.quantize.get("batchnorm", {})
@@ -112,13 +114,13 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
                     if grad is None
                     else build_quantizer(grad, role="gradient", seed=derive_seed(seed, name, "grad"))
                 )
-                replace_submodule(
-                    model,
-                    name,
-                    RANGE_BATCHNORMS[type(module)].from_batchnorm(
-                        module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer
-                    ),
+                if grad_quantizer is not None:
+                    grad_quantizer.module_name = f"{name}.grad_quantizer"
+                range_bn = RANGE_BATCHNORMS[type(module)].from_batchnorm(
+                    module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer
                 )
+                range_bn.module_name = name
+                replace_submodule(model, name, range_bn)
     return model
 
 
@@ -131,6 +133,4 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayer]]:
 
 def quantizers_of(model: nn.Module) -> list[Quantizer]:
     """Every quantizer module in the model (layer slots, Range BN gradient quantizers, ``QuantAct``)."""
-    from .quantizers.base import Quantizer
-
     return [m for m in model.modules() if isinstance(m, Quantizer)]

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import zlib
 from enum import Enum
+from typing import Union
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
 
+#: a clipping bound: a number, or a tensor that broadcasts against the input
+Bound = Union[float, torch.Tensor]
 __all__ = [
     "Rounding",
     "NoiseSource",
@@ -87,7 +90,7 @@ class NoiseSource:
     ``nn.Module.get_extra_state`` so the noise continues exactly after a resume.
     """
 
-    def __init__(self, seed: int = 0, resolution_bits: int = 16):
+    def __init__(self, seed: int = 0, resolution_bits: int = 16) -> None:
         if resolution_bits not in (16, 24):
             raise ConfigError(f"noise resolution must be 16 or 24 bits, got {resolution_bits}")
         self.seed = int(seed)
@@ -155,7 +158,7 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     return torch.copysign(x.abs().add_(0.5).floor_(), x)
 
 
-def outside_mask(x: torch.Tensor, low, high) -> torch.Tensor:
+def outside_mask(x: torch.Tensor, low: Bound, high: Bound) -> torch.Tensor:
     """1.0 where ``x`` lies outside ``[low, high]``, 0.0 inside, as a float tensor.
 
     Computed as ``sign(|x - clamp(x, low, high)|)``: float kernels only, several times faster on CPU than building
@@ -164,7 +167,7 @@ def outside_mask(x: torch.Tensor, low, high) -> torch.Tensor:
     return (x - torch.clamp(x, low, high)).abs_().sign_()
 
 
-def at_least(x: torch.Tensor, bound) -> torch.Tensor:
+def at_least(x: torch.Tensor, bound: Bound) -> torch.Tensor:
     """1.0 where ``x >= bound``, 0.0 elsewhere, as a float tensor: ``min(sign(x - bound) + 1, 1)``, float kernels
     only, like :func:`outside_mask` (on CPU much faster than a bool mask consumed by ``where`` or ``masked_fill_``).
     """

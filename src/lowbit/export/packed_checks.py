@@ -75,7 +75,7 @@ def _show(value: Any) -> str:
 class _Checker:
     """Raises :class:`PackedFileError` for the file ``where``; ``field`` names the header field in messages."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str) -> None:
         self.where = where
 
     def fail(self, field: str, problem: str) -> PackedFileError:
@@ -162,7 +162,7 @@ def _broadcasts(small: tuple[int, ...], shape: tuple[int, ...]) -> bool:
 
 
 class _HeaderChecker(_Checker):
-    def __init__(self, where: str, index: dict[str, TensorEntry]):
+    def __init__(self, where: str, index: dict[str, TensorEntry]) -> None:
         super().__init__(where)
         self.index = index
         self.used: set[str] = set()

@@ -10,6 +10,10 @@ This "gradient bifurcation" is done here inside one autograd Function per layer 
 ``linear``/``conv2d`` and the backward calls the two halves of the layer's own backward with different gradients, so
 the cost is that of an ordinary backward plus one quantization of ``g_l``. With ``bifurcate=False`` (ablation) the
 weight gradient also sees ``Q(g_l)``.
+
+Under ``torch.autocast`` the forward op runs in the autocast dtype (bfloat16, float16) while the saved input and
+weight keep theirs (float32); the backward computes in the gradient's dtype, as autocast's own backward of the op
+would, and returns each gradient in the dtype of the tensor it belongs to.
 """
 
 from __future__ import annotations
@@ -59,24 +63,26 @@ class _BifurcatedLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.quantizer = quantizer
         ctx.bifurcate = bifurcate
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
+        x_dtype, weight_dtype = x.dtype, weight.dtype
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)  # as autocast ran the forward (no-op otherwise)
         quantize = ctx.needs_input_grad[0] or not ctx.bifurcate
         with torch.no_grad():
             grad_q = ctx.quantizer(grad) if quantize else grad
         grad_for_weight = grad if ctx.bifurcate else grad_q
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_q.matmul(weight)
+            grad_x = grad_q.matmul(weight).to(x_dtype)
         flat_g = grad_for_weight.reshape(-1, grad_for_weight.shape[-1])
         if ctx.needs_input_grad[1]:
-            grad_w = flat_g.t().matmul(x.reshape(-1, x.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = flat_g.sum(0)
+            grad_w = flat_g.t().matmul(x.reshape(-1, x.shape[-1])).to(weight_dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = flat_g.sum(0).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -99,11 +105,14 @@ class _BifurcatedConv2d(torch.autograd.Function):
         ctx.quantizer = quantizer
         ctx.bifurcate = bifurcate
         ctx.bias_sizes = None if bias is None else list(bias.shape)
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
+        dtypes = (x.dtype, weight.dtype, ctx.bias_dtype)
+        x, weight = x.to(grad.dtype), weight.to(grad.dtype)  # as autocast ran the forward (no-op otherwise)
         stride, padding, dilation, groups = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.bias_sizes is not None
@@ -123,6 +132,7 @@ class _BifurcatedConv2d(torch.autograd.Function):
             with torch.no_grad():
                 grad_q = ctx.quantizer(grad)
             grad_x, grad_w, grad_b = conv_backward(grad_q, [need_x, need_w, need_b])
+        grad_x, grad_w, grad_b = (g if g is None else g.to(dtype) for g, dtype in zip((grad_x, grad_w, grad_b), dtypes))
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
@@ -133,6 +143,8 @@ def bifurcated_linear(
     quantizer: Quantizer,
     bifurcate: bool = True,
 ) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` whose backward propagates ``Q(g)`` to ``x`` and uses ``g`` (or ``Q(g)`` without
+    ``bifurcate``) for the weight gradient."""
     return _BifurcatedLinear.apply(x, weight, bias, quantizer, bifurcate)
 
 
@@ -147,7 +159,9 @@ def bifurcated_conv2d(
     quantizer: Quantizer,
     bifurcate: bool = True,
 ) -> torch.Tensor:
-    """``padding`` must be a pair of ints (callers resolve string padding and non-zero padding modes first)."""
+    """``F.conv2d`` with the bifurcated, quantized backward of :func:`bifurcated_linear`.
+
+    ``padding`` must be a pair of ints (callers resolve string padding and non-zero padding modes first)."""
     return _BifurcatedConv2d.apply(
         x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, quantizer, bifurcate
     )

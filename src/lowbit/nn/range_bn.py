@@ -11,18 +11,27 @@ the output is BN's up to a constant factor that gamma absorbs. ``estimator: chun
 instead: the mean range over 16 chunks of size m, times ``0.5·0.35·(1 + sqrt(π ln 4)) / sqrt(2 ln m)`` (≈ σ).
 Gradients flow through the mean, max and min. Running mean and scale (PyTorch's momentum convention) are used in eval
 mode. An optional ``grad_quantizer`` quantizes the gradient arriving at the output (8-bit stochastic in Banner).
+
+Numerics: statistics and the normalisation are computed in float32 for float16/bfloat16 inputs (the range of
+activations of a few 10^4 overflows float16) and the output has the input's dtype. The running statistics, gamma and
+beta keep the module's dtype: float32 under ``torch.autocast``; ``module.half()`` casts them, as it casts
+BatchNorm's, and the float32 statistics are rounded into them. The first training batch must be non-empty and finite
+(:class:`~lowbit.quantizers.numerics.InitializationError`, naming the module); later, a channel whose batch
+statistic is not finite keeps its running value (the trainer reports the diverged loss), and an empty batch is
+normalised with the running statistics and leaves them unchanged.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..quantizers.base import Quantizer
+from ..quantizers.numerics import check_initializing_tensor, lerp_finite_, widen
 from ..registry import Registry
 from .gradient import quantize_gradient
 
@@ -56,9 +65,17 @@ class _RangeNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, grad_quantizer):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        eps: float,
+        grad_quantizer: Optional[Quantizer],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n_batch, channels = x.shape[:2]
-        flat = x.reshape(n_batch, channels, -1)
+        ctx.dtype = x.dtype
+        flat = widen(x).reshape(n_batch, channels, -1)
         n = flat.shape[0] * flat.shape[2]
         mean = flat.mean(dim=(0, 2))
         # Reductions without indices (on CPU amax + amin are much faster than max/min with indices or aminmax
@@ -71,19 +88,21 @@ class _RangeNorm(torch.autograd.Function):
         sigma = scale + eps
         a = weight / sigma if weight is not None else 1.0 / sigma
         shift = -mean * a if bias is None else bias - mean * a
-        y = torch.addcmul(shift[None, :, None], flat, a[None, :, None]).reshape(x.shape)
+        y = torch.addcmul(shift[None, :, None], flat, a[None, :, None]).reshape(x.shape).to(x.dtype)
         ctx.save_for_backward(flat, mean, a, sigma, weight, high_n, low_n)
         ctx.c_n, ctx.n, ctx.shape, ctx.quantizer = c_n, n, x.shape, grad_quantizer
         ctx.mark_non_differentiable(mean, scale)
         return y, mean, scale
 
     @staticmethod
-    def backward(ctx, grad, _grad_mean, _grad_scale):
+    def backward(
+        ctx: Any, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_scale: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], ...]:
         flat, mean, a, sigma, weight, high_n, low_n = ctx.saved_tensors
         if ctx.quantizer is not None:
             with torch.no_grad():
                 grad = ctx.quantizer(grad)
-        g = grad.reshape(flat.shape)
+        g = widen(grad).reshape(flat.shape)
         sum_g = g.sum(dim=(0, 2))
         sum_g_centered = (g * flat).sum(dim=(0, 2)) - mean * sum_g  # Σ g (x - mu)
         grad_x = grad_weight = grad_bias = None
@@ -96,7 +115,7 @@ class _RangeNorm(torch.autograd.Function):
             low_l = flat[low_n, channel].argmin(dim=1)
             grad_x.index_put_((high_n, channel, high_l), k, accumulate=True)
             grad_x.index_put_((low_n, channel, low_l), -k, accumulate=True)
-            grad_x = grad_x.reshape(ctx.shape)
+            grad_x = grad_x.reshape(ctx.shape).to(ctx.dtype)
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = sum_g_centered / sigma
         if ctx.needs_input_grad[2]:
@@ -106,6 +125,8 @@ class _RangeNorm(torch.autograd.Function):
 
 class _RangeBatchNorm(nn.Module):
     _expected_dims: tuple[int, ...] = ()
+    #: the module's path in its model (``"features.1"``), set by ``lowbit.quantize`` for error messages
+    module_name: str = ""
 
     def __init__(
         self,
@@ -115,9 +136,9 @@ class _RangeBatchNorm(nn.Module):
         affine: bool = True,
         estimator: str = "paper",
         grad_quantizer: Optional[Quantizer] = None,
-        device=None,
-        dtype=None,
-    ):
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ConfigError(f"unknown Range BN estimator {estimator!r}; valid choices: {', '.join(ESTIMATORS)}")
@@ -137,9 +158,11 @@ class _RangeBatchNorm(nn.Module):
         self.register_buffer("running_scale", torch.ones(num_features, **factory))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.grad_quantizer = grad_quantizer
+        # the first training batch is checked for finiteness (once per process: one host read, then never again)
+        self._first_batch_checked = False
 
     @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, **options) -> _RangeBatchNorm:
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, **options: Any) -> _RangeBatchNorm:
         """Replace a BatchNorm, keeping gamma, beta and the running mean; the running scale starts at the BN's
         running standard deviation."""
         layer = cls(
@@ -179,31 +202,42 @@ class _RangeBatchNorm(nn.Module):
         spread = (chunks.amax(dim=2) - chunks.amin(dim=2)).mean(dim=1)
         return mean, spread * (_CHUNK_CONSTANT / math.sqrt(2.0 * math.log(m)))
 
+    def _check_first_batch(self, x: torch.Tensor) -> None:
+        if not self._first_batch_checked:
+            who = f"Range BatchNorm {self.module_name!r}" if self.module_name else "a Range BatchNorm"
+            fix = "check the data and the layers before it; its first training batch must be finite"
+            check_initializing_tensor(x, who, fix)
+            self._first_batch_checked = True
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        lerp_finite_(self.running_mean, mean, self.momentum)
+        lerp_finite_(self.running_scale, scale, self.momentum)
+        self.num_batches_tracked.add_(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if self.training and self.estimator == "paper":
+        training = self.training and x.numel() > 0  # an empty batch has no statistics: normalised as in eval
+        if training:
+            self._check_first_batch(x)
+        if training and self.estimator == "paper":
             y, mean, scale = _RangeNorm.apply(x, self.weight, self.bias, self.eps, self.grad_quantizer)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_scale.lerp_(scale, self.momentum)
-                self.num_batches_tracked.add_(1)
+            self._update_running(mean, scale)
             return y
-        if self.training:
-            mean, scale = self._batch_statistics(x)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_scale.lerp_(scale.detach(), self.momentum)
-                self.num_batches_tracked.add_(1)
+        work = widen(x)
+        if training:
+            mean, scale = self._batch_statistics(work)
+            self._update_running(mean.detach(), scale.detach())
         else:
-            mean, scale = self.running_mean, self.running_scale
+            mean, scale = widen(self.running_mean), widen(self.running_scale)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         inv = 1.0 / (scale + self.eps)
         if self.affine:
             inv = inv * self.weight
-        y = (x - mean.reshape(shape)) * inv.reshape(shape)
+        y = (work - mean.reshape(shape)) * inv.reshape(shape)
         if self.affine:
             y = y + self.bias.reshape(shape)
-        return quantize_gradient(y, self.grad_quantizer)
+        return quantize_gradient(y.to(x.dtype), self.grad_quantizer)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, estimator={self.estimator}"

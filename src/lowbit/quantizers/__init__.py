@@ -15,6 +15,7 @@ from .binary import BinaryQuantizer
 from .codes import QuantizedTensor
 from .lsq import LSQQuantizer
 from .minmax import MinMaxQuantizer
+from .numerics import InitializationError
 from .parametric import ParametricPow2Quantizer, ParametricUniformQuantizer, make_parametric
 from .uniform import UniformQuantizer
 
@@ -29,6 +30,7 @@ __all__ = [
     "ParametricPow2Quantizer",
     "make_parametric",
     "QUANTIZERS",
+    "InitializationError",
     "build_quantizer",
 ]
 

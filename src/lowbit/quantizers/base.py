@@ -22,11 +22,17 @@ Protocol (every quantizer is an ``nn.Module``):
   nothing else of an activation quantizer;
 * ``clip_range()``: the interval a float latent copy should be clipped to (BinaryConnect), or ``None``;
 * ``project_()``: called after every optimizer step to keep learned parameters in their valid box.
+
+Numerics (:mod:`lowbit.quantizers.numerics`): statistics and learned-parameter arithmetic run in float32 for float16
+and bfloat16 inputs, outputs keep the input's dtype, and parameters and buffers keep the module's dtype (float32
+under ``torch.autocast``; ``module.half()`` casts them). The data-dependent initialisation (``maybe_initialize``)
+refuses an empty or non-finite tensor with an :class:`InitializationError` naming the module (``module_name``, set
+by ``lowbit.quantize``). After initialisation an empty tensor passes through every quantizer.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -36,6 +42,7 @@ from ..registry import Registry
 from ..rounding import NoiseSource, Rounding
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import Grid, GridUnavailable
+from .numerics import InitializationError, check_initializing_tensor
 
 __all__ = [
     "Quantizer",
@@ -53,6 +60,7 @@ __all__ = [
     "index_dtype",
     "Grid",
     "GridUnavailable",
+    "InitializationError",
 ]
 
 ROLES = ("weight", "activation", "gradient", "bias")
@@ -70,7 +78,7 @@ EVAL_MODE_OPTION = {
 }
 
 
-def bits_option(low: int, high: int, default: Optional[int] = None) -> dict:
+def bits_option(low: int, high: int, default: Optional[int] = None) -> dict[str, Any]:
     option = {"type": "integer", "minimum": low, "maximum": high, "description": "bit width"}
     if default is not None:
         option["default"] = default
@@ -89,10 +97,13 @@ class Quantizer(nn.Module):
     kind: ClassVar[str] = ""
     #: JSON schema of the recipe options (constructor keywords besides ``role`` and ``seed``)
     OPTIONS: ClassVar[dict] = {}
+    #: the quantizer's path in its model (``"features.4.input_quantizer"``), set by ``lowbit.quantize`` so that
+    #: errors can say which layer; empty for a quantizer built by hand
+    module_name: str = ""
 
     def __init__(
         self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic", seed: int = 0
-    ):
+    ) -> None:
         super().__init__()
         if role not in ROLES:
             raise ConfigError(f"unknown quantizer role {role!r}; valid roles: {', '.join(ROLES)}")
@@ -158,8 +169,23 @@ class Quantizer(nn.Module):
         """True in eval mode when the recipe asks to evaluate with the float (latent) values (BC-stoch)."""
         return not self.training and self.eval_mode == "float"
 
+    def describe(self) -> str:
+        """``"the activation quantizer 'features.4.input_quantizer'"``, for messages."""
+        return f"the {self.role} quantizer" + (f" {self.module_name!r}" if self.module_name else "")
+
+    def check_initializing_tensor(self, x: torch.Tensor) -> None:
+        """Raise :class:`InitializationError` (naming this quantizer) unless ``x`` is non-empty and finite."""
+        if self.role in ("weight", "bias"):
+            fix = f"check the float model's {self.role}s (a diverged pretraining?) before quantizing it"
+        else:
+            fix = f"check the data and the layers that compute this {self.role}; the first training batch sets it"
+        check_initializing_tensor(x, self.describe(), fix)
+
     def maybe_initialize(self, x: torch.Tensor) -> None:
+        """Initialise the data-dependent parameters from ``x`` unless done already; ``x`` must be non-empty and
+        finite (:class:`InitializationError` otherwise, and nothing is changed)."""
         if not self._is_initialized:
+            self.check_initializing_tensor(x)
             with torch.no_grad():
                 self.reset_parameters_from(x.detach())
             self.mark_initialized()
@@ -177,14 +203,14 @@ class Quantizer(nn.Module):
                 f"model (or run a batch through it in train mode) first"
             )
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> dict[str, Any]:
         return {"noise": self.noise.state() if self.noise is not None else None}
 
-    def set_extra_state(self, state) -> None:
+    def set_extra_state(self, state: Optional[dict[str, Any]]) -> None:
         if self.noise is not None and state and state.get("noise") is not None:
             self.noise.load_state(state["noise"])
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._is_initialized = bool(self.initialized)
 

@@ -12,6 +12,8 @@ uses the real-valued W (BC-stoch as in the paper's code).
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
 
 from ..errors import ConfigError
@@ -29,13 +31,13 @@ class _BinarizeSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, threshold, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, w: torch.Tensor, threshold: Optional[torch.Tensor], scale: float) -> torch.Tensor:
         signs = torch.sign(w) if threshold is None else torch.sub(w, threshold).sign_()
         signs.add_(0.5).sign_()
         return signs if scale == 1.0 else signs.mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return grad, None, None
 
 
@@ -56,7 +58,7 @@ class BinaryQuantizer(Quantizer):
         rounding: str = "nearest",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         if not scale > 0:
             raise ConfigError(f"binary scale H must be positive, got {scale}")

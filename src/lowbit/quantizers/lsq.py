@@ -19,13 +19,20 @@ reimplementations do); ``per_sample`` divides by the batch size instead and ``no
 
 Initialisation: ``s = 2 * mean|v| / sqrt(Q_P)`` from the weights, or from the first training batch for activations.
 ``signed: auto`` (the default for activations) decides the sign from that first batch: a layer whose input can be
-negative (the network input, or a pre-activation) gets the signed range. ``project_()`` keeps ``s >= 1e-8``.
+negative (the network input, or a pre-activation) gets the signed range. The initial step is computed in float32
+(float64 if the float32 mean overflows, for values near float32's limit of 3.4e38) and clamped to
+``[1e-8, max / 2^8]``, ``max`` the largest finite value of the step's dtype, so that every level ``q·s`` with
+``|q| <= 2^8`` is finite too; ``project_()`` keeps ``s`` in the same interval.
+
+Numerics: ``v / s``, the rounding and the step gradient are computed in float32 for float16/bfloat16 inputs (in
+float16, ``v / s`` overflows for ``v = 700``, ``s = 0.01``, and the step gradient became ``0·inf = NaN``); the output
+has ``v``'s dtype. An empty tensor (after initialisation) gives an empty output and a zero step gradient.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -35,18 +42,27 @@ from ..rounding import outside_mask
 from .base import EVAL_MODE_OPTION, QUANTIZERS, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import IntegerGrid, float32
+from .numerics import cast_back, widen
 
-__all__ = ["LSQQuantizer", "GRAD_SCALES"]
+__all__ = ["LSQQuantizer", "GRAD_SCALES", "step_bounds"]
 
 GRAD_SCALES = ("numel", "per_sample", "none")
 MIN_STEP = 1e-8
+#: the largest step is the dtype's largest finite value over this, so that ``q·s`` stays finite for ``|q| <= 256``
+LEVEL_HEADROOM = 2.0**8
+
+
+def step_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """``[max(1e-8, smallest normal), largest finite / 2^8]`` of ``dtype``: the interval the step is kept in."""
+    info = torch.finfo(dtype)
+    return max(MIN_STEP, info.tiny), info.max / LEVEL_HEADROOM
 
 
 class _LSQFunction(torch.autograd.Function):
     """Fused LSQ forward/backward: the closed-form eq. 3 instead of autograd through clamp/round."""
 
     @staticmethod
-    def forward(ctx, v, s, q_n: int, q_p: int, g: float):
+    def forward(ctx: Any, v: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int, g: float) -> torch.Tensor:
         x = v / s
         q = x.clamp(-q_n, q_p).round_()
         ctx.save_for_backward(x, q)
@@ -55,7 +71,7 @@ class _LSQFunction(torch.autograd.Function):
         return q * s
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, q = ctx.saved_tensors
         q_n, q_p = ctx.q_range
         # the STE mask is 1 inside [-Q_N, Q_P]; the boundary points themselves (a measure-zero set) count as inside
@@ -99,7 +115,7 @@ class LSQQuantizer(Quantizer):
         role: str = "weight",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         if grad_scale not in GRAD_SCALES:
             raise ConfigError(f"unknown grad_scale {grad_scale!r}; valid choices: {', '.join(GRAD_SCALES)}")
@@ -117,7 +133,7 @@ class LSQQuantizer(Quantizer):
     def _set_range(self) -> None:
         self.q_n, self.q_p = integer_range(self._bits, bool(self.is_signed))
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._set_range()
 
@@ -126,28 +142,37 @@ class LSQQuantizer(Quantizer):
         return bool(self.is_signed)
 
     def reset_parameters_from(self, x: torch.Tensor) -> None:
+        """``s = clamp(2 mean|x| / sqrt(Q_P), step_bounds)``, the mean in float32 (or wider)."""
+        x = widen(x)
         if self.auto_sign:
             self.is_signed.fill_(bool(x.min() < 0))
             self._set_range()
-        self.step.fill_(max(2 * float(x.abs().mean()) / math.sqrt(self.q_p), MIN_STEP))
+        mean = float(x.abs().mean())
+        if not math.isfinite(mean):  # the float32 sum overflowed (values near 3.4e38): average in float64
+            mean = float(x.abs().mean(dtype=torch.float64))
+        low, high = step_bounds(self.step.dtype)
+        self.step.fill_(min(max(2 * mean / math.sqrt(self.q_p), low), high))
 
     def gradient_scale(self, x: torch.Tensor) -> float:
-        if self.grad_scale == "none":
-            return 1.0
+        """``g = 1 / sqrt(N Q_P)`` (``N`` per ``grad_scale``); 1 for an empty tensor, whose step gradient is 0."""
         n = x.numel()
+        if self.grad_scale == "none" or n == 0:
+            return 1.0
         if self.grad_scale == "per_sample" and self.role == "activation" and x.dim() > 1:
             n //= x.shape[0]
         return 1.0 / math.sqrt(n * self.q_p)
 
     @torch.no_grad()
     def project_(self) -> None:
-        self.step.clamp_(min=MIN_STEP)
+        self.step.clamp_(*step_bounds(self.step.dtype))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         self.maybe_initialize(v)
         if self.passthrough_now:
             return v
-        return _LSQFunction.apply(v, self.step, self.q_n, self.q_p, self.gradient_scale(v))
+        work = widen(v)
+        y = _LSQFunction.apply(work, self.step, self.q_n, self.q_p, self.gradient_scale(v))
+        return cast_back(y, v.dtype)
 
     def deterministic_grid(self) -> IntegerGrid:
         self.require_initialized()

@@ -17,11 +17,17 @@ from the tensor itself, reduced according to ``granularity``:
   0.9), are used in eval mode.
 
 Backward: identity straight-through estimator, no clipping mask (as in Banner's code).
+
+Numerics: ranges, running averages and the fake quantization are computed in float32 for float16/bfloat16 inputs
+(``max - min`` of ``±6e4`` overflows float16); the output has the input's dtype, the running range the module's
+dtype. The first training batch of ``granularity: sample`` initialises the running range and must be non-empty and
+finite (:class:`~lowbit.quantizers.numerics.InitializationError` otherwise); a later batch whose range is not finite
+leaves the running range unchanged, and an empty one is passed through without touching it.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -30,6 +36,7 @@ from ..rounding import stochastic_round_
 from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype
 from .grids import AffineFloat, GridUnavailable, IntegerGrid, float32
+from .numerics import cast_back, lerp_finite_, widen
 
 __all__ = ["MinMaxQuantizer", "GRANULARITIES"]
 
@@ -81,11 +88,19 @@ def affine_params(
 
 class _AffineSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, q_max: int, noise, integer_zero: bool):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        q_max: int,
+        noise: Optional[torch.Tensor],
+        integer_zero: bool,
+    ) -> torch.Tensor:
         return affine_fake_quantize(x, scale, zero_point, q_max, noise, integer_zero)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         return grad, None, None, None, None, None
 
 
@@ -126,7 +141,7 @@ class MinMaxQuantizer(Quantizer):
         zero_point: Optional[str] = None,
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         # Banner's defaults by role: per-sample averaged ranges for activations, stochastic rounding for gradients.
         if granularity is None:
             granularity = {"activation": "sample"}.get(role, "tensor")
@@ -165,32 +180,45 @@ class MinMaxQuantizer(Quantizer):
         shape = (-1,) + (1,) * (x.dim() - 1)
         return low.reshape(shape), high.reshape(shape)
 
+    def _running_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = widen(self.running_min), widen(self.running_max)
+        return affine_params(low, high, self.q_max, self.integer_zero)
+
     @torch.no_grad()
     def quant_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale and zero point for ``x``; in training also updates the running range of activations."""
+        """Scale and zero point for ``x`` (in float32 or wider); in training also updates the running range of
+        activations."""
+        x = widen(x)
         if self.granularity == "sample":
             if self.training:
-                low, high = self._observed_range(x)
                 if not self._is_initialized:
+                    self.check_initializing_tensor(x)
+                    low, high = self._observed_range(x)
                     self.running_min.copy_(low)
                     self.running_max.copy_(high)
                     self.mark_initialized()
-                else:
-                    self.running_min.lerp_(low, self.momentum)
-                    self.running_max.lerp_(high, self.momentum)
+                    return affine_params(low, high, self.q_max, self.integer_zero)
+                if x.numel() == 0:
+                    return self._running_params()
+                low, high = self._observed_range(x)
+                lerp_finite_(self.running_min, low, self.momentum)
+                lerp_finite_(self.running_max, high, self.momentum)
                 return affine_params(low, high, self.q_max, self.integer_zero)
             if self._is_initialized:
-                return affine_params(self.running_min, self.running_max, self.q_max, self.integer_zero)
+                return self._running_params()
             # Evaluated before any training batch: fall back to this batch's range rather than a zero range.
+        if x.numel() == 0:  # no range to observe; any grid maps an empty tensor to an empty tensor
+            return x.new_ones(()), x.new_zeros(())
         low, high = self._observed_range(x)
         return affine_params(low, high, self.q_max, self.integer_zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.passthrough_now:
             return x
-        scale, zero_point = self.quant_params(x.detach())
-        noise = self.noise.uniform_like(x) if self.stochastic_now else None
-        return _AffineSTE.apply(x, scale, zero_point, self.q_max, noise, self.integer_zero)
+        work = widen(x)
+        scale, zero_point = self.quant_params(work.detach())
+        noise = self.noise.uniform_like(work) if self.stochastic_now else None
+        return cast_back(_AffineSTE.apply(work, scale, zero_point, self.q_max, noise, self.integer_zero), x.dtype)
 
     def deterministic_grid(self) -> Union[IntegerGrid, AffineFloat]:
         """The grid of the running range (``granularity: sample``); other granularities have none fixed."""

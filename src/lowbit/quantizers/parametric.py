@@ -37,12 +37,15 @@ Bit width, inferred from the quantities actually used (the official code rounds 
 ``bit_width()`` returns it with a straight-through ceil so that a memory budget can push d and q_max.
 Parameters are clipped into boxes after every step (``project_``): d in [2^-8, 1], q_max in [2^-8, 127] (weights) or
 [2^-8, 255] (activations), b in [2, 8] (weights) or [1, 8] (activations), and d <= q_max, q_min <= q_max.
+
+Numerics: the initialisation (from the first tensor, which must be non-empty and finite) and the quantization are
+computed in float32 for float16/bfloat16 inputs; the output has the input's dtype.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -52,6 +55,7 @@ from ..rounding import at_least, round_half_away
 from .base import EVAL_MODE_OPTION, QUANTIZERS, Quantizer, bits_option, ceil_ste, pow2_ste, round_ste
 from .codes import QuantizedTensor, index_dtype
 from .grids import HALF_AWAY, IntegerGrid, Pow2Grid, float32
+from .numerics import cast_back, widen
 
 __all__ = ["ParametricUniformQuantizer", "ParametricPow2Quantizer", "make_parametric", "PARAMETRIZATIONS"]
 
@@ -87,7 +91,7 @@ class _ClipRoundFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, d, q_max, signed: bool):
+    def forward(ctx: Any, x: torch.Tensor, d: torch.Tensor, q_max: torch.Tensor, signed: bool) -> torch.Tensor:
         high = q_max / d
         s = x / d
         c = _clip_steps(s, high, signed)
@@ -98,7 +102,7 @@ class _ClipRoundFunction(torch.autograd.Function):
         return q * d
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         s, q, d, high = ctx.saved_tensors
         c = _clip_steps(s, high, ctx.signed)
         # the gradient where x lies outside the range: grad * sign(|s - c|), float kernels only (no bool mask)
@@ -125,7 +129,14 @@ class _U3StepRange(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, d_param, q_param, d_box, q_box, pow2: bool):
+    def forward(
+        ctx: Any,
+        d_param: torch.Tensor,
+        q_param: torch.Tensor,
+        d_box: tuple[float, float],
+        q_box: tuple[float, float],
+        pow2: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         d_clipped = d_param.clamp(*d_box)
         d = torch.exp2(torch.round(torch.log2(d_clipped))) if pow2 else d_clipped
         q_clipped = q_param.clamp(*q_box)
@@ -135,7 +146,7 @@ class _U3StepRange(torch.autograd.Function):
         return d, q_max
 
     @staticmethod
-    def backward(ctx, grad_d, grad_q):
+    def backward(ctx: Any, grad_d: torch.Tensor, grad_q: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         d_param, q_param, d_clipped, d, q_clipped = ctx.saved_tensors
         (d_low, d_high), (q_low, q_high) = ctx.boxes
         share_q = (torch.sign(q_clipped - d) + 1) * 0.5  # maximum's gradient split: 1, 1/2 at a tie, 0
@@ -154,13 +165,13 @@ class _UniformBits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, d, q_max, signed: int):
+    def forward(ctx: Any, d: torch.Tensor, q_max: torch.Tensor, signed: int) -> torch.Tensor:
         ratio = torch.round(q_max / d)
         ctx.save_for_backward(d, q_max, ratio)
         return torch.ceil(torch.log2(ratio + 1)) + signed
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         d, q_max, ratio = ctx.saved_tensors
         grad_ratio = grad / ((ratio + 1) * (LN2 * d))
         return -grad_ratio * q_max / d, grad_ratio, None
@@ -176,7 +187,9 @@ class _Pow2Function(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, q_min, q_max, signed: bool, with_zero: bool):
+    def forward(
+        ctx: Any, x: torch.Tensor, q_min: torch.Tensor, q_max: torch.Tensor, signed: bool, with_zero: bool
+    ) -> torch.Tensor:
         if not signed:
             x = torch.relu(x)
         a = x.abs()
@@ -188,7 +201,7 @@ class _Pow2Function(torch.autograd.Function):
         return torch.sign(x).mul_(mag)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, mag, q_min, q_max = ctx.saved_tensors
         a = x.abs()
         above_min = at_least(a, q_min)
@@ -210,13 +223,13 @@ class _ParametricBase(Quantizer):
         self,
         *,
         parametrization: str,
-        signed: Optional[bool],
+        signed: Union[bool, str, None],
         init_bits: int,
         role: str,
         eval_mode: str,
         seed: int,
         frozen: tuple[str, ...] = (),
-    ):
+    ) -> None:
         super().__init__(role=role, rounding="nearest", eval_mode=eval_mode, seed=seed)
         self.parametrization = parametrization
         if signed is None:
@@ -244,7 +257,7 @@ class _ParametricBase(Quantizer):
             self._signed = bool(x.min() < 0)
             self.is_signed.fill_(self._signed)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._signed = bool(self.is_signed)
 
@@ -282,14 +295,14 @@ class ParametricUniformQuantizer(_ParametricBase):
         self,
         *,
         parametrization: str = "U3",
-        signed: Optional[bool] = None,
+        signed: Union[bool, str, None] = None,
         init_bits: int = 4,
         pow2_step: bool = True,
         frozen: tuple[str, ...] = (),
         role: str = "weight",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(
             parametrization=parametrization,
             signed=signed,
@@ -330,6 +343,7 @@ class ParametricUniformQuantizer(_ParametricBase):
 
     # ------------------------------------------------------------------------------------ initialisation
     def reset_parameters_from(self, x: torch.Tensor) -> None:
+        x = widen(x)
         self._decide_sign(x)
         b0 = self.init_bits
         if self.role == "activation":
@@ -362,7 +376,8 @@ class ParametricUniformQuantizer(_ParametricBase):
         if self.passthrough_now:
             return x
         d, q_max = self.step_and_range()
-        return _ClipRoundFunction.apply(x, d, q_max, self._signed)
+        work = widen(x)
+        return cast_back(_ClipRoundFunction.apply(work, d, q_max, self._signed), x.dtype)
 
     def deterministic_grid(self) -> IntegerGrid:
         """Levels ``-k .. k`` (signed) or ``0 .. k`` of step ``d``, ``k = round(q_max / d)``."""
@@ -397,14 +412,14 @@ class ParametricPow2Quantizer(_ParametricBase):
         self,
         *,
         parametrization: str = "P3",
-        signed: Optional[bool] = None,
+        signed: Union[bool, str, None] = None,
         init_bits: int = 4,
         with_zero: bool = True,
         frozen: tuple[str, ...] = (),
         role: str = "weight",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(
             parametrization=parametrization,
             signed=signed,
@@ -440,6 +455,7 @@ class ParametricPow2Quantizer(_ParametricBase):
         return ceil_ste(torch.log2(torch.log2(q_max / q_min) + 1)) + int(self._signed) + int(self.with_zero)
 
     def reset_parameters_from(self, x: torch.Tensor) -> None:
+        x = widen(x)
         self._decide_sign(x)
         b0 = self.init_bits
         n = b0 - int(self._signed) - int(self.with_zero)
@@ -469,7 +485,9 @@ class ParametricPow2Quantizer(_ParametricBase):
         if self.passthrough_now:
             return x
         q_min, q_max = self.range_bounds()
-        return _Pow2Function.apply(x, q_min, q_max, self._signed, self.with_zero)
+        work = widen(x)
+        y = _Pow2Function.apply(work, q_min, q_max, self._signed, self.with_zero)
+        return cast_back(y, x.dtype)
 
     def deterministic_grid(self) -> Pow2Grid:
         self.require_initialized()
@@ -530,7 +548,7 @@ PARAMETRIC_OPTIONS = {
 }
 
 
-def make_parametric(*, parametrization: str = "U3", **options) -> _ParametricBase:
+def make_parametric(*, parametrization: str = "U3", **options: Any) -> _ParametricBase:
     """Build the uniform (U1-U3) or power-of-two (P1-P3) learned quantizer named by ``parametrization``."""
     key = str(parametrization).upper()
     if key not in PARAMETRIZATIONS:

@@ -9,12 +9,15 @@ Levels ``Δ·q`` with integer ``q ∈ [-Q_N, Q_P]`` (see :func:`integer_range`; 
 
 Values are clipped to the range before rounding. Backward: identity straight-through estimator (the gradient is
 evaluated at the quantized point and applied unchanged to whatever holds the weights: a float copy (BC) or the
-on-grid weights themselves (R / SR)). ``step: null`` picks ``Δ = max|x| / Q_P`` from the first tensor seen.
+on-grid weights themselves (R / SR)). ``step: null`` picks ``Δ = max|x| / Q_P`` from the first tensor seen, which
+must be non-empty and finite.
+
+Numerics: computed in float32 for float16/bfloat16 inputs; the output has the input's dtype.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -23,13 +26,16 @@ from ..rounding import round_half_away, stochastic_round_
 from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import HALF_AWAY, IntegerGrid, float32
+from .numerics import cast_back, widen
 
 __all__ = ["UniformQuantizer"]
 
 
 class _UniformSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, step: torch.Tensor, q_n: int, q_p: int, noise: Optional[torch.Tensor]):
+    def forward(
+        ctx: Any, x: torch.Tensor, step: torch.Tensor, q_n: int, q_p: int, noise: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         y = x / step
         y.clamp_(-q_n, q_p)
         if noise is not None:
@@ -37,7 +43,7 @@ class _UniformSTE(torch.autograd.Function):
         return round_half_away(y).mul_(step)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         return grad, None, None, None, None
 
 
@@ -69,7 +75,7 @@ class UniformQuantizer(Quantizer):
         rounding: str = "nearest",
         eval_mode: str = "deterministic",
         seed: int = 0,
-    ):
+    ) -> None:
         super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
         self._bits = int(bits)
         self._signed = (role != "activation") if signed is None else bool(signed)
@@ -88,15 +94,17 @@ class UniformQuantizer(Quantizer):
         return (-self.q_n * step, self.q_p * step)
 
     def reset_parameters_from(self, x: torch.Tensor) -> None:
-        peak = x.abs().max().clamp_min(1e-8)
+        """``Δ = max(max|x|, 1e-8) / Q_P``."""
+        peak = widen(x).abs().max().clamp_min(1e-8)
         self.step.fill_(float(peak) / self.q_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.maybe_initialize(x)
         if self.passthrough_now:
             return x
-        noise = self.noise.uniform_like(x) if self.stochastic_now else None
-        return _UniformSTE.apply(x, self.step, self.q_n, self.q_p, noise)
+        work = widen(x)
+        noise = self.noise.uniform_like(work) if self.stochastic_now else None
+        return cast_back(_UniformSTE.apply(work, self.step, self.q_n, self.q_p, noise), x.dtype)
 
     def deterministic_grid(self) -> IntegerGrid:
         self.require_initialized()
