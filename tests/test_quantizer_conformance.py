@@ -5,7 +5,8 @@ grids, bit widths, the six Uhlich parametrizations, min-max granularities, stoch
 a random tensor:
 
 * ``bits`` is a Python int in the family's range, equal to ``bit_width()``;
-* in eval mode ``encode(x).dequantize() == forward(x)`` exactly, with codes that fit ``bits``;
+* in eval mode ``encode(x).dequantize() == forward(x)`` exactly, with codes that fit ``bits``, also for values far
+  outside the grid (where a careless straight-through form would lose the level to float rounding);
 * ``eval_grid()`` describes what eval-mode ``forward`` computes: its formula, applied here independently in float64,
   gives the same values (up to float32 rounding at exact ties), and it has no more levels than ``bits`` can index;
 * ``state_dict`` round-trips into a fresh quantizer (another seed) that evaluates identically and, in training,
@@ -249,6 +250,10 @@ def test_quantizer_keeps_the_protocol(kind: str, case: Optional[Case]):
         assert codes.bits == bits and int(codes.indices.max()) < 2**bits
         if not passthrough:
             assert torch.equal(codes.dequantize().reshape(x.shape).to(x.dtype), y)
+            # far outside the grid, a straight-through form like x + (q - x).detach() loses q to float rounding
+            big = x * 4096.0
+            with torch.no_grad():
+                assert torch.equal(q.encode(big).dequantize().reshape(big.shape).to(big.dtype), q(big))
 
     fresh = build_quantizer(spec, role=case.role, seed=11)
     fresh.load_state_dict(q.state_dict())

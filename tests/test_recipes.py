@@ -9,6 +9,7 @@ import time
 import pytest
 
 import lowbit
+from lowbit.quantizers import QUANTIZERS
 from lowbit.recipes import RecipeError, load_recipe, recipe_schema, safe_yaml
 
 REQUIRED = [
@@ -85,10 +86,10 @@ def test_bit_width_out_of_range_names_the_value_and_the_range():
 
 def test_unknown_quantizer_lists_the_families():
     check_error(
-        {"name": "x", "quantize": {"weight": {"type": "ternary"}}},
+        {"name": "x", "quantize": {"weight": {"type": "no-such-family"}}},
         "quantize.weight.type",
-        "'ternary'",
-        "binary, lsq, minmax, parametric, uniform",
+        "'no-such-family'",
+        ", ".join(QUANTIZERS),
     )
 
 

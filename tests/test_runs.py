@@ -1,6 +1,7 @@
 """The run directory and checkpoint format: safe to open (no pickle), damage detected, old files refused with the
 fix, and everything a resumed run needs round-trips exactly."""
 
+import contextlib
 import os
 import pickle
 import random
@@ -219,3 +220,38 @@ def test_an_unusable_out_is_one_clear_error(tmp_path):
         run(_small(tmp_path / "file"))
     with pytest.raises(CheckpointError, match="cannot use .* as the run directory"):
         run(_small(tmp_path / "file" / "sub"))
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    run(_small(tmp_path, epochs=1))
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    real_save = safetensors.torch.save_file
+
+    def disk_full(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)  # the partial file exists, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device; the checkpoint of the previous epoch is kept"):
+        run(_small(tmp_path, epochs=2, resume=True))
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--out", ""], "argument --out: an empty path"),
+        (["--device", "bogus"], "unknown device 'bogus'"),
+        (["--device", "cuda:3"], "device 'cuda:3'"),
+    ],
+)
+def test_bad_run_options_are_one_line(args, fragment, capsys):
+    with pytest.raises(SystemExit) if args[0] == "--out" else contextlib.nullcontext():
+        code = main(["train", "--epochs", "0", *args])
+        assert code == 2
+    assert fragment in capsys.readouterr().err

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .convert import quantizers_of
-from .nn.layers import QuantizedLayer
+from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 
 __all__ = ["LayerRow", "ModelSummary", "model_summary"]
 
@@ -85,13 +85,16 @@ class ModelSummary:
 
 
 def _macs_per_sample(module: nn.Module, output: torch.Tensor) -> int:
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        per_output = kh * kw * module.in_channels // module.groups
-        return int(output[0].numel() * per_output)
-    if isinstance(module, nn.Linear):
-        return int(output[0].numel() // module.out_features * module.in_features * module.out_features)
-    return 0
+    """Multiply-accumulates of one sample: every output element of a Linear or convolution (any dimension, groups
+    included) takes one weight row's worth of products, ``weight[0].numel()``."""
+    return int(output[0].numel() * module.weight[0].numel())
+
+
+def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers a recipe can quantize (quantized already, or of a registered float type), in module order."""
+    return [
+        (name, m) for name, m in model.named_modules() if isinstance(m, QuantizedLayer) or type(m) in QUANTIZED_LAYERS
+    ]
 
 
 def model_summary(
@@ -102,7 +105,7 @@ def model_summary(
     if example is not None:
         input_shape = tuple(example.shape[1:])
     macs: dict[str, int] = {}
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    layers = _weight_layers(model)
     if input_shape is not None:
         hooks = [
             m.register_forward_hook(lambda mod, _i, out, _n=name: macs.__setitem__(_n, _macs_per_sample(mod, out)))

@@ -8,11 +8,15 @@ from .argtypes import positive_int
 
 ALLOCATES = True
 
-DESCRIPTION = (
-    "Run the papers' comparisons (BinaryConnect, Li & De, LSQ + Bin Regularization, Banner 8-bit "
-    "training, Uhlich mixed precision) and write tables, figures and raw JSON under OUT/<mode>/. "
-    "Finished runs are skipped, so an interrupted run resumes with the same command."
-)
+
+def _description() -> str:
+    from ..reproduce.papers import registered
+
+    titles = "; ".join(paper.title for paper in registered())
+    return (
+        f"Run the papers' comparisons ({titles}) and write tables, figures and raw JSON under OUT/<mode>/. "
+        f"Finished runs are skipped, so an interrupted run resumes with the same command."
+    )
 
 
 def _table_list(text: str) -> list:
@@ -87,7 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "reproduce", help="re-run the five papers' comparisons and write the results page", description=DESCRIPTION
+        "reproduce", help="re-run the papers' comparisons and write the results page", description=_description()
     )
     return configure(parser)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import DATASETS
+from ..models import MODELS
 from .argtypes import assignment, non_negative_int, positive_float, positive_int
 from .options import directory
 
@@ -21,12 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="lsq-w4a4",
         help="shipped recipe name or path to a .yaml (default: lsq-w4a4; see 'lowbit recipes')",
     )
-    parser.add_argument("--data", help="digits (default), fashion-mnist, mnist, cifar10, cifar100, svhn")
+    parser.add_argument("--data", help=f"{', '.join(DATASETS)} (default: digits)")
     parser.add_argument("--data-dir", help="directory holding the dataset files")
     parser.add_argument(
         "--model",
-        help="mlp, small-cnn, bc-vgg, resnet8, resnet20, resnet56 "
-        "(default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32)",
+        help=f"{', '.join(MODELS)} (default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32)",
     )
     parser.add_argument(
         "--model-option",

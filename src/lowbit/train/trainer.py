@@ -15,7 +15,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -41,18 +41,11 @@ from .step import NonFiniteLoss, TrainingStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
 
-DEFAULT_MODELS = {
-    "digits": "small-cnn",
-    "fashion-mnist": "small-cnn",
-    "mnist": "small-cnn",
-    "cifar10": "resnet20",
-    "cifar100": "resnet20",
-    "svhn": "resnet20",
-}
 
-
-def default_model_for(dataset: str) -> str:
-    return DEFAULT_MODELS.get(dataset, "small-cnn")
+def default_model_for(input_shape: Sequence[int]) -> str:
+    """The model a run builds when neither the command line nor the recipe names one: ``resnet20`` for 32×32 colour
+    images (CIFAR, SVHN), ``small-cnn`` otherwise (28×28 and 8×8 images)."""
+    return "resnet20" if tuple(input_shape[-2:]) == (32, 32) else "small-cnn"
 
 
 @dataclass
@@ -143,12 +136,13 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     return recipe.with_changes(changes, source="option") if changes else recipe
 
 
-def _model_choice(recipe: Recipe, config: TrainConfig, dataset: str) -> tuple[str, dict, list[str]]:
-    """Model name and options: command line, then recipe, then the dataset's default. Recipe options that the
-    chosen model does not have are dropped (and reported): they describe the method's preferred architecture."""
+def _model_choice(recipe: Recipe, config: TrainConfig, input_shape: Sequence[int]) -> tuple[str, dict, list[str]]:
+    """Model name and options: command line, then recipe, then the default for the data's input shape. Recipe
+    options that the chosen model does not have are dropped (and reported): they describe the method's preferred
+    architecture."""
     spec = recipe.data.get("model")
     spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
-    name = config.model or spec.pop("name", None) or default_model_for(dataset)
+    name = config.model or spec.pop("name", None) or default_model_for(input_shape)
     spec.pop("name", None)
     accepted = model_options(name)
     options = {k: v for k, v in spec.items() if k in accepted}
@@ -188,7 +182,7 @@ class Trainer:
             )
         )
         if model is None:
-            name, options, dropped = _model_choice(self.recipe, config, self.splits.name)
+            name, options, dropped = _model_choice(self.recipe, config, self.splits.input_shape)
             if dropped:
                 self.log(f"note: model {name!r} has no option {', '.join(dropped)} (from the recipe); ignored")
             seed_everything(config.seed)
