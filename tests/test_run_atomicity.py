@@ -14,7 +14,7 @@ from lowbit.train import TrainConfig, Trainer, run
 pytestmark = pytest.mark.slow
 
 #: recipes with stochastic parts (noise in the weights, the rounding or the gradients) and one with a budget
-RECIPES = ["bc-stoch", "sr-adam", "banner-w8a8g8", "mp-u3"]
+RECIPES = ["bc-stoch", "sr-adam", "big-sr-adam", "banner-w8a8g8", "mp-u3"]
 
 
 class Killed(BaseException):

@@ -137,7 +137,12 @@ class RunFiles:
         holder's pid instead of mixing its checkpoints and log lines with the first one's."""
         import fcntl
 
-        handle = open(self.lock_file, "a+")
+        try:
+            handle = open(self.lock_file, "a+")
+        except OSError as error:  # a directory we may not write into
+            raise CheckpointError(
+                f"cannot use {str(self.root)!r} as the run directory: {error.strerror or error}"
+            ) from None
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
