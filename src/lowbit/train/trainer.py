@@ -264,7 +264,9 @@ class Trainer:
 
     def quantize_model(self) -> nn.Module:
         """Convert the model in place as the recipe says (what ``fit()`` does after float pre-training)."""
-        self.model = quantize(self.model, self.recipe, seed=self.config.seed, inplace=True).to(self.device)
+        self.model = quantize(
+            self.model, self.recipe, seed=self.config.seed, inplace=True, example=self.example_batch()
+        ).to(self.device)
         return self.model
 
     def _setup_phase(self, phase: str, epochs: int) -> None:
