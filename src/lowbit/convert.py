@@ -368,7 +368,8 @@ def quantize(
     plan = _plan(model, recipe, example)
     problems = [u for u in plan.units if id(u) not in plan.skip_reasons and not u.quantizable]
     if strict and problems:
-        raise ConfigError(_report(plan, recipe, {}, {}).problem_message() + ", or quantize with strict=False")
+        unasked = ConversionReport(recipe.name, tuple(_row(unit, plan, None, []) for unit in problems))
+        raise ConfigError(unasked.problem_message() + ", or quantize with strict=False")
     if not inplace:
         model = copy.deepcopy(model)
     # the copy holds copies of the modules: find them again by name
@@ -454,33 +455,31 @@ def _convert_batchnorms(model: nn.Module, recipe: Recipe, seed: int) -> None:
             replace_submodule(model, alias, range_bn)
 
 
+def _row(unit: _Unit, plan: _Plan, layer: Optional[nn.Module], notes: list[str]) -> LayerReport:
+    """The report's row of ``unit``; ``layer`` is its quantized version (``None`` when it was not converted)."""
+    common = {
+        "name": unit.name,
+        "aliases": tuple(unit.names[1:]),
+        "type": unit.kind or type(unit.module).__name__,
+        "weights": tuple(unit.weights),
+        "tied": tuple(unit.tied),
+    }
+    notes = list(notes)
+    if id(unit) in plan.not_called:
+        notes.append("not called on the example input")
+    if layer is not None:
+        attributes = ((slot, SLOTS[slot].attribute) for slot in SLOTS)
+        bits = {slot: int(q.bits) for slot, attribute in attributes if (q := getattr(layer, attribute, None))}
+        return LayerReport(status="quantized", bits=bits, notes=tuple(notes), **common)
+    if id(unit) in plan.skip_reasons:
+        return LayerReport(status="skipped", reason=plan.skip_reasons[id(unit)], notes=tuple(notes), **common)
+    return LayerReport(status="skipped", reason=unit.problem, intended=False, notes=tuple(notes), **common)
+
+
 def _report(
     plan: _Plan, recipe: Recipe, converted: dict[int, nn.Module], tie_notes: dict[int, list[str]]
 ) -> ConversionReport:
-    rows = []
-    for unit in plan.units:
-        common = {
-            "name": unit.name,
-            "aliases": tuple(unit.names[1:]),
-            "type": unit.kind or type(unit.module).__name__,
-            "weights": tuple(unit.weights),
-            "tied": tuple(unit.tied),
-        }
-        notes = list(tie_notes.get(id(unit), []))
-        if id(unit) in plan.not_called:
-            notes.append("not called on the example input")
-        if id(unit) in converted:
-            layer = converted[id(unit)]
-            bits = {
-                slot: int(q.bits) for slot in SLOTS if (q := getattr(layer, SLOTS[slot].attribute, None)) is not None
-            }
-            rows.append(LayerReport(status="quantized", bits=bits, notes=tuple(notes), **common))
-        elif id(unit) in plan.skip_reasons:
-            rows.append(LayerReport(status="skipped", reason=plan.skip_reasons[id(unit)], notes=tuple(notes), **common))
-        else:
-            rows.append(
-                LayerReport(status="skipped", reason=unit.problem, intended=False, notes=tuple(notes), **common)
-            )
+    rows = [_row(unit, plan, converted.get(id(unit)), tie_notes.get(id(unit), [])) for unit in plan.units]
     return ConversionReport(
         recipe=recipe.name,
         layers=tuple(rows),
