@@ -255,3 +255,48 @@ def test_bad_run_options_are_one_line(args, fragment, capsys):
         code = main(["train", "--epochs", "0", *args])
         assert code == 2
     assert fragment in capsys.readouterr().err
+
+
+class _Reversed(torch.nn.Module):
+    """Layers defined in the reverse of the order they run in: first/last by data flow differ from definition
+    order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(32, 10)
+        self.middle = torch.nn.Linear(32, 32)
+        self.stem = torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.middle(torch.relu(self.stem(x.flatten(1))))))
+
+
+def test_a_restored_or_rebuilt_model_gets_the_overrides_it_was_trained_with(tmp_path):
+    """lsq-w4a4 keeps the first layer's input in float and the last layer at 8 bits: the first and last layers found
+    by data flow in training are stored, so restoring and the packed file rebuild the same conversion."""
+    from lowbit.export import export_checkpoint, load_packed
+
+    torch.manual_seed(0)
+    config = TrainConfig(
+        recipe="lsq-w4a4",
+        data="digits",
+        epochs=1,
+        out=str(tmp_path / "run"),
+        quiet=True,
+        train_subset=200,
+        test_subset=50,
+        pretrain_epochs=0,
+    )
+    trained = Trainer(config, model=_Reversed()).fit().model
+    assert trained.lowbit_report.first == "stem" and trained.lowbit_report.last == "head"
+    checkpoint = load_checkpoint(tmp_path / "run", which="last")
+    assert checkpoint.layer_ends == ["stem", "head"]
+    restored = checkpoint.restore_model(_Reversed())
+    assert restored.stem.input_quantizer is None and restored.head.weight_quantizer.bits == 8
+    x = torch.randn(5, 1, 8, 8)
+    trained.eval()
+    with torch.no_grad():
+        assert torch.equal(restored(x), trained(x))
+    result = export_checkpoint(tmp_path / "run", "packed", model=_Reversed(), which="last")
+    with torch.no_grad():
+        assert torch.equal(load_packed(result.path, model=_Reversed())(x), restored(x))

@@ -20,11 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["LayerReport", "ConversionReport", "DATA_FLOW", "DEFINITION_ORDER"]
+__all__ = ["LayerReport", "ConversionReport", "DATA_FLOW", "DEFINITION_ORDER", "RECORDED"]
 
 #: how ``first`` and ``last`` were found: the call order on an example input, or the ``named_modules()`` order
 DATA_FLOW = "data flow"
 DEFINITION_ORDER = "definition order"
+#: given by the caller: the first and last layers of an earlier conversion (a checkpoint's, a packed file's)
+RECORDED = "as recorded"
 
 
 @dataclass(frozen=True)

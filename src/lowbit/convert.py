@@ -47,7 +47,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .conversion_report import DATA_FLOW, DEFINITION_ORDER, ConversionReport, LayerReport
+from .conversion_report import DATA_FLOW, DEFINITION_ORDER, RECORDED, ConversionReport, LayerReport
 from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
@@ -255,13 +255,24 @@ class _Plan:
     not_called: set[int]
 
 
-def _plan(model: nn.Module, recipe: Recipe, example: Optional[Example]) -> _Plan:
+def _plan(model: nn.Module, recipe: Recipe, example: Optional[Example], ends: Optional[Sequence[str]] = None) -> _Plan:
     spec = recipe.quantize
     units = _units(model)
     quantizable = [u for u in units if u.quantizable]
     order, order_kind, not_called = list(quantizable), DEFINITION_ORDER, set()
     first = last = None
-    if example is not None and quantizable:
+    if ends is not None and quantizable:
+        by_name = {name: u for u in quantizable for name in u.names}
+        missing = [name for name in ends if name not in by_name]
+        if missing:
+            raise ConfigError(
+                f"the first/last layers of the conversion being repeated ({', '.join(map(repr, ends))}) are not "
+                f"quantizable layers of this model: {', '.join(map(repr, missing))}; give the float model the run "
+                f"was trained with"
+            )
+        first, last = by_name[ends[0]], by_name[ends[1]]
+        order_kind = RECORDED
+    elif example is not None and quantizable:
         first_calls, last_calls = call_order(model, [u.module for u in quantizable], example)
         if first_calls:
             called = [quantizable[i] for i in first_calls]
@@ -330,12 +341,16 @@ def _check_patterns(overrides: list[dict], matched: list[bool], units: list[_Uni
 
 
 def layer_plan(
-    model: nn.Module, recipe: Union[Recipe, str, dict], *, example: Optional[Example] = None
+    model: nn.Module,
+    recipe: Union[Recipe, str, dict],
+    *,
+    example: Optional[Example] = None,
+    ends: Optional[Sequence[str]] = None,
 ) -> dict[str, Optional[dict]]:
     """For every quantizable layer (by its first name; further names of the same module share its plan): the slot
     specs and ``bifurcate`` it will get (``None`` = left in float). ``example`` resolves ``first``/``last`` by data
     flow, as in :func:`quantize`."""
-    plan = _plan(model, load_recipe(recipe), example)
+    plan = _plan(model, load_recipe(recipe), example, ends)
     return {unit.name: plan.slots[id(unit)] for unit in plan.units if unit.quantizable}
 
 
@@ -348,6 +363,7 @@ def quantize(
     inplace: bool = False,
     example: Optional[Example] = None,
     strict: bool = False,
+    ends: Optional[Sequence[str]] = None,
 ) -> nn.Module:
     """Return ``model`` with its layers quantized as ``recipe`` says, and ``model.lowbit_report`` set.
 
@@ -358,14 +374,16 @@ def quantize(
     added. Stochastic quantizers get seeds derived from ``seed``, the layer name and the slot.
 
     ``example``: an input batch (a tensor, a tuple of positional inputs or a dict of keyword inputs) to find the
-    ``first`` and ``last`` layers by data flow; without it they follow definition order. ``strict``: raise
+    ``first`` and ``last`` layers by data flow; without it they follow definition order. ``ends``: the names of the
+    first and last layer of an earlier conversion of the same model (``report.first``, ``report.last``; checkpoints
+    and packed files store them), so that rebuilding a trained model applies the same overrides. ``strict``: raise
     :class:`~lowbit.errors.ConfigError` instead of warning when weights are left in float unasked (see
     :class:`~lowbit.conversion_report.ConversionReport`; the model is then left unchanged).
     """
     recipe = load_recipe(recipe)
     if any(isinstance(m, QuantizedLayer) for m in model.modules()):
         raise ConfigError("the model already contains quantized layers; quantize the float model instead")
-    plan = _plan(model, recipe, example)
+    plan = _plan(model, recipe, example, ends)
     problems = [u for u in plan.units if id(u) not in plan.skip_reasons and not u.quantizable]
     if strict and problems:
         unasked = ConversionReport(recipe.name, tuple(_row(unit, plan, None, []) for unit in problems))

@@ -227,6 +227,7 @@ class Checkpoint:
     history: list = field(default_factory=list)
     best: dict = field(default_factory=dict)
     best_model_state: Optional[dict] = None  # the best epoch's model, when it is not this epoch's
+    layer_ends: Optional[list] = None  # the first and last layer of the conversion (for 'first'/'last' overrides)
     lowbit_version: str = ""
     path: Optional[Path] = field(default=None, compare=False)  # where it was read from (not stored)
     which: str = field(default="last", compare=False)  # the view: "last" (resumable) or "best" (not stored)
@@ -317,7 +318,7 @@ class Checkpoint:
             except CustomModelError as error:
                 raise CustomModelError(f"checkpoint {str(self.path)!r}: {error}") from None
         if self.phase == "train":  # the recipe's module swaps (a no-op for fp32)
-            model = quantize(model, self.recipe, seed=self.seed, inplace=True)
+            model = quantize(model, self.recipe, seed=self.seed, inplace=True, ends=self.layer_ends)
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as error:

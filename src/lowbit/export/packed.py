@@ -225,6 +225,9 @@ def save_packed(
         "quantized": entries,
         "state": sorted(state),
     }
+    report = getattr(model, "lowbit_report", None)
+    if report is not None and report.first is not None:  # rebuild with the same first/last overrides
+        header["layer_ends"] = [report.first, report.last]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -441,7 +444,7 @@ def _quantized_model(header: dict, float_model: nn.Module, path: Path) -> nn.Mod
 
     try:
         recipe = load_recipe(header["recipe"])
-        return quantize(float_model, recipe, seed=header["seed"])
+        return quantize(float_model, recipe, seed=header["seed"], ends=header.get("layer_ends"))
     except LowbitError as error:
         raise PackedFileError(f"{str(path)!r} has a recipe that cannot quantize its model: {error}") from None
 

@@ -47,6 +47,7 @@ _MAX_NUMEL = 1 << 40  # values in one tensor: far above any model lowbit trains,
 _MAX_SEED = (1 << 63) - 1
 _HEADER_KEYS = ("format", "version", "lowbit_version", "model_spec", "recipe", "seed")
 _HEADER_KEYS += ("data", "source", "notes", "quantized", "state")
+_OPTIONAL_HEADER_KEYS = ("layer_ends",)
 _MODEL_SPEC_KEYS = ("name", "options", "input_shape", "num_classes", "class_name")
 
 
@@ -273,7 +274,11 @@ def check_header(header: Any, index: dict[str, TensorEntry], where: str) -> None
     names.
     """
     check = _HeaderChecker(where, index)
-    check.keys(header, "the lowbit header", _HEADER_KEYS)
+    check.keys(header, "the lowbit header", _HEADER_KEYS, _OPTIONAL_HEADER_KEYS)
+    if "layer_ends" in header:
+        ends = check.of_type(header["layer_ends"], (list,), "layer_ends", "a list of two layer names")
+        if len(ends) != 2 or not all(isinstance(name, str) for name in ends):
+            raise check.fail("layer_ends", f"must be a list of two layer names, got {_show(ends)}")
     check.of_type(header["lowbit_version"], (str,), "lowbit_version", "a version string")
     check.model_spec(header["model_spec"])
     check.of_type(header["recipe"], (dict,), "recipe", "a resolved recipe (JSON object)")

@@ -388,8 +388,15 @@ class Trainer:
             history=self.history,
             best=self.best,
             best_model_state=None if self.best.get("epoch") == epoch + 1 else self._best_state,
+            layer_ends=self._layer_ends(),
             lowbit_version=__version__,
         )
+
+    def _layer_ends(self) -> Optional[list]:
+        """The first and last layer the conversion resolved (by data flow), so a restored model gets the same
+        overrides."""
+        report = getattr(self.model, "lowbit_report", None)
+        return [report.first, report.last] if report is not None and report.first is not None else None
 
     def _commit(self, epoch: int, record: dict, is_best: bool) -> None:
         """Record a finished epoch: the history, the best epoch's model, then the checkpoint file, renamed into place
