@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError, CustomModelError
+from .errors import CheckpointError, ConfigError, CustomModelError
 from .safe_state import StateFileError, is_safetensors_file, read_state, write_state
 
 __all__ = [
@@ -318,7 +318,12 @@ class Checkpoint:
             except CustomModelError as error:
                 raise CustomModelError(f"checkpoint {str(self.path)!r}: {error}") from None
         if self.phase == "train":  # the recipe's module swaps (a no-op for fp32)
-            model = quantize(model, self.recipe, seed=self.seed, inplace=True, ends=self.layer_ends)
+            try:
+                model = quantize(model, self.recipe, seed=self.seed, inplace=True, ends=self.layer_ends)
+            except ConfigError as error:
+                raise CheckpointError(
+                    f"checkpoint {str(self.path)!r} does not fit the model {type(model).__name__}: {error}"
+                ) from None
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as error:
