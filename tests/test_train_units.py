@@ -7,7 +7,7 @@ import torch
 
 import lowbit
 from lowbit.models import build_model
-from lowbit.train import BinRegularizer, GridWeights, LatentWeights, MemoryBudget, PolicyOptimizer, glorot_lr_scale
+from lowbit.train import BinRegularizer, GridWeights, LatentWeights, MemoryBudget, glorot_lr_scale
 from lowbit.train.losses import squared_hinge
 from lowbit.train.regularizers import bin_regularization, weight_memory_bits
 from lowbit.train.schedule import lr_multiplier
@@ -44,7 +44,8 @@ def mlp():
 
 def test_latent_policy_clips_binary_weights_to_plus_minus_h_after_every_step():
     model = lowbit.quantize(mlp(), "bc-det")
-    optimizer = PolicyOptimizer(torch.optim.SGD(model.parameters(), lr=5.0), LatentWeights(model))
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    LatentWeights(model).attach(optimizer)
     for _ in range(5):
         optimizer.zero_grad()
         model(torch.randn(8, 1, 4, 4)).pow(2).sum().backward()
@@ -57,7 +58,8 @@ def test_latent_policy_clips_binary_weights_to_plus_minus_h_after_every_step():
 @pytest.mark.parametrize("recipe", ["sr-adam", "r-adam"])
 def test_grid_policy_keeps_weights_exactly_on_the_grid_after_every_step(recipe):
     model = lowbit.quantize(mlp(), recipe, seed=1)
-    optimizer = PolicyOptimizer(torch.optim.Adam(model.parameters(), lr=0.3), GridWeights(model))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.3)
+    GridWeights(model).attach(optimizer)
     for _ in range(10):
         optimizer.zero_grad()
         model(torch.randn(8, 1, 4, 4)).pow(2).sum().backward()
@@ -72,7 +74,8 @@ def test_sr_moves_weights_but_r_freezes_them_at_a_small_step():
     for recipe in ("r-adam", "sr-adam"):
         model = lowbit.quantize(mlp(), recipe, seed=1)
         policy = GridWeights(model)
-        optimizer = PolicyOptimizer(torch.optim.Adam(model.parameters(), lr=0.05), policy)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        policy.attach(optimizer)
         before = [layer.weight.clone() for _, layer in lowbit.quantized_layers(model)]
         for _ in range(20):
             optimizer.zero_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import matplotlib
 
@@ -108,8 +108,11 @@ def plot_weight_histograms(model: torch.nn.Module, path: Path, title: str = "", 
     return path
 
 
-def plot_run(run_dir: Union[str, Path], out_dir: Union[str, Path, None] = None) -> list[Path]:
-    """Write curves.png, bits.png and weights.png for a run directory; returns the files written."""
+def plot_run(
+    run_dir: Union[str, Path], out_dir: Union[str, Path, None] = None, *, reference: Optional[str] = None
+) -> list[Path]:
+    """Write curves.png, bits.png and weights.png for a run directory; returns the files written. ``reference``:
+    the ``MODULE:CALLABLE`` of a run trained with ``--model MODULE:CALLABLE`` (imported only when given)."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -121,13 +124,18 @@ def plot_run(run_dir: Union[str, Path], out_dir: Union[str, Path, None] = None) 
     if any("bits" in r for r in history):
         written.append(plot_bits(history, out / "bits.png", title))
         checkpoint = load_checkpoint(run_dir)
-        if checkpoint.quantized and checkpoint.model_spec.name is None:
+        spec = checkpoint.model_spec
+        if checkpoint.quantized and spec.name is None and reference is None:
+            how = (
+                f"add --model {spec.reference} to rebuild it (imports that module; for runs you trust)"
+                if spec.reference
+                else "which lowbit cannot rebuild; in Python: plot_weight_histograms("
+                "load_checkpoint(run_dir).restore_model(MyNet()), 'weights.png')"
+            )
             warnings.warn(
-                f"weights.png not written: {run_dir} holds a custom model ({checkpoint.model_spec.label}), "
-                f"which lowbit cannot rebuild; in Python: plot_weight_histograms("
-                f"load_checkpoint(run_dir).restore_model(MyNet()), 'weights.png')",
-                stacklevel=2,
+                f"weights.png not written: {run_dir} holds a custom model ({spec.label}), {how}", stacklevel=2
             )
         elif checkpoint.quantized:
-            written.append(plot_weight_histograms(checkpoint.restore_model(), out / "weights.png", title))
+            model = checkpoint.restore_model(reference=reference)
+            written.append(plot_weight_histograms(model, out / "weights.png", title))
     return written

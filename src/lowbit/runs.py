@@ -164,17 +164,39 @@ class RunFiles:
 # ----------------------------------------------------------------------------------------------- specs
 @dataclass
 class ModelSpec:
-    """How to rebuild the float architecture: a model of :mod:`lowbit.models` by name, or a user's own model."""
+    """How to rebuild the float architecture: a model of :mod:`lowbit.models` by name, a user's builder by reference
+    (``--model my_pkg.my_module:build_model``), or a user's own model object.
 
-    name: Optional[str]  # None: a custom model, which the user passes when restoring
+    ``reference`` was added after format version 2 was introduced; checkpoints written without it read as ``None``.
+    """
+
+    name: Optional[str]  # None: a custom model (a reference, or a model object the user passes when restoring)
     options: dict = field(default_factory=dict)
     input_shape: list = field(default_factory=list)
     num_classes: int = 0
     class_name: Optional[str] = None  # the custom model's class, named in messages
+    reference: Optional[str] = None  # MODULE:CALLABLE that built the custom model (never imported on its own)
 
-    def build(self) -> nn.Module:
+    def build(self, reference: Optional[str] = None) -> nn.Module:
+        """The float model: built-in models by name; a user's builder only from the ``reference`` the caller passes
+        (``--model`` on the command line). A checkpoint names its builder, but importing a module runs its code, and
+        opening a checkpoint from someone else must not, so the user names the module again to confirm it."""
         from .models import build_model
+        from .models.reference import build_from_reference
 
+        if reference is not None:
+            if self.name is not None:
+                raise ConfigError(
+                    f"--model {reference}: this run uses lowbit's model {self.name!r}; --model names the builder of "
+                    f"a run of your own architecture"
+                )
+            return build_from_reference(reference, self.input_shape, self.num_classes, **self.options)
+        if self.reference is not None:
+            raise CustomModelError(
+                f"the model was built by {self.reference}; importing that module runs its code, so lowbit does it only "
+                f"when you name it: add --model {self.reference} (for a run you trust; in Python: "
+                f"restore_model(reference=...))"
+            )
         if self.name is None:
             raise CustomModelError(
                 f"the model is a custom architecture ({self.class_name or 'unknown class'}): "
@@ -185,12 +207,18 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        return self.name or self.class_name or "custom model"
+        return self.name or self.reference or self.class_name or "custom model"
 
 
 @dataclass
 class DataSpec:
-    """The data a run was trained on: enough to load the same splits again and normalise inputs the same way."""
+    """The data a run was trained on: enough to load the same splits again and normalise inputs the same way.
+
+    ``user``: the run trained on the user's own Datasets/DataLoaders (``Trainer(train_data=...)``), which lowbit
+    cannot load again; ``name`` is then only a label (the dataset's class), ``mean``/``std`` are empty (normalisation
+    was the user's pipeline's) and ``input_dtype`` is the dtype of the inputs (``int64`` for tokens). Both fields read
+    as their defaults from checkpoints written without them.
+    """
 
     name: str
     data_dir: Optional[str] = None
@@ -201,6 +229,8 @@ class DataSpec:
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
+    user: bool = False
+    input_dtype: str = "float32"
 
 
 # -------------------------------------------------------------------------------------------- checkpoint
@@ -307,14 +337,15 @@ class Checkpoint:
             ) from None
 
     # --------------------------------------------------------------------------------------- the model
-    def restore_model(self, model: Optional[nn.Module] = None) -> nn.Module:
-        """The trained model in eval mode: the float architecture (``model``, or rebuilt from :attr:`model_spec`),
-        converted by the recipe when the checkpoint was written after quantization, with the saved state loaded."""
+    def restore_model(self, model: Optional[nn.Module] = None, *, reference: Optional[str] = None) -> nn.Module:
+        """The trained model in eval mode: the float architecture (``model``, or rebuilt from :attr:`model_spec`; a run
+        of ``--model MODULE:CALLABLE`` needs that ``reference`` again, see :meth:`ModelSpec.build`), converted by the
+        recipe when the checkpoint was written after quantization, with the saved state loaded."""
         from .convert import quantize
 
         if model is None:
             try:
-                model = self.model_spec.build()
+                model = self.model_spec.build(reference)
             except CustomModelError as error:
                 raise CustomModelError(f"checkpoint {str(self.path)!r}: {error}") from None
         if self.phase == "train":  # the recipe's module swaps (a no-op for fp32)

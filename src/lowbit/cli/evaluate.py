@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_epoch_option
+from .options import add_epoch_option, add_model_reference_option
 
 ALLOCATES = True
 
@@ -14,6 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser("eval", help="evaluate a checkpoint on its test split")
     parser.add_argument("checkpoint", help="checkpoint file or run directory")
     add_epoch_option(parser)
+    add_model_reference_option(parser)
     parser.add_argument("--data-dir", help="dataset directory, if it moved since training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import Trainer
 
     checkpoint = load_checkpoint(args.checkpoint, which=args.epoch)
-    trainer = Trainer.from_checkpoint(checkpoint, data_dir=args.data_dir)
+    trainer = Trainer.from_checkpoint(checkpoint, data_dir=args.data_dir, reference=args.model)
     test, val = trainer.evaluate(trainer.splits.test), trainer.evaluate(trainer.splits.val)
     summary = model_summary(trainer.model, tuple(trainer.splits.input_shape))
     result = {

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
 
 from ..export.from_checkpoint import FORMATS, ExportResult
 from ..export.grids import WEIGHT_DTYPES
-from .options import add_epoch_option
+from .options import add_epoch_option, add_model_reference_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("checkpoint", help="checkpoint file or run directory (or a packed file, with --format onnx)")
     add_epoch_option(parser)
+    add_model_reference_option(parser)
     parser.add_argument("--format", choices=FORMATS, default="packed", help="packed (default) or onnx")
     parser.add_argument(
         "--out",
@@ -65,6 +70,22 @@ def _summary(result: ExportResult) -> list[str]:
     ]
 
 
+def _float_model(args: argparse.Namespace) -> Optional[nn.Module]:
+    """The float architecture from ``--model MODULE:CALLABLE`` and the source's model description (checkpoint or
+    packed file); ``None`` without ``--model``."""
+    if args.model is None:
+        return None
+    from ..export.packed import is_packed_file, read_packed_header
+    from ..runs import ModelSpec, load_checkpoint
+
+    source = Path(args.checkpoint)
+    if source.is_file() and is_packed_file(source):
+        spec = ModelSpec(**(read_packed_header(source).get("model_spec") or {"name": None}))
+    else:
+        spec = load_checkpoint(source, args.epoch).model_spec
+    return spec.build(args.model)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint, verify_export
 
@@ -72,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.format,
         args.out,
+        model=_float_model(args),
         opset=args.opset,
         weight_dtype=args.weight_dtype,
         integer_bias=not args.float_bias,

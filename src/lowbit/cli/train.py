@@ -27,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--data-dir", help="directory holding the dataset files")
     parser.add_argument(
         "--model",
-        help=f"{', '.join(MODELS)} (default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32)",
+        help=f"{', '.join(MODELS)} (default: small-cnn for 28x28 / 8x8 data, resnet20 for 32x32), or your own "
+        f"architecture as MODULE:CALLABLE, called as CALLABLE(input_shape, num_classes, **options) (the module must "
+        f"be importable: put its directory on PYTHONPATH)",
     )
     parser.add_argument(
         "--model-option",

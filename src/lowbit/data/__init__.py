@@ -3,7 +3,8 @@
 ``load_dataset(name, data_dir)`` returns :class:`DatasetSplits` (train / val / test
 :class:`TensorSplit` s of uint8 ``N×C×H×W`` images and int64 labels, plus per-channel
 train statistics); :class:`BatchLoader` turns a split into normalised, optionally
-augmented, reproducibly shuffled float32 mini-batches.
+augmented, reproducibly shuffled float32 mini-batches. :func:`user_splits` wraps the user's own Datasets or
+DataLoaders (any input shape) for the trainer.
 """
 
 from .augment import AUGMENTATIONS
@@ -12,6 +13,7 @@ from .loader import BatchLoader
 from .registry import DATASETS, canonical_name, load_dataset
 from .rng import seed_everything
 from .splits import DatasetSplits, TensorSplit
+from .user import SeededBatches, UserSplit, UserSplits, user_splits
 
 __all__ = [
     "AUGMENTATIONS",
@@ -19,8 +21,12 @@ __all__ = [
     "DATASETS",
     "DatasetError",
     "DatasetSplits",
+    "SeededBatches",
     "TensorSplit",
+    "UserSplit",
+    "UserSplits",
     "canonical_name",
     "load_dataset",
     "seed_everything",
+    "user_splits",
 ]

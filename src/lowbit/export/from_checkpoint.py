@@ -170,6 +170,11 @@ def _test_batches(result: ExportResult, data_dir: Optional[str]) -> BatchLoader:
     from ..data import BatchLoader, load_dataset
 
     data = result.data or {}
+    if data.get("user"):
+        raise ExportError(
+            f"the checkpoint was trained on your own data ({data.get('name')}), which lowbit cannot load; --verify "
+            f"needs it: compare in Python, e.g. lowbit.export.verify.onnx_parity(model, path, your_batches)"
+        )
     if not data.get("name"):
         raise ExportError("the checkpoint does not say which dataset it was trained on; --verify needs it")
     splits = load_dataset(

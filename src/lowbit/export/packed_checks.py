@@ -48,7 +48,7 @@ _MAX_SEED = (1 << 63) - 1
 _HEADER_KEYS = ("format", "version", "lowbit_version", "model_spec", "recipe", "seed")
 _HEADER_KEYS += ("data", "source", "notes", "quantized", "state")
 _OPTIONAL_HEADER_KEYS = ("layer_ends",)
-_MODEL_SPEC_KEYS = ("name", "options", "input_shape", "num_classes", "class_name")
+_MODEL_SPEC_KEYS = ("name", "options", "input_shape", "num_classes", "class_name", "reference")
 
 
 @dataclass(frozen=True)
@@ -250,6 +250,8 @@ class _HeaderChecker(_Checker):
         self.integer(spec.get("num_classes", 0), "model_spec.num_classes", 0, _MAX_DIM)
         if spec.get("class_name") is not None:
             self.of_type(spec["class_name"], (str,), "model_spec.class_name", "a class name or null")
+        if spec.get("reference") is not None:
+            self.of_type(spec["reference"], (str,), "model_spec.reference", "MODULE:CALLABLE or null")
 
     def data(self, data: Any) -> None:
         if data is None:

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .cnn import SmallCNN, build_small_cnn
 from .common import check_input_shape
 from .mlp import MLP, build_mlp
+from .reference import build_from_reference, is_reference
 from .resnet import BasicBlock, CifarResNet, PadShortcut, build_resnet8, build_resnet20, build_resnet56
 from .vgg import BCVGG, build_bc_vgg
 
@@ -47,16 +48,23 @@ def model_options(name: str) -> list[str]:
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **options: object) -> nn.Module:
-    """Build model ``name`` (a key of :data:`MODELS`) for ``(C, H, W)`` inputs and ``num_classes`` outputs.
+    """Build model ``name`` (a key of :data:`MODELS`) for ``(C, H, W)`` inputs and ``num_classes`` outputs; a
+    reference ``MODULE:CALLABLE`` imports that module and calls ``CALLABLE(input_shape, num_classes, **options)``
+    (:mod:`lowbit.models.reference`; importing runs the module's code).
 
     Raises:
         ConfigError: unknown ``name`` (the message lists valid names), bad ``input_shape``
             or ``num_classes``, an option the model does not have (the message lists valid
             options) or with an invalid value, or inputs too small for the architecture.
     """
+    if is_reference(name):
+        return build_from_reference(name, input_shape, num_classes, **options)
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise ConfigError(
+            f"unknown model {name!r}; valid names: {', '.join(MODELS)}, or your own as MODULE:CALLABLE "
+            f"(e.g. my_pkg.my_module:build_model)"
+        )
     shape = check_input_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")

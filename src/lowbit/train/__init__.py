@@ -3,7 +3,15 @@
 from ..errors import TrainingDiverged
 from .losses import squared_hinge
 from .optimizers import build_optimizer, parameter_groups
-from .policies import GridWeights, LatentWeights, PolicyOptimizer, UpdatePolicy, build_policy, glorot_lr_scale
+from .policies import (
+    GridWeights,
+    LatentWeights,
+    PolicyOptimizer,
+    UpdatePolicy,
+    attach_policy,
+    build_policy,
+    glorot_lr_scale,
+)
 from .regularizers import BinRegularizer, MemoryBudget, Regularizer, bin_regularization
 from .step import StepOutput, TrainingStep
 from .trainer import RunResult, TrainConfig, Trainer, run
@@ -18,6 +26,7 @@ __all__ = [
     "LatentWeights",
     "GridWeights",
     "build_policy",
+    "attach_policy",
     "PolicyOptimizer",
     "glorot_lr_scale",
     "build_optimizer",

@@ -15,17 +15,24 @@ Li & De's comparison is three policies on one quantizer:
 
 Both also call ``project_()`` on every quantizer (LSQ step > 0, Uhlich parameter boxes). A recipe names its policy in
 ``train.policy.type``; :func:`build_policy` looks it up in :data:`POLICIES`.
+
+A policy runs inside any ``torch.optim.Optimizer`` through PyTorch's optimizer step hooks: ``policy.attach(optimizer)``
+(or :func:`attach_policy`) calls ``start()`` once, then registers ``after_step()`` as a step post-hook, so LR
+schedulers, ``torch.amp.GradScaler`` (a skipped step runs no hook) and frameworks that expect a real optimizer see the
+user's own object. The trainer's :class:`~lowbit.train.step.TrainingStep` uses the same hook.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Optional
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..convert import quantized_layers, quantizers_of
 from ..errors import ConfigError
@@ -38,6 +45,7 @@ __all__ = [
     "POLICIES",
     "build_policy",
     "glorot_lr_scale",
+    "attach_policy",
     "PolicyOptimizer",
 ]
 
@@ -121,6 +129,37 @@ class UpdatePolicy(ABC):
     def update_weights(self) -> None:
         """What the policy does to the stored weights after an optimizer step (under ``no_grad``)."""
 
+    def attach(self, optimizer: torch.optim.Optimizer, *, start: bool = True) -> RemovableHandle:
+        """Apply the policy after every ``optimizer.step()`` (a step post-hook); returns the hook's handle
+        (``handle.remove()`` detaches it).
+
+        ``start`` calls :meth:`start` now, once, before the first step: build the optimizer from the quantized model's
+        parameters, attach, then train. Pass ``start=False`` when the weights come from a checkpoint (a resumed run):
+        ``start`` would re-draw (``init: uniform``) or re-round them. A step that ``torch.amp.GradScaler`` skips (inf
+        or NaN gradients) runs no hook, so the weights stay as they were.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"attach the update policy to a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if self.is_attached(optimizer):
+            raise ConfigError("the update policy is already attached to this optimizer (it would run twice per step)")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if self._weighted and not any(id(weight) in held for weight, _ in self._weighted):
+            raise ConfigError(
+                "the optimizer holds none of the quantized weights of the policy's model: build it from the "
+                "quantized model's parameters (after lowbit.quantize), then attach the policy"
+            )
+        if start:
+            self.start()
+        return optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def is_attached(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether this policy runs after ``optimizer``'s steps."""
+        hooks = getattr(optimizer, "_optimizer_step_post_hooks", {})
+        return any(hook == self._after_optimizer_step for hook in hooks.values())
+
+    def _after_optimizer_step(self, _optimizer: torch.optim.Optimizer, _args: tuple, _kwargs: dict) -> None:
+        self.after_step()
+
 
 @POLICIES.register(
     "latent",
@@ -172,31 +211,25 @@ def build_policy(model: nn.Module, spec: Mapping[str, Any]) -> UpdatePolicy:
     return policy.factory(model, **policy.option_values(spec))
 
 
-class PolicyOptimizer:
-    """Wrap any torch optimizer so that ``step()`` also applies the update policy (for hand-written loops)::
+def attach_policy(optimizer: torch.optim.Optimizer, policy: UpdatePolicy, *, start: bool = True) -> RemovableHandle:
+    """``policy.attach(optimizer, start=start)``: run the update policy after every step of your own optimizer::
 
-    opt = PolicyOptimizer(torch.optim.Adam(model.parameters()), GridWeights(model))
+    qmodel = lowbit.quantize(model, "sr-adam")
+    optimizer = torch.optim.Adam(qmodel.parameters(), lr=1e-3)
+    attach_policy(optimizer, GridWeights(qmodel))  # calls policy.start() now
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
     """
+    return policy.attach(optimizer, start=start)
 
-    def __init__(self, optimizer: torch.optim.Optimizer, policy: UpdatePolicy) -> None:
-        self.optimizer = optimizer
-        self.policy = policy
-        policy.start()
 
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
-        loss = self.optimizer.step(closure)
-        self.policy.after_step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    @property
-    def param_groups(self) -> list:
-        return self.optimizer.param_groups
-
-    def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+def PolicyOptimizer(optimizer: torch.optim.Optimizer, policy: UpdatePolicy) -> torch.optim.Optimizer:  # noqa: N802
+    """Deprecated: use ``policy.attach(optimizer)`` (or :func:`attach_policy`). Attaches the policy and returns
+    ``optimizer`` itself (a real ``torch.optim.Optimizer``, so LR schedulers accept it)."""
+    warnings.warn(
+        "PolicyOptimizer is deprecated: use policy.attach(optimizer) or lowbit.train.attach_policy(optimizer, policy), "
+        "which keeps your torch.optim.Optimizer (LR schedulers and gradient scalers work with it)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    policy.attach(optimizer)
+    return optimizer

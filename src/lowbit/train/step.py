@@ -1,8 +1,11 @@
 """One training step of a (quantized) model, shared by the trainer and the speed benchmarks.
 
 ``step(x, y)``: forward, task loss plus the active regularizers, backward, the active regularizers' gradient hooks
-(the memory budget's gradient clipping), optional gradient-norm clipping, optimizer step, then the update policy
-(clipping latent weights, rounding on-grid weights back onto the grid, keeping quantizer parameters in their boxes).
+(the memory budget's gradient clipping), optional gradient-norm clipping, optimizer step. The update policy (clipping
+latent weights, rounding on-grid weights back onto the grid, keeping quantizer parameters in their boxes) runs as the
+optimizer's step post-hook, attached by the constructor without ``start()``
+(:meth:`~lowbit.train.policies.UpdatePolicy.attach`): call ``step.policy.start()`` once before the first step of a new
+run, never after restoring a checkpoint (the trainer does so).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class TrainingStep:
         self.regularizers = list(regularizers)
         self.grad_clip = grad_clip
         self.active = list(self.regularizers)
+        if not policy.is_attached(optimizer):  # the policy runs as the optimizer's step post-hook
+            policy.attach(optimizer, start=False)
 
     @classmethod
     def from_recipe(
@@ -107,6 +112,5 @@ class TrainingStep:
             reg.after_backward(self.model)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.policy.after_step()
+        self.optimizer.step()  # then the update policy, attached as a step hook
         return StepOutput(loss.detach(), regularizer.detach(), logits.detach())

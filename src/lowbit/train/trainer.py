@@ -6,7 +6,10 @@ Python use::
     from lowbit.train import TrainConfig, run
     result = run(TrainConfig(recipe="lsq-w4a4", data="digits", epochs=3, out="runs/lsq"))
 
-or, with your own float model and data splits, ``Trainer(config, model=my_model, splits=my_splits).fit()``.
+or, with your own float model and data, ``Trainer(config, model=my_model, train_data=..., val_data=...,
+test_data=...).fit()`` (Datasets or DataLoaders yielding ``(input, target)``, any input shape; see
+:mod:`lowbit.data.user` for their order and what a resumed run restores). ``TrainConfig(model="my_pkg.mod:build")``
+builds a user's architecture from a reference (:mod:`lowbit.models.reference`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -26,10 +29,21 @@ from torch import nn
 from .. import __version__
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
-from ..data import BatchLoader, DatasetSplits, TensorSplit, load_dataset, seed_everything
+from ..data import (
+    BatchLoader,
+    DatasetSplits,
+    TensorSplit,
+    UserSplit,
+    UserSplits,
+    load_dataset,
+    seed_everything,
+    user_splits,
+)
+from ..data.user import UserData
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models import build_model, model_options
+from ..models.reference import is_reference
 from ..recipes import Recipe, load_recipe
 from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_checkpoint, restore_rng
 from ..summary import model_summary
@@ -144,6 +158,8 @@ def _model_choice(recipe: Recipe, config: TrainConfig, input_shape: Sequence[int
     spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
     name = config.model or spec.pop("name", None) or default_model_for(input_shape)
     spec.pop("name", None)
+    if is_reference(name):  # the recipe's options describe a built-in architecture, not the user's
+        return name, dict(config.model_options), list(spec)
     accepted = model_options(name)
     options = {k: v for k, v in spec.items() if k in accepted}
     dropped = [k for k in spec if k not in accepted]
@@ -162,6 +178,9 @@ class Trainer:
         splits: Optional[DatasetSplits] = None,
         log: Optional[Callable[[str], None]] = None,
         model_spec: Optional[ModelSpec] = None,
+        train_data: UserData = None,
+        val_data: UserData = None,
+        test_data: UserData = None,
     ) -> None:
         self.config = config
         self.recipe = resolve_recipe(config)
@@ -169,9 +188,17 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.log = log or ((lambda _msg: None) if config.quiet else (lambda msg: print(msg, flush=True)))
         dataset = config.data or self.recipe.data.get("data") or "digits"
-        self.splits = (
+        own_data = any(d is not None for d in (train_data, val_data, test_data))
+        if own_data and (splits is not None or model is None):
+            raise ConfigError(
+                "with your own data (train_data, val_data, test_data) pass your model too, e.g. "
+                "Trainer(config, model=lowbit_or_torch_model, train_data=...), and no splits"
+            )
+        self.splits: Union[DatasetSplits, UserSplits] = (
             splits
             if splits is not None
+            else user_splits(train_data, val_data, test_data)
+            if own_data
             else load_dataset(
                 dataset,
                 config.data_dir,
@@ -187,7 +214,12 @@ class Trainer:
                 self.log(f"note: model {name!r} has no option {', '.join(dropped)} (from the recipe); ignored")
             seed_everything(config.seed)
             model = build_model(name, self.splits.input_shape, self.splits.num_classes, **options)
-            model_spec = ModelSpec(name, options, list(self.splits.input_shape), self.splits.num_classes)
+            shape, classes = list(self.splits.input_shape), self.splits.num_classes
+            model_spec = (
+                ModelSpec(None, options, shape, classes, class_name=type(model).__name__, reference=name)
+                if is_reference(name)
+                else ModelSpec(name, options, shape, classes)
+            )
         elif model_spec is None:
             model_spec = ModelSpec(
                 None, {}, list(self.splits.input_shape), self.splits.num_classes, class_name=type(model).__name__
@@ -206,14 +238,31 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: Checkpoint, *, model: Optional[nn.Module] = None, data_dir: Optional[str] = None
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        model: Optional[nn.Module] = None,
+        data_dir: Optional[str] = None,
+        reference: Optional[str] = None,
+        val_data: UserData = None,
+        test_data: UserData = None,
     ) -> Trainer:
         """A trainer around the trained model of ``checkpoint`` and its data splits, for evaluation (``model``: your
-        float model, for runs of a custom architecture)."""
+        float model, for runs of a custom architecture; ``reference``: the ``MODULE:CALLABLE`` of a run trained with
+        ``--model MODULE:CALLABLE``, named again to confirm importing it). A run on the user's own data needs that
+        data again (``val_data``, ``test_data``)."""
+        data = checkpoint.data
+        own_data = val_data is not None or test_data is not None
+        if data is not None and data.user and not own_data:
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint.path)!r} was trained on your own data ({data.name}), which lowbit cannot "
+                f"load; evaluate it in Python: Trainer.from_checkpoint(checkpoint, test_data=...) with your Dataset"
+            )
         config = TrainConfig.from_checkpoint(checkpoint, epochs=0, pretrain_epochs=0)
         if data_dir:
             config.data_dir = data_dir
-        return cls(config, model=checkpoint.restore_model(model), model_spec=checkpoint.model_spec)
+        restored = checkpoint.restore_model(model, reference=reference)
+        return cls(config, model=restored, model_spec=checkpoint.model_spec, val_data=val_data, test_data=test_data)
 
     def _load_float_start(self, model: nn.Module, source: str) -> None:
         start = load_checkpoint(source, which="last")
@@ -236,8 +285,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- data
     def _loader(
-        self, split: TensorSplit, *, train: bool, epoch: int = 0, batch_size: Optional[int] = None
-    ) -> BatchLoader:
+        self, split: Union[TensorSplit, UserSplit], *, train: bool, epoch: int = 0, batch_size: Optional[int] = None
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(split, UserSplit):  # the user's pipeline normalises and augments
+            return split.batches(
+                batch_size or self.train_spec["batch_size"], shuffle=train, seed=self.config.seed, epoch=epoch
+            )
         return BatchLoader(
             split,
             batch_size or self.train_spec["batch_size"],
@@ -249,7 +302,12 @@ class Trainer:
         )
 
     def example_batch(self, size: int = 8) -> torch.Tensor:
-        """The first ``size`` training inputs, normalised, on the run's device (no augmentation)."""
+        """The first ``size`` training inputs, normalised, on the run's device (no augmentation; with the user's
+        data: the first inputs of the first split given, as its pipeline gives them)."""
+        if isinstance(self.splits, UserSplits):
+            split = next(s for s in (self.splits.train, self.splits.val, self.splits.test) if s.dataset is not None)
+            x, _ = next(iter(self._loader(split, train=False, batch_size=size)))
+            return x[:size].to(self.device)
         x, _ = next(iter(self._loader(self.splits.train, train=False, batch_size=size)))
         return x.to(self.device)
 
@@ -295,7 +353,7 @@ class Trainer:
         total_loss = correct = seen = 0
         reg_total = 0.0
         started = time.perf_counter()
-        bar = self.progress.bar(len(loader), f"{self.phase} {epoch + 1}/{self.phase_epochs}")
+        bar = self.progress.bar(_batches(loader), f"{self.phase} {epoch + 1}/{self.phase_epochs}")
         for step, (x, y) in enumerate(loader):
             x, y = x.to(self.device), y.to(self.device)
             try:
@@ -340,9 +398,10 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, split: TensorSplit) -> dict:
-        """Accuracy and loss on a split in eval mode (BC-stoch evaluates with its float weights here)."""
-        if len(split) == 0:
+    def evaluate(self, split: Union[TensorSplit, UserSplit]) -> dict:
+        """Accuracy and loss on a split in eval mode (BC-stoch evaluates with its float weights here); NaN for an
+        empty split."""
+        if isinstance(split, TensorSplit) and len(split) == 0:
             return {"acc": float("nan"), "loss": float("nan")}
         self.model.eval()
         correct = seen = 0
@@ -353,11 +412,16 @@ class Trainer:
             total_loss += self.loss_fn(logits, y).item() * y.numel()
             correct += (logits.argmax(1) == y).sum().item()
             seen += y.numel()
+        if seen == 0:
+            return {"acc": float("nan"), "loss": float("nan")}
         return {"acc": correct / seen, "loss": total_loss / seen}
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _data_spec(self) -> DataSpec:
         splits, config = self.splits, self.config
+        if isinstance(splits, UserSplits):
+            dtype = str(splits.input_dtype).removeprefix("torch.")
+            return DataSpec(splits.name, input_shape=list(splits.input_shape), user=True, input_dtype=dtype)
         return DataSpec(
             splits.name,
             config.data_dir,
@@ -480,7 +544,7 @@ class Trainer:
         return {
             "recipe": recipe,
             "data": data_fields,
-            "model": {"name": model.name, "options": model.options},
+            "model": {"name": model.name, "options": model.options, "reference": model.reference},
             "seed": seed,
         }
 
@@ -525,7 +589,7 @@ class Trainer:
     def _fit(self, resume: Optional[Checkpoint], started: float) -> RunResult:
         self.log(
             f"lowbit {__version__}: recipe {self.recipe.name} on {self.splits.name} "
-            f"({len(self.splits.train)} train / {len(self.splits.val)} val / {len(self.splits.test)} test), "
+            f"({_count(self.splits.train)} train / {_count(self.splits.val)} val / {_count(self.splits.test)} test), "
             f"model {self.model_spec.label}, seed {self.config.seed}"
         )
         for phase, epochs in self._phases():
@@ -604,7 +668,10 @@ class Trainer:
         )
 
     def _finish(self, wall_time: float) -> RunResult:
-        summary = model_summary(self.model, tuple(self.splits.input_shape))
+        if isinstance(self.splits, UserSplits):  # inputs of any dtype (token ids): measure on a real one
+            summary = model_summary(self.model, example=self.example_batch(1))
+        else:
+            summary = model_summary(self.model, tuple(self.splits.input_shape))
         final = self.history[-1] if self.history else {}
         metrics = {
             "recipe": self.recipe.name,
@@ -642,6 +709,19 @@ class Trainer:
             f"{metrics['compression']:.1f}x smaller)  {wall_time:.1f} s"
         )
         return RunResult(metrics=metrics, model=self.model, out=self.out)
+
+
+def _count(split: Union[TensorSplit, UserSplit]) -> str:
+    size = split.size if isinstance(split, UserSplit) else len(split)
+    return "?" if size is None else str(size)
+
+
+def _batches(loader: Iterable) -> Optional[int]:
+    """Batches per epoch for the progress bar (``None`` for a loader of unknown length)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _jsonable(value: object) -> object:
