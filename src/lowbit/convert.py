@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from torch import nn
 
+from .calibrate import Batch, calibrate
 from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
@@ -75,13 +76,24 @@ def layer_plan(model: nn.Module, recipe: Union[Recipe, str, dict]) -> dict[str, 
     return plan
 
 
-def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 0, inplace: bool = False) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    recipe: Union[Recipe, str, dict],
+    *,
+    seed: int = 0,
+    inplace: bool = False,
+    calibration: Optional[Batch] = None,
+) -> nn.Module:
     """Return ``model`` with its layers quantized as ``recipe`` says.
 
     Linear and Conv2d modules become :class:`QuantLinear` / :class:`QuantConv2d` holding the recipe's quantizers
     (per-layer overrides applied); with ``quantize.batchnorm.type: range`` BatchNorm1d/2d become Range BatchNorm.
     Parameters (and BN statistics) carry over, so ``state_dict`` keys of the float model are kept and the quantizer
     parameters are added. Stochastic quantizers get seeds derived from ``seed``, the layer name and the slot.
+
+    Weight quantizers are initialised from the (trained) weights. ``calibration``, a batch of inputs, initialises
+    the activation quantizers from real activations (:func:`lowbit.calibrate`: no weight or BatchNorm statistic
+    changes) and marks the weights as trained, so BinaryConnect keeps them instead of re-drawing them.
     """
     recipe = load_recipe(recipe)
     if any(isinstance(m, QuantizedLayer) for m in model.modules()):
@@ -121,6 +133,8 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
                 )
                 range_bn.module_name = name
                 replace_submodule(model, name, range_bn)
+    if calibration is not None:
+        calibrate(model, calibration)
     return model
 
 

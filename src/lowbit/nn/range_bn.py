@@ -216,7 +216,12 @@ class _RangeBatchNorm(nn.Module):
             **factory,
         )
         layer.load_batchnorm_state(
-            bn.weight, bn.bias, bn.running_mean if bn.track_running_stats else None, bn.running_var, bn.eps
+            bn.weight,
+            bn.bias,
+            bn.running_mean if bn.track_running_stats else None,
+            bn.running_var,
+            bn.eps,
+            bn.num_batches_tracked,
         )
         layer.train(bn.training)
         return layer

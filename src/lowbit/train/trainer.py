@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..calibrate import mark_trained_weights
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
 from ..data import BatchLoader, DatasetSplits, TensorSplit, load_dataset, seed_everything
@@ -265,6 +266,8 @@ class Trainer:
     def quantize_model(self) -> nn.Module:
         """Convert the model in place as the recipe says (what ``fit()`` does after float pre-training)."""
         self.model = quantize(self.model, self.recipe, seed=self.config.seed, inplace=True).to(self.device)
+        if self.config.init_from is not None or any(phase == "pretrain" for phase, _ in self._phases()):
+            mark_trained_weights(self.model)  # pre-trained weights: BinaryConnect keeps them (train/policies.py)
         return self.model
 
     def _setup_phase(self, phase: str, epochs: int) -> None:
@@ -542,7 +545,7 @@ class Trainer:
                 self.log(f"resumed from {resume.path} after {phase} epoch {start_epoch}")
                 resume = None
             elif start_epoch == 0:
-                self.policy.start()
+                self.policy.start(notify=self.log)
             for epoch in range(start_epoch, epochs):
                 self._run_epoch(epoch)
             if epochs == 0 and phase == "train":
