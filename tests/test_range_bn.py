@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lowbit.nn import RangeBatchNorm1d, RangeBatchNorm2d
-from lowbit.nn.range_bn import range_scale_constant
+from lowbit.nn.range_bn import range_scale_constant, scale_per_std
 
 
 def test_c_of_n():
@@ -60,14 +60,38 @@ def test_running_statistics_are_used_in_eval():
     assert torch.allclose(bn(x), train_out, atol=1e-5)  # momentum 1: running stats = this batch's
 
 
-def test_conversion_from_batchnorm_keeps_affine_and_running_mean():
-    bn = nn.BatchNorm1d(4)
-    bn(torch.randn(32, 4) * 3 + 1)
+@pytest.mark.parametrize("estimator", ["paper", "chunked"])
+def test_conversion_from_a_trained_batchnorm_computes_the_same_function(estimator):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    for _ in range(50):  # trained statistics far from the defaults (mean 0, variance 1)
+        bn(torch.randn(64, 4, 8, 8) * torch.tensor([0.5, 2.0, 3.0, 7.0])[:, None, None] + 1)
     with torch.no_grad():
-        bn.weight.mul_(2)
-    rbn = RangeBatchNorm1d.from_batchnorm(bn)
-    assert rbn.weight is bn.weight
-    assert torch.equal(rbn.running_mean, bn.running_mean)
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    rbn = RangeBatchNorm2d.from_batchnorm(bn, estimator=estimator)
+    k = scale_per_std(estimator)
+    # running scale from running_var with the estimator's range/σ relation (k σ), gamma absorbing the same k
+    torch.testing.assert_close(rbn.running_scale + rbn.eps, k * torch.sqrt(bn.running_var + bn.eps))
+    torch.testing.assert_close(rbn.weight, k * bn.weight)
+    assert torch.equal(rbn.running_mean, bn.running_mean) and torch.equal(rbn.bias, bn.bias)
+    x = torch.randn(256, 4, 4, 4) * torch.tensor([0.5, 2.0, 3.0, 7.0])[:, None, None] + 1  # n = 4096 per channel
+    bn.eval(), rbn.eval()
+    torch.testing.assert_close(rbn(x), bn(x), atol=1e-5, rtol=1e-5)  # eval: BN's output exactly
+    bn.train(), rbn.train()
+    with torch.no_grad():
+        ratio = rbn(x).sub(rbn.bias[:, None, None]).std() / bn(x).sub(bn.bias[:, None, None]).std()
+    assert abs(float(ratio) - 1) < 0.05  # training: the batch scale is k σ on Gaussian data
+
+
+@pytest.mark.parametrize(("estimator", "n", "low", "high"), [("paper", 200, 1.65, 1.72), ("paper", 100000, 1.8, 1.85)])
+def test_scale_per_std_matches_a_gaussian_simulation(estimator, n, low, high):
+    # ALGORITHMS.md 4.3: C(n)·range ≈ 1.70–1.82 σ for n = 200 … 1e5
+    assert low < scale_per_std(estimator, n) < high
+    torch.manual_seed(0)
+    samples = torch.randn(200, n, dtype=torch.float64)
+    simulated = float(((samples.amax(1) - samples.amin(1)) * range_scale_constant(n)).mean())
+    assert scale_per_std(estimator, n) == pytest.approx(simulated, rel=0.01)
 
 
 def test_wrong_input_rank_is_a_clear_error():

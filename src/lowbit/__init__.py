@@ -16,9 +16,11 @@ try:  # the version is written once, in pyproject.toml
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+from .calibrate import calibrate
 from .convert import quantize, quantized_layers, quantizers_of
 from .errors import CheckpointError, ConfigError, LowbitError
 from .export.packed import load_packed
+from .pretrained import load_float_state_dict
 from .recipes import Recipe, RecipeError, list_recipes, load_recipe
 from .runs import Checkpoint, load_checkpoint
 from .summary import model_summary
@@ -27,6 +29,8 @@ __all__ = [
     "quantize",
     "quantized_layers",
     "quantizers_of",
+    "calibrate",
+    "load_float_state_dict",
     "model_summary",
     "load_packed",
     "load_recipe",

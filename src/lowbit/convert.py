@@ -47,6 +47,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .calibrate import Batch, calibrate
 from .conversion_report import DATA_FLOW, DEFINITION_ORDER, RECORDED, ConversionReport, LayerReport
 from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
@@ -364,6 +365,7 @@ def quantize(
     example: Optional[Example] = None,
     strict: bool = False,
     ends: Optional[Sequence[str]] = None,
+    calibration: Optional[Batch] = None,
 ) -> nn.Module:
     """Return ``model`` with its layers quantized as ``recipe`` says, and ``model.lowbit_report`` set.
 
@@ -379,6 +381,10 @@ def quantize(
     and packed files store them), so that rebuilding a trained model applies the same overrides. ``strict``: raise
     :class:`~lowbit.errors.ConfigError` instead of warning when weights are left in float unasked (see
     :class:`~lowbit.conversion_report.ConversionReport`; the model is then left unchanged).
+
+    Weight quantizers are initialised from the (trained) weights. ``calibration``, a batch of inputs, initialises
+    the activation quantizers from real activations (:func:`lowbit.calibrate`: no weight or BatchNorm statistic
+    changes) and marks the weights as trained, so BinaryConnect keeps them instead of re-drawing them.
     """
     recipe = load_recipe(recipe)
     if any(isinstance(m, QuantizedLayer) for m in model.modules()):
@@ -413,6 +419,8 @@ def quantize(
             warnings.warn(note, UserWarning, stacklevel=2)
     if report.problems:
         warnings.warn(report.problem_message(), SkippedWeightsWarning, stacklevel=2)
+    if calibration is not None:
+        calibrate(model, calibration)
     return model
 
 

@@ -35,7 +35,9 @@ class _QuantizeGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, quantizer: Quantizer) -> torch.Tensor:
         ctx.quantizer = quantizer
-        return x.view_as(x)
+        # a copy, not ``x.view_as(x)``: autograd refuses in-place ops on a view returned by a custom Function, and
+        # the next layer is often an in-place activation (ReLU(inplace=True) after BatchNorm, as in torchvision)
+        return x.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:

@@ -100,6 +100,9 @@ class Quantizer(nn.Module):
     #: the quantizer's path in its model (``"features.4.input_quantizer"``), set by ``lowbit.quantize`` so that
     #: errors can say which layer; empty for a quantizer built by hand
     module_name: str = ""
+    #: the data-dependent parameters were given explicitly (an ``init_step`` or ``step`` in the recipe): they are
+    #: kept when a new float model is loaded under this quantizer (:meth:`forget_initialization`)
+    init_given: bool = False
 
     def __init__(
         self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic", seed: int = 0
@@ -194,6 +197,14 @@ class Quantizer(nn.Module):
         """Record that the data-dependent parameters are set (given explicitly, or from a first tensor)."""
         self.initialized.fill_(True)
         self._is_initialized = True
+
+    def forget_initialization(self) -> None:
+        """Undo the data-dependent initialisation, so the next tensor sets it again (a trained float model was loaded
+        under this quantizer, or a calibration batch is about to run); parameters given explicitly (``init_given``)
+        are kept."""
+        if not self.init_given:
+            self.initialized.fill_(False)
+            self._is_initialized = False
 
     def require_initialized(self) -> None:
         """Raise :class:`GridUnavailable` unless the data-dependent parameters are set."""

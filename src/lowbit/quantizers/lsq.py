@@ -128,6 +128,7 @@ class LSQQuantizer(Quantizer):
         self.step = nn.Parameter(torch.tensor(float(init_step) if init_step else 1.0))
         self._set_range()
         if init_step:
+            self.init_given = True
             self.mark_initialized()
 
     def _set_range(self) -> None:

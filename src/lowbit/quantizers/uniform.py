@@ -87,6 +87,7 @@ class UniformQuantizer(Quantizer):
         if step is not None:
             if not step > 0:
                 raise ConfigError(f"uniform step must be positive, got {step}")
+            self.init_given = True
             self.mark_initialized()
 
     def clip_range(self) -> tuple[float, float]:

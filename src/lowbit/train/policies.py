@@ -8,7 +8,10 @@ Li & De's comparison is three policies on one quantizer:
   step by ``1 / sqrt(1.5 / (fan_in + fan_out))`` (dense: fan_in = inputs, fan_out = units; conv: ``k_h k_w C_in``
   and ``k_h k_w C_out``). ``init: uniform`` re-draws the float weights from ``U(lo, hi)`` over the quantizer's range
   before training (BinaryConnect: ``U(-H, H)``), so that the float weights and their binarization have similar
-  scales (which matters for evaluating BC-stoch with the float weights).
+  scales (which matters for evaluating BC-stoch with the float weights). Weights that come from a trained float
+  model (``lowbit.quantize(..., calibration=batch)``, ``lowbit.load_float_state_dict``, a run's pre-training or
+  ``--init-from``) are kept instead, clipped to that range, unless ``reinit_trained: true`` asks to re-draw them
+  too; either way ``start()`` says what it did (a warning, or the trainer's log).
 * ``grid`` (R / SR; :class:`GridWeights`): the weights themselves live on the grid. After every optimizer step they
   are written back as ``W <- Q(W)`` with the weight quantizer's own rounding (nearest: R, stochastic: SR); no float
   copy of the weights is kept, only the optimizer's moments stay float.
@@ -27,13 +30,14 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ..calibrate import TRAINED_WEIGHTS
 from ..convert import quantized_layers, quantizers_of
 from ..errors import ConfigError
 from ..registry import Registry
@@ -48,6 +52,10 @@ __all__ = [
     "attach_policy",
     "PolicyOptimizer",
 ]
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def glorot_lr_scale(weight: torch.Tensor) -> float:
@@ -71,7 +79,13 @@ SHARED_OPTIONS = {
     "init": {
         "enum": ["keep", "uniform"],
         "default": "keep",
-        "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H))",
+        "description": "uniform: re-draw quantized weights from U(range) before training (BC: U(-H, H)); "
+        "weights from a trained float model are kept, clipped to the range",
+    },
+    "reinit_trained": {
+        "type": "boolean",
+        "default": False,
+        "description": "init: uniform also re-draws weights that come from a trained float model",
     },
 }
 
@@ -87,14 +101,20 @@ class UpdatePolicy(ABC):
     #: the stored weights are already on the weight quantizer's grid (layers then skip quantizing them)
     weights_on_grid: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, *, lr_scale: str = "none", init: str = "keep") -> None:
+    def __init__(
+        self, model: nn.Module, *, lr_scale: str = "none", init: str = "keep", reinit_trained: bool = False
+    ) -> None:
         if init not in ("keep", "uniform"):
             raise ConfigError(f"unknown weight init {init!r}; valid choices: keep, uniform")
         self.lr_scale = lr_scale
         self.init = init
+        self.reinit_trained = bool(reinit_trained)
         self.model = model
         layers = [layer for _, layer in quantized_layers(model) if layer.weight_quantizer is not None]
         self._weighted = [(layer.weight, layer.weight_quantizer) for layer in layers]
+        self._trained = [getattr(layer, TRAINED_WEIGHTS, False) for layer in layers]
+        #: what ``start()`` did to the weights (``None`` before it ran, or when it left them as they were)
+        self.init_report: Optional[str] = None
         for layer in layers:
             layer.weights_on_grid = self.weights_on_grid
         self._quantizers = quantizers_of(model)
@@ -106,16 +126,44 @@ class UpdatePolicy(ABC):
         return {id(w): glorot_lr_scale(w) for w, _ in self._weighted}
 
     @torch.no_grad()
-    def start(self) -> None:
+    def start(self, notify: Optional[Callable[[str], None]] = None) -> None:
         """Put the weights in their policy's state before training (re-drawn for ``init: uniform``, on the grid
-        for ``grid``). Not called when a run resumes."""
+        for ``grid``). Not called when a run resumes.
+
+        ``init: uniform`` re-draws weights from ``U(range)``, except those from a trained float model (unless
+        ``reinit_trained``), which are clipped to the range instead; what was done goes to ``notify`` (the trainer's
+        log) or, without one, is a warning."""
         if self.init == "uniform":
-            for weight, quantizer in self._weighted:
+            redrawn = kept = 0
+            for (weight, quantizer), trained in zip(self._weighted, self._trained):
                 bounds = quantizer.clip_range()
                 if bounds is None:
                     raise ConfigError(f"init: uniform needs a quantizer with a fixed range; {quantizer.kind} has none")
-                weight.uniform_(*bounds)
+                if trained and not self.reinit_trained:
+                    weight.clamp_(*bounds)
+                    kept += 1
+                else:
+                    weight.uniform_(*bounds)
+                    redrawn += 1
+            self.init_report = self._describe_init(redrawn, kept)
+            (notify or _warn)(self.init_report)
         self.after_step()
+
+    def _describe_init(self, redrawn: int, kept: int) -> str:
+        parts = []
+        if kept:
+            parts.append(
+                f"kept the trained weights of {kept} layer(s), clipped to the weight quantizer's range "
+                f"(set train.policy.reinit_trained: true to re-draw them)"
+            )
+        if redrawn:
+            why = (
+                "as asked by reinit_trained"
+                if self.reinit_trained and any(self._trained)
+                else "not from a trained model"
+            )
+            parts.append(f"re-drew the weights of {redrawn} layer(s) from U(range) ({why})")
+        return "init: uniform: " + "; ".join(parts)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -176,8 +224,16 @@ class LatentWeights(UpdatePolicy):
     """BC: float weights ``W``, the forward pass uses ``Q(W)``; with ``clip``, ``W <- clip(W, lo, hi)`` after each step
     over the weight quantizer's range (BinaryConnect: ``[-H, H]``)."""
 
-    def __init__(self, model: nn.Module, *, clip: bool = True, lr_scale: str = "none", init: str = "keep") -> None:
-        super().__init__(model, lr_scale=lr_scale, init=init)
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        clip: bool = True,
+        lr_scale: str = "none",
+        init: str = "keep",
+        reinit_trained: bool = False,
+    ) -> None:
+        super().__init__(model, lr_scale=lr_scale, init=init, reinit_trained=reinit_trained)
         self.clip = clip
         self._clip_ranges = [(w, q.clip_range()) for w, q in self._weighted] if clip else []
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..calibrate import mark_trained_weights
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
 from ..data import (
@@ -325,6 +326,8 @@ class Trainer:
         self.model = quantize(
             self.model, self.recipe, seed=self.config.seed, inplace=True, example=self.example_batch()
         ).to(self.device)
+        if self.config.init_from is not None or any(phase == "pretrain" for phase, _ in self._phases()):
+            mark_trained_weights(self.model)  # pre-trained weights: BinaryConnect keeps them (train/policies.py)
         return self.model
 
     def _setup_phase(self, phase: str, epochs: int) -> None:
@@ -615,7 +618,7 @@ class Trainer:
                 self.log(f"resumed from {resume.path} after {phase} epoch {start_epoch}")
                 resume = None
             elif start_epoch == 0:
-                self.policy.start()
+                self.policy.start(notify=self.log)
             for epoch in range(start_epoch, epochs):
                 self._run_epoch(epoch)
             if epochs == 0 and phase == "train":
