@@ -113,6 +113,7 @@ def load_float_state_dict(
                 entry["running_mean"],
                 state_dict.get(f"{name}.running_var"),
                 range_bn.eps,  # from_batchnorm keeps the BatchNorm's eps
+                state_dict.get(f"{name}.num_batches_tracked"),  # a trained BatchNorm: the same function
             )
     _reinitialize_parameter_quantizers(model)
     mark_trained_weights(model)

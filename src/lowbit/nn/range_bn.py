@@ -245,9 +245,14 @@ class _RangeBatchNorm(nn.Module):
 
         In eval mode ``gamma (x - mu) / (running_scale + eps) = gamma_BN (x - mu) / sqrt(running_var + eps_BN)``
         exactly; in training the batch scale ``≈ k σ`` keeps the output BN's. Without affine parameters only the
-        statistics are taken (the output is then BN's divided by ``k``, as for any Range BN).
+        statistics are taken (the output is then BN's divided by ``k``, as for any Range BN). For a BatchNorm that
+        never saw data (``num_batches_tracked == 0``: a model built from scratch) ``k = 1``: gamma and beta as they
+        are, the running scale ``sqrt(running_var + eps_BN)``, as the paper's Range BN starts.
         """
-        k = scale_per_std(self.estimator)
+        # A BatchNorm that never saw data (a model built from scratch) starts as the paper's Range BN (gamma 1, scale
+        # from the initial variance); only a trained one is converted into the same function.
+        trained = num_batches_tracked is not None and int(num_batches_tracked) > 0
+        k = scale_per_std(self.estimator) if trained else 1.0
         if self.affine and weight is not None:
             self.weight.copy_(weight * k)
             self.bias.copy_(bias)
