@@ -19,6 +19,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from .convert import quantize, quantized_layers, quantizers_of
 from .errors import CheckpointError, ConfigError, LowbitError
 from .export.packed import load_packed
+from .nn.adapter import register_layer
 from .recipes import Recipe, RecipeError, list_recipes, load_recipe
 from .runs import Checkpoint, load_checkpoint
 from .summary import model_summary
@@ -27,6 +28,7 @@ __all__ = [
     "quantize",
     "quantized_layers",
     "quantizers_of",
+    "register_layer",
     "model_summary",
     "load_packed",
     "load_recipe",
