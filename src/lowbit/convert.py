@@ -97,9 +97,9 @@ def quantize(model: nn.Module, recipe: Union[Recipe, str, dict], *, seed: int = 
             for slot in SLOTS
             if slots[slot] is not None
         }
-        if "bias" in quantizers and float_layer.bias is None:
+        if "bias" in quantizers and getattr(float_layer, "bias", None) is None:
             del quantizers["bias"]
-        quantizers = {slot: q.to(float_layer.weight.device) for slot, q in quantizers.items()}
+        quantizers = {slot: q.to(next(float_layer.parameters()).device) for slot, q in quantizers.items()}
         for slot, quantizer in quantizers.items():  # named before from_float initialises them, for its errors
             quantizer.module_name = f"{name}.{SLOTS[slot].attribute}"
         layer = QUANTIZED_LAYERS[type(float_layer)].from_float(float_layer, bifurcate=slots["bifurcate"], **quantizers)
