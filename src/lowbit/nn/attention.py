@@ -12,9 +12,10 @@ parameters, e.g. its own LSQ step) and computes
 Eval is what it says: PyTorch's fast paths (``TransformerEncoderLayer`` in eval under ``no_grad``, and
 ``TransformerEncoder``'s nested-tensor path with a padding mask) read ``self_attn.in_proj_weight`` /
 ``in_proj_bias`` and the feed-forward weights directly and run fused float kernels. Here those two names are empty
-placeholders on the ``meta`` device, which every fast path declines (it accepts CPU/CUDA/XPU tensors only), and every
-quantized layer carries a no-op forward pre-hook, which ``TransformerEncoderLayer``'s fast path also declines; so the
-output in eval is the same with and without ``torch.no_grad()``.
+placeholders of a tensor type with its own ``__torch_function__``, which both fast paths decline ("some Tensor
+argument has_torch_function"), and every quantized layer carries a no-op forward pre-hook, which
+``TransformerEncoderLayer``'s fast path also declines (so a quantized ``linear1`` beside a float attention is not
+skipped either); so the output in eval is the same with and without ``torch.no_grad()``.
 
 A float ``state_dict`` (``in_proj_weight``, ``in_proj_bias``, or ``q/k/v_proj_weight``) loads: it is split into the
 three projections. ``add_bias_kv`` and ``add_zero_attn`` are refused (:class:`~lowbit.errors.ConfigError`).
@@ -55,6 +56,19 @@ def _slot_copy(quantizer: Any, projection: str) -> Any:
     if getattr(twin, "noise", None) is not None:
         twin.noise = NoiseSource(derive_seed(twin.noise.seed, projection), twin.noise.resolution_bits)
     return twin
+
+
+class _DeclinesFastPaths(torch.Tensor):
+    """An empty tensor type with its own ``__torch_function__``: PyTorch's fused transformer paths check
+    ``torch.overrides.has_torch_function`` on the weights they would read and decline."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _fast_path_placeholder() -> torch.Tensor:
+    return torch.empty(0).as_subclass(_DeclinesFastPaths)
 
 
 def _projection(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
@@ -112,11 +126,11 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
     # ------------------------------------------------------------------ what PyTorch's fast paths read (module doc)
     @property
     def in_proj_weight(self) -> torch.Tensor:
-        return torch.empty(0, device="meta")
+        return _fast_path_placeholder()
 
     @property
     def in_proj_bias(self) -> torch.Tensor:
-        return torch.empty(0, device="meta")
+        return _fast_path_placeholder()
 
     q_proj_weight = k_proj_weight = v_proj_weight = None
 
@@ -154,32 +168,35 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        # (L, N, E) from here, as nn.MultiheadAttention computes
-        target, batch, _ = query.shape
-        source = key.shape[0]
+        # the projections run on the tensors in the caller's layout, (N, L, E) with batch_first, else (L, N, E):
+        # transposing first would hand F.linear non-contiguous inputs, whose kernel (and float rounding) differs
+        # with and without grad
+        batch_dim = 0 if self.batch_first and not unbatched else 1
+        batch, target, source = query.shape[batch_dim], query.shape[1 - batch_dim], key.shape[1 - batch_dim]
         heads, width = self.num_heads, self.head_dim
 
-        def split_heads(x: torch.Tensor, length: int) -> torch.Tensor:  # (length, N, E) -> (N, H, length, E/H)
-            return x.reshape(length, batch, heads, width).permute(1, 2, 0, 3)
+        def split_heads(x: torch.Tensor, length: int) -> torch.Tensor:  # -> (N·H, length, E/H), contiguous
+            x = x.reshape(batch, length, heads, width) if batch_dim == 0 else x.reshape(length, batch, heads, width)
+            order = (0, 2, 1, 3) if batch_dim == 0 else (1, 2, 0, 3)
+            return x.permute(order).reshape(batch * heads, length, width)
 
         q = split_heads(self.q_proj(query), target)
         k = split_heads(self.k_proj(key), source)
         v = split_heads(self.v_proj(value), source)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(width)  # (N, H, L, S)
+        # torch.bmm, not matmul: matmul folds batched operands differently when they require grad, which would
+        # change the float rounding between eval with and without no_grad
+        scores = torch.bmm(q, k.transpose(1, 2)).view(batch, heads, target, source) / math.sqrt(width)
         bias = self._mask(attn_mask, key_padding_mask, is_causal, target, source, batch, scores.dtype, query.device)
         if bias is not None:
             scores = scores + bias
         weights = scores.softmax(dim=-1)
         if self.training and self.dropout > 0:
             weights = F.dropout(weights, p=self.dropout)
-        out = (weights @ v).permute(2, 0, 1, 3).reshape(target, batch, self.embed_dim)
-        out = self.out_proj(out)
+        out = torch.bmm(weights.reshape(batch * heads, target, source), v).view(batch, heads, target, width)
+        order = (0, 2, 1, 3) if batch_dim == 0 else (2, 0, 1, 3)  # back to the caller's layout
+        out = self.out_proj(out.permute(order).reshape(*(out.shape[i] for i in order[:2]), self.embed_dim))
         if unbatched:
             out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
         if not need_weights:
             return out, None
         weights = weights.mean(dim=1) if average_attn_weights else weights
