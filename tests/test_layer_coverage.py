@@ -215,7 +215,7 @@ def test_attention_projections_are_quantized_layers():
     for projection in ("q_proj", "k_proj", "v_proj", "out_proj"):
         layer = getattr(attention, projection)
         assert isinstance(layer, QuantLinear) and layer.weight_quantizer is not None
-    steps = {float(getattr(attention, p).weight_quantizer.step) for p in ("q_proj", "k_proj", "v_proj")}
+    steps = {getattr(attention, p).weight_quantizer.step.item() for p in ("q_proj", "k_proj", "v_proj")}
     assert len(steps) == 3  # each projection has its own quantizer
 
 
