@@ -333,7 +333,9 @@ VARIANTS = [
     Variant("recipe-other-structure", header_edit(_set("recipe", _recipe("fp32"))), r"does not fit"),
     Variant("recipe-other-quantizer", header_edit(_set("recipe", _recipe("banner-w8a8g8"))), r"does not fit"),
     Variant(
-        "model-other-name", header_edit(_set("model_spec", {**SPEC, "name": "resnet8", "options": {}})), r"does not fit"
+        "model-other-name",
+        header_edit(_set("model_spec", {**SPEC, "name": "resnet8", "options": {}})),
+        r"does not fit|not quantizable layers of this model",
     ),
     Variant(
         "model-too-large",

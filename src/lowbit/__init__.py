@@ -20,6 +20,7 @@ from .calibrate import calibrate
 from .convert import quantize, quantized_layers, quantizers_of
 from .errors import CheckpointError, ConfigError, LowbitError
 from .export.packed import load_packed
+from .nn.adapter import register_layer
 from .pretrained import load_float_state_dict
 from .recipes import Recipe, RecipeError, list_recipes, load_recipe
 from .runs import Checkpoint, load_checkpoint
@@ -31,6 +32,7 @@ __all__ = [
     "quantizers_of",
     "calibrate",
     "load_float_state_dict",
+    "register_layer",
     "model_summary",
     "load_packed",
     "load_recipe",

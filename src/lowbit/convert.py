@@ -52,6 +52,7 @@ from .conversion_report import DATA_FLOW, DEFINITION_ORDER, RECORDED, Conversion
 from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
+from .nn.recurrent import unsupported_reason
 from .nn.slots import SLOTS
 from .quantizers import Quantizer, build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
@@ -60,7 +61,7 @@ from .rounding import derive_seed
 __all__ = ["quantize", "quantized_layers", "quantizers_of", "layer_plan", "SkippedWeightsWarning"]
 
 #: how a user adds a layer type, named in the report's "unsupported type" reasons
-REGISTER_HINT = "lowbit.nn.QUANTIZED_LAYERS.register({type})"
+REGISTER_HINT = "lowbit.register_layer({type})"
 
 #: module types whose ``forward`` reads their children's weights directly: the children are part of them
 _READS_CHILD_WEIGHTS: tuple[type, ...] = (nn.MultiheadAttention,)
@@ -133,9 +134,9 @@ class _Unit:
 def _problem(module: nn.Module, base: Optional[type]) -> str:
     """Why a layer module cannot be converted ("" when it can)."""
     kind = type(module).__name__
-    hint = f"register a quantized version with @{REGISTER_HINT.format(type=kind)}"
+    hint = f"register a quantized version with {REGISTER_HINT.format(type=kind)}"
     if base is None:
-        return f"unsupported type {kind}: {hint}"
+        return unsupported_reason(module) or f"unsupported type {kind}: {hint}"
     if getattr(type(module), "forward", None) is not getattr(base, "forward", None):
         return f"{kind} overrides forward() of {base.__name__}, which its quantized version would not run: {hint}"
     return ""
@@ -182,7 +183,7 @@ def _units(model: nn.Module) -> list[_Unit]:
                 kind = type(module).__name__
                 problem = (
                     f"raw parameter of {kind}, used in its forward(): hold it in a layer module (e.g. nn.Linear) "
-                    f"or register a quantized version of {kind} with @{REGISTER_HINT.format(type=kind)}"
+                    f"or register a quantized version of {kind} with {REGISTER_HINT.format(type=kind)}"
                 )
                 add(_Unit(module, [canonical[id(p)]], None, problem, parameters=[p], kind="Parameter"))
     return units
@@ -481,6 +482,21 @@ def _convert_batchnorms(model: nn.Module, recipe: Recipe, seed: int) -> None:
             replace_submodule(model, alias, range_bn)
 
 
+def _slot_bits(layer: nn.Module) -> dict[str, int]:
+    """``{slot: bits}`` of a quantized layer; for a layer made of quantized sub-layers (attention's projections),
+    ``{"sub.slot": bits}`` of each."""
+    own = {slot: int(q.bits) for slot, s in SLOTS.items() if (q := getattr(layer, s.attribute, None)) is not None}
+    if own or isinstance(layer, QuantizedLayer):
+        return own
+    return {
+        f"{name}.{slot}": int(q.bits)
+        for name, sub in layer.named_modules()
+        if name and isinstance(sub, QuantizedLayer)
+        for slot, s in SLOTS.items()
+        if (q := getattr(sub, s.attribute, None)) is not None
+    }
+
+
 def _row(unit: _Unit, plan: _Plan, layer: Optional[nn.Module], notes: list[str]) -> LayerReport:
     """The report's row of ``unit``; ``layer`` is its quantized version (``None`` when it was not converted)."""
     common = {
@@ -494,9 +510,7 @@ def _row(unit: _Unit, plan: _Plan, layer: Optional[nn.Module], notes: list[str])
     if id(unit) in plan.not_called:
         notes.append("not called on the example input")
     if layer is not None:
-        attributes = ((slot, SLOTS[slot].attribute) for slot in SLOTS)
-        bits = {slot: int(q.bits) for slot, attribute in attributes if (q := getattr(layer, attribute, None))}
-        return LayerReport(status="quantized", bits=bits, notes=tuple(notes), **common)
+        return LayerReport(status="quantized", bits=_slot_bits(layer), notes=tuple(notes), **common)
     if id(unit) in plan.skip_reasons:
         return LayerReport(status="skipped", reason=plan.skip_reasons[id(unit)], notes=tuple(notes), **common)
     return LayerReport(status="skipped", reason=unit.problem, intended=False, notes=tuple(notes), **common)

@@ -3,7 +3,8 @@
 Everything is read from the quantizers' ``bits`` attribute; nothing is re-derived from a recipe. Memory counts every
 parameter at the bit width it is stored with at inference: quantized weights (and biases) at their quantizer's bits,
 everything else (biases of float slots, BatchNorm, quantizer scalars) at 32 bits. MACs come from one forward pass
-of a single example (multiply-accumulates per sample); BOPs are ``MACs x weight bits x input bits``.
+of a single example (multiply-accumulates per sample, counted by ``torch.utils.flop_counter``); BOPs are
+``MACs x weight bits x input bits``.
 """
 
 from __future__ import annotations
@@ -84,17 +85,37 @@ class ModelSummary:
         return "\n".join(lines)
 
 
-def _macs_per_sample(module: nn.Module, output: torch.Tensor) -> int:
-    """Multiply-accumulates of one sample: every output element of a Linear or convolution (any dimension, groups
-    included) takes one weight row's worth of products, ``weight[0].numel()``."""
-    return int(output[0].numel() * module.weight[0].numel())
-
-
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers a recipe can quantize (quantized already, or of a registered float type), in module order."""
+    """The layers a recipe can quantize (quantized already, or of a registered float type with a ``weight``
+    parameter), in module order. A float ``MultiheadAttention`` has none (its packed projection is
+    ``in_proj_weight``): it is counted under other parameters until it is quantized, when its four projections are
+    rows."""
     return [
-        (name, m) for name, m in model.named_modules() if isinstance(m, QuantizedLayer) or type(m) in QUANTIZED_LAYERS
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, QuantizedLayer)
+        or (type(m) in QUANTIZED_LAYERS and isinstance(getattr(m, "weight", None), torch.Tensor))
     ]
+
+
+def _measure_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of each module in one forward pass of ``sample`` (one example), by module name.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts the FLOPs of every matrix product and convolution a module
+    runs (any layer type, grouped, transposed, or a user's layer computing with ``addmm``); MACs = FLOPs / 2. Ops
+    without products (embedding look-ups, element-wise quantizers) count zero."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(sample)
+    root = type(model).__name__
+    macs = {}
+    for key, per_op in counter.get_flop_counts().items():
+        if key == root:
+            macs[""] = sum(per_op.values()) // 2
+        elif key.startswith(root + "."):
+            macs[key[len(root) + 1 :]] = sum(per_op.values()) // 2
+    return macs
 
 
 def model_summary(
@@ -107,10 +128,6 @@ def model_summary(
     macs: dict[str, int] = {}
     layers = _weight_layers(model)
     if input_shape is not None:
-        hooks = [
-            m.register_forward_hook(lambda mod, _i, out, _n=name: macs.__setitem__(_n, _macs_per_sample(mod, out)))
-            for name, m in layers
-        ]
         was_training = model.training
         try:
             model.eval()
@@ -121,11 +138,9 @@ def model_summary(
                     if example is not None
                     else torch.zeros((1,) + tuple(input_shape), device=device)
                 )
-                model(sample)
+                macs = _measure_macs(model, sample)
         finally:
             model.train(was_training)
-            for hook in hooks:
-                hook.remove()
 
     rows, counted = [], set()
     memory_bits = 0.0

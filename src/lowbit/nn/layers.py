@@ -1,4 +1,5 @@
-"""Quantized ``Linear`` and ``Conv2d``: ordinary PyTorch layers with quantizer slots.
+"""Quantized layers: ordinary PyTorch layers with quantizer slots (``Linear`` here; convolutions in ``conv.py``,
+``Embedding`` in ``embedding.py``, attention in ``attention.py``, user layer types in ``adapter.py``).
 
 A layer never looks inside its quantizers; it only applies them to its slots::
 
@@ -10,7 +11,7 @@ Every slot may be ``None`` (left in float). The float parameters keep their name
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +20,17 @@ from torch import nn
 from ..errors import ConfigError
 from ..quantizers.base import Quantizer
 from ..registry import Registry
-from .gradient import bifurcated_conv2d, bifurcated_linear
+from .gradient import bifurcated_linear
 from .slots import SLOTS
 
 if TYPE_CHECKING:
     from torch.types import Device
     from typing_extensions import Unpack
 
-__all__ = ["QuantLinear", "QuantConv2d", "QuantizedLayer", "SLOTS", "QUANTIZED_LAYERS"]
+__all__ = ["QuantLinear", "QuantizedLayer", "SlotQuantizers", "SLOTS", "QUANTIZED_LAYERS", "slot_layer_name"]
 
 #: float layer class -> its quantized replacement, which has ``from_float(layer, **slots)``; ``lowbit.quantize``
-#: swaps modules whose type is exactly a registered class (a subclass of ``nn.Linear`` is not matched)
+#: swaps modules whose type is a registered class. The supported types and their slots: docs/layers.md
 QUANTIZED_LAYERS: Registry[type] = Registry("quantized layer type")
 
 
@@ -43,8 +44,27 @@ class SlotQuantizers(TypedDict, total=False):
     bifurcate: bool
 
 
+def slot_layer_name(slots: dict[str, Any], default: str = "a layer") -> str:
+    """The model's name of the layer being converted, read from its slot quantizers (``lowbit.quantize`` names them
+    ``<layer>.<attribute>`` before ``from_float``), for messages."""
+    for quantizer in slots.values():
+        name = getattr(quantizer, "module_name", None)
+        if isinstance(name, str) and "." in name:
+            return name.rsplit(".", 1)[0]
+    return default
+
+
+def _decline_fused_fast_paths(module: nn.Module, args: tuple) -> None:
+    """A no-op forward pre-hook on every quantized layer: ``nn.TransformerEncoderLayer``'s eval fast path declines
+    modules with hooks, and would otherwise read ``linear1.weight`` etc. directly and compute in float."""
+    return None
+
+
 class QuantizedLayer:
-    """Mixin holding the quantizer slots of a layer with a ``weight`` and an optional ``bias``."""
+    """Mixin holding the quantizer slots of a layer with a ``weight`` and an optional ``bias``.
+
+    The weight slot quantizes ``weight`` as a whole tensor; per-channel quantizers take dimension 0 as the channel
+    (the output channel of Linear and Conv, the input channel of ConvTranspose, the token of Embedding)."""
 
     weight: nn.Parameter
     bias: Optional[nn.Parameter]
@@ -62,6 +82,8 @@ class QuantizedLayer:
         if bias is not None and self.bias is None:
             raise ConfigError("a bias quantizer was given for a layer without bias")
         self.bifurcate = bool(bifurcate)
+        if _decline_fused_fast_paths not in self._forward_pre_hooks.values():
+            self.register_forward_pre_hook(_decline_fused_fast_paths)
         # set by the grid update policy (R / SR): the stored weights are already on the quantizer's grid, so the
         # forward pass uses them as they are (quantizing again is the identity, but costs time and, for SR, noise)
         self.weights_on_grid = False
@@ -133,76 +155,3 @@ class QuantLinear(QuantizedLayer, nn.Linear):
         if self.grad_quantizer is not None and torch.is_grad_enabled():
             return bifurcated_linear(x, weight, bias, self.grad_quantizer, self.bifurcate)
         return F.linear(x, weight, bias)
-
-
-@QUANTIZED_LAYERS.register(nn.Conv2d, options={}, description="nn.Conv2d with quantizer slots")
-class QuantConv2d(QuantizedLayer, nn.Conv2d):
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Union[int, tuple[int, int]],
-        stride: Union[int, tuple[int, int]] = 1,
-        padding: Union[str, int, tuple[int, int]] = 0,
-        dilation: Union[int, tuple[int, int]] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        *,
-        weight_quantizer: Optional[Quantizer] = None,
-        input_quantizer: Optional[Quantizer] = None,
-        bias_quantizer: Optional[Quantizer] = None,
-        grad_quantizer: Optional[Quantizer] = None,
-        bifurcate: bool = True,
-        device: Device = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        nn.Conv2d.__init__(
-            self,
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            bias,
-            padding_mode,
-            device=device,
-            dtype=dtype,
-        )
-        self._set_slots(weight_quantizer, input_quantizer, bias_quantizer, grad_quantizer, bifurcate)
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, **slots: Unpack[SlotQuantizers]) -> QuantConv2d:
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-            device="meta",
-        )
-        layer.weight, layer.bias = conv.weight, conv.bias
-        layer._set_slots(**slots)
-        layer.train(conv.training)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._quantize_input(x)
-        weight, bias = self.quantized_weight(), self.quantized_bias()
-        if self.grad_quantizer is None or not torch.is_grad_enabled():
-            return self._conv_forward(x, weight, bias)
-        padding = self.padding
-        if isinstance(padding, str) or self.padding_mode != "zeros":
-            # resolve 'same' and non-zero padding modes into an explicit pad, as nn.Conv2d does internally
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
-        return bifurcated_conv2d(
-            x, weight, bias, self.stride, padding, self.dilation, self.groups, self.grad_quantizer, self.bifurcate
-        )
