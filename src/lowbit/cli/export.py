@@ -7,6 +7,7 @@ import json
 
 from ..export.from_checkpoint import FORMATS, ExportResult
 from ..export.grids import WEIGHT_DTYPES
+from ..optional import require
 from .options import add_epoch_option
 
 
@@ -68,6 +69,10 @@ def _summary(result: ExportResult) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint, verify_export
 
+    if args.format == "onnx":  # before any work: without the export extra, one line and nothing written
+        require("onnx", "lowbit export --format onnx")
+        if args.verify:
+            require("onnxruntime", "lowbit export --format onnx --verify")
     result = export_checkpoint(
         args.checkpoint,
         args.format,
