@@ -45,8 +45,11 @@ def _names(requirements: list[str]) -> set[str]:
 
 
 def _without(monkeypatch, *modules):
-    """Make ``import module`` fail as if it were not installed (``None`` in ``sys.modules`` stops an import)."""
+    """Make ``import module`` (and of its submodules, imported or not) fail as if it were not installed: ``None`` in
+    ``sys.modules`` stops an import."""
     for module in modules:
+        for name in [name for name in sys.modules if name.startswith(f"{module}.")]:
+            monkeypatch.setitem(sys.modules, name, None)
         monkeypatch.setitem(sys.modules, module, None)
 
 
@@ -110,7 +113,7 @@ def test_datasets_name_their_dependency(monkeypatch, tmp_path):
     from lowbit.data import load_dataset
     from lowbit.data.svhn import read_svhn_mat
 
-    _without(monkeypatch, "sklearn", "sklearn.datasets", "scipy", "scipy.io")
+    _without(monkeypatch, "sklearn", "scipy")
     with pytest.raises(MissingDependency, match="digits.*pip install scikit-learn"):
         load_dataset("digits")
     with pytest.raises(MissingDependency, match="SVHN.*pip install scipy"):
