@@ -12,7 +12,14 @@ working.
 
 from __future__ import annotations
 
-__all__ = ["LowbitError", "ConfigError", "CheckpointError", "CustomModelError", "TrainingDiverged"]
+__all__ = [
+    "LowbitError",
+    "ConfigError",
+    "CheckpointError",
+    "CustomModelError",
+    "TrainingDiverged",
+    "MissingDependency",
+]
 
 
 class LowbitError(Exception):
@@ -38,3 +45,9 @@ class TrainingDiverged(LowbitError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class MissingDependency(LowbitError, ImportError):
+    """A package that a feature needs is not installed (an optional extra such as ``lowbit[export]``, or a
+    dependency removed since lowbit was installed); the message names it and the ``pip install`` that fixes it.
+    Raise it through :func:`lowbit.optional.require`."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..export.from_checkpoint import FORMATS, ExportResult
 from ..export.grids import WEIGHT_DTYPES
+from ..optional import require
 from .options import add_epoch_option, add_model_reference_option
 
 
@@ -89,6 +90,10 @@ def _float_model(args: argparse.Namespace) -> Optional[nn.Module]:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint, verify_export
 
+    if args.format == "onnx":  # before any work: without the export extra, one line and nothing written
+        require("onnx", "lowbit export --format onnx")
+        if args.verify:
+            require("onnxruntime", "lowbit export --format onnx --verify")
     result = export_checkpoint(
         args.checkpoint,
         args.format,

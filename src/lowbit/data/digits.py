@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from ..optional import require
 from .registry import DATASETS
 from .rng import STREAM_FIXED_TEST, numpy_rng
 from .splits import DatasetSplits, make_splits, stratified_holdout
@@ -40,11 +40,8 @@ def load_digits_dataset(
     test_subset: int | None,
 ) -> DatasetSplits:
     """Load the digits as ``N×1×8×8`` uint8 (values ``15 × 0..16``), 10 classes."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise DatasetError("the digits dataset is embedded in scikit-learn: pip install scikit-learn") from exc
-    images, labels = load_digits(return_X_y=True)
+    datasets = require("sklearn.datasets", "the digits dataset (embedded in scikit-learn)")
+    images, labels = datasets.load_digits(return_X_y=True)
     x = (np.rint(images) * DIGITS_SCALE).astype(np.uint8).reshape(-1, 1, 8, 8)
     y = labels.astype(np.int64)
     train_idx, test_idx = stratified_holdout(y, DIGITS_TEST_FRACTION, numpy_rng(DIGITS_TEST_SEED, STREAM_FIXED_TEST))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..optional import require
 from .errors import DatasetError, check_labels, corrupt
 from .registry import DATASETS
 from .splits import DatasetSplits, make_splits
@@ -30,12 +31,9 @@ _HINT = (
 def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read one SVHN format-2 ``.mat`` file as (``N×3×32×32`` uint8, int64 labels 0..9)."""
     path = Path(path)
+    scipy_io = require("scipy.io", f"reading the SVHN file {path}")
     try:
-        from scipy.io import loadmat
-    except ImportError as exc:  # scipy comes with scikit-learn, but say so if it is gone
-        raise DatasetError(f"reading {path} needs scipy (pip install scipy). {_HINT}") from exc
-    try:
-        mat = loadmat(path, variable_names=("X", "y"))
+        mat = scipy_io.loadmat(path, variable_names=("X", "y"))
     except FileNotFoundError as exc:
         raise DatasetError(f"SVHN file not found: {path}. {_HINT}") from exc
     except Exception as exc:  # loadmat reports damage with many exception types

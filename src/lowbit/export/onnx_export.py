@@ -31,6 +31,7 @@ from torch import nn
 from ..convert import replace_submodule
 from ..nn.activation import QuantAct
 from ..nn.layers import QuantizedLayer
+from ..optional import require
 from ..quantizers.base import Quantizer
 from ..quantizers.grids import Grid, GridUnavailable
 from .encode import encode_model, eval_mode, join_name
@@ -176,7 +177,7 @@ def _example(model: nn.Module, input_shape: Optional[Sequence[int]], example: Op
 
 
 def _trace(deploy: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
-    import onnx
+    onnx = require("onnx", "ONNX export")
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -232,7 +233,7 @@ def export_onnx(
     instead of raising. ``metadata``: extra string key/values for the model's ``metadata_props``.
     Returns what was written; ``notes`` lists every place that is not an integer grid.
     """
-    import onnx
+    onnx = require("onnx", "ONNX export")  # first: without the export extra, one line and nothing done
 
     from .. import __version__
     from .onnx_graph import rewrite_marks

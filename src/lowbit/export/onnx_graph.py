@@ -34,8 +34,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+
+from ..optional import missing
+
+try:  # export_onnx checked already; this keeps a direct import of this module to one line without the extra
+    import onnx
+    from onnx import helper, numpy_helper
+except ImportError as error:
+    raise missing("onnx", "ONNX export", error) from error
 
 if TYPE_CHECKING:
     import numpy.typing as npt

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..optional import require
 from .encode import as_exported
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def ort_session(
 ) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session (``threads`` intra-op threads; ``optimization``: all, extended, basic, none;
     ``disabled_optimizers``: names of onnxruntime graph transformers to skip)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "running an ONNX file in onnxruntime")
 
     levels = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -102,7 +103,7 @@ def runtime_kernels(
     path: Union[str, os.PathLike], *, optimization: str = "all", disabled_optimizers: Sequence[str] = ()
 ) -> dict[str, int]:
     """Op types (with counts) of the graph onnxruntime runs after optimising ``path``."""
-    import onnx
+    onnx = require("onnx", "reading the graph onnxruntime optimised")
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
