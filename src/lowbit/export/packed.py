@@ -18,7 +18,10 @@ every field before using it (:mod:`~lowbit.export.packed_checks`), so a damaged 
 :class:`~lowbit.export.errors.PackedFileError` instead of loading changed weights. The JSON document: lowbit
 version, model spec, resolved recipe, seed, data normalisation, notes, and per quantized tensor its layer, slot,
 shape, bits, ``qmin``, lookup ``table``, ``axis`` and ``scale``/``zero_point`` (shape and values; float32 values
-written as JSON numbers round-trip exactly). Decoding follows :class:`~lowbit.quantizers.codes.QuantizedTensor`::
+written as JSON numbers round-trip exactly). A parameter shared by two layers (tied weights) whose slots encode it
+identically is stored once: the second entry is ``stored: tied`` with ``tied_to`` naming the first, and loading
+makes both layers hold one parameter again (encoded differently, each is stored and loading unties them).
+Decoding follows :class:`~lowbit.quantizers.codes.QuantizedTensor`::
 
     q = table[code] if table else code + qmin,        x = scale · (q − zero_point)
 
