@@ -157,6 +157,18 @@ def _set(path: str, value: object) -> Callable[[dict], None]:
     return change
 
 
+def _tie(name: str, tied_to: object) -> Callable[[dict], None]:
+    """Turn the entry of ``name`` into one tied to ``tied_to`` (its codes tensor left in the file)."""
+
+    def change(header: dict) -> None:
+        entry = header["quantized"][name]
+        for key in ("qmin", "axis", "scale", "zero_point", "table"):
+            del entry[key]
+        entry.update(stored="tied", tied_to=tied_to)
+
+    return change
+
+
 def _delete(path: str) -> Callable[[dict], None]:
     def change(header: dict) -> None:
         *parents, last = path.split("/")
@@ -260,7 +272,10 @@ VARIANTS = [
     Variant("missing-entry", header_edit(_delete(Q1)), r"does not describe the file's tensor 'codes/features\.0"),
     Variant("missing-entry-and-codes", tensor_edit(_drop_tensor(FIRST)), r"does not fit.*missing.*features\.0"),
     Variant("slot-not-a-weight", header_edit(_set(f"{Q1}/slot", "input")), r"\.slot must be one of weight, bias"),
-    Variant("stored-unknown", header_edit(_set(f"{Q1}/stored", "zip")), r"\.stored must be 'codes' or 'float'"),
+    Variant("stored-unknown", header_edit(_set(f"{Q1}/stored", "zip")), r"\.stored must be 'codes', 'float' or 'tied'"),
+    Variant("tied-to-nothing", header_edit(_tie(MIDDLE, "nope.weight")), r"\.tied_to must name a stored tensor"),
+    Variant("tied-to-other-shape", header_edit(_tie(MIDDLE, FIRST)), r"\.tied_to must name a stored tensor of shape"),
+    Variant("tied-without-target", header_edit(_tie(MIDDLE, None)), r"\.tied_to must be a parameter name"),
     Variant("entry-not-an-object", header_edit(_set(Q1, [1, 2])), r"must be a JSON object"),
     # shapes
     Variant("shape-other-size", header_edit(_set(f"{Q1}/shape", [5, 5])), r"\.bits names tensor"),

@@ -2,13 +2,16 @@
 
 Everything is read from the quantizers' ``bits`` attribute; nothing is re-derived from a recipe. Memory counts every
 parameter at the bit width it is stored with at inference: quantized weights (and biases) at their quantizer's bits,
-everything else (biases of float slots, BatchNorm, quantizer scalars) at 32 bits. MACs come from one forward pass
-of a single example (multiply-accumulates per sample, counted by ``torch.utils.flop_counter``); BOPs are
+everything else (biases of float slots, BatchNorm, quantizer scalars) at 32 bits. A parameter shared by several
+layers (tied weights) is counted once, in the first layer that uses it. MACs come from one forward pass of a single
+example (multiply-accumulates per sample, counted by ``torch.utils.flop_counter``) through a copy of the model, so
+inspecting a model never initialises or changes its quantizers or BatchNorm statistics; BOPs are
 ``MACs x weight bits x input bits``.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -98,17 +101,23 @@ def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _measure_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, int]:
-    """Multiply-accumulates of each module in one forward pass of ``sample`` (one example), by module name.
+def _measure_macs(model: nn.Module, input_shape: tuple[int, ...], example: Optional[torch.Tensor]) -> dict[str, int]:
+    """Multiply-accumulates of each module in one eval-mode forward pass of one example, by module name.
 
+    The pass runs on a deep copy of ``model`` with torch's random state restored afterwards: on the model itself it
+    would initialise data-dependent quantizers from the sample (e.g. LSQ steps from an all-zeros input).
     ``torch.utils.flop_counter.FlopCounterMode`` counts the FLOPs of every matrix product and convolution a module
     runs (any layer type, grouped, transposed, or a user's layer computing with ``addmm``); MACs = FLOPs / 2. Ops
     without products (embedding look-ups, element-wise quantizers) count zero."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        model(sample)
-    root = type(model).__name__
+    probe = copy.deepcopy(model).eval()
+    device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    sample = example[:1].to(device) if example is not None else torch.zeros((1,) + tuple(input_shape), device=device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        probe(sample)
+    root = type(probe).__name__
     macs = {}
     for key, per_op in counter.get_flop_counts().items():
         if key == root:
@@ -122,39 +131,34 @@ def model_summary(
     model: nn.Module, input_shape: Optional[tuple[int, ...]] = None, example: Optional[torch.Tensor] = None
 ) -> ModelSummary:
     """Summarise ``model``; with ``input_shape`` (C, H, W) or an ``example`` batch the MACs are measured by one
-    forward pass in eval mode (an example from the data also initialises data-dependent quantizers sensibly)."""
+    forward pass in eval mode of a copy of the model: ``model`` itself is left as it was (quantizers that are not
+    initialised yet stay so and report their bit widths)."""
     if example is not None:
         input_shape = tuple(example.shape[1:])
-    macs: dict[str, int] = {}
     layers = _weight_layers(model)
-    if input_shape is not None:
-        was_training = model.training
-        try:
-            model.eval()
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            with torch.no_grad():
-                sample = (
-                    example[:1].to(device)
-                    if example is not None
-                    else torch.zeros((1,) + tuple(input_shape), device=device)
-                )
-                macs = _measure_macs(model, sample)
-        finally:
-            model.train(was_training)
+    macs = _measure_macs(model, input_shape, example) if input_shape is not None else {}
 
-    rows, counted = [], set()
+    rows: list[LayerRow] = []
+    counted: dict[int, str] = {}  # id of a weight/bias tensor -> the first layer slot holding it
+    shared: list[str] = []
     memory_bits = 0.0
     for name, module in layers:
         quantized = isinstance(module, QuantizedLayer)
         w_bits = module.weight_quantizer.bits if quantized and module.weight_quantizer is not None else None
         a_bits = module.input_quantizer.bits if quantized and module.input_quantizer is not None else None
         b_bits = module.bias_quantizer.bits if quantized and module.bias_quantizer is not None else None
-        params = module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
-        bits = module.weight.numel() * (w_bits or 32)
-        if module.bias is not None:
-            bits += module.bias.numel() * (b_bits or 32)
+        params, bits = 0, 0
+        for slot, slot_bits in (("weight", w_bits), ("bias", b_bits)):
+            tensor = getattr(module, slot)
+            if tensor is None:
+                continue
+            if id(tensor) in counted:  # tied: stored (and counted) once, with the first layer that uses it
+                shared.append(f"{name}.{slot} is shared with {counted[id(tensor)]}: counted once")
+                continue
+            counted[id(tensor)] = f"{name}.{slot}"
+            params += tensor.numel()
+            bits += tensor.numel() * (slot_bits or 32)
         memory_bits += bits
-        counted.update({id(module.weight), id(module.bias)})
         kind = type(module).__name__
         rows.append(LayerRow(name, kind, w_bits, a_bits, params, bits / BITS_PER_KB, macs.get(name, 0)))
 
@@ -164,7 +168,7 @@ def model_summary(
     other += quantizer_scalars
     memory_bits += other * 32
     total = sum(r.params for r in rows) + other
-    notes = []
+    notes = list(shared)
     if input_shape is None:
         notes.append("(MACs not measured: give an input shape)")
     return ModelSummary(

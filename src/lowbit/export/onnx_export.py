@@ -10,7 +10,8 @@ What matches the PyTorch model: weights are exactly its decoded codes; activatio
 differ, by float rounding only: BatchNorm folding re-associates products, ONNX rounds ``x / s`` where some
 quantizers compute ``x · (1/s)`` (ties may flip one level), ``round`` is half-to-even in ONNX where Li & De's and
 Uhlich's grids round ties away from zero, biases of integer layers are rounded to the int32 accumulator grid, and
-onnxruntime's fused integer kernels requantize with their own rounding.
+onnxruntime's fused integer kernels requantize with their own rounding. Other biases are a separate float ``Add``,
+which onnxruntime's graph optimisations do not re-round (:mod:`lowbit.export.onnx_graph`, pass 4).
 """
 
 from __future__ import annotations
@@ -228,8 +229,9 @@ def export_onnx(
 
     ``input_shape`` is one sample's ``(C, H, W)`` (or pass an ``example`` batch). ``weight_dtype``: ``auto`` (int8
     for weight grids within ±64, uint8 otherwise; see :mod:`lowbit.export.grids`), ``int8`` or ``uint8``.
-    ``integer_bias``: int32 biases for layers whose input and weight are both quantized (what onnxruntime needs to
-    fuse them into integer kernels). ``allow_float``: export a model without quantized layers (float baseline)
+    ``integer_bias``: int32 biases for layers that onnxruntime fuses into integer kernels (what it needs to fuse
+    them); the biases of other layers with a quantized input are a separate float ``Add`` either way.
+    ``allow_float``: export a model without quantized layers (float baseline)
     instead of raising. ``metadata``: extra string key/values for the model's ``metadata_props``.
     Returns what was written; ``notes`` lists every place that is not an integer grid.
     """

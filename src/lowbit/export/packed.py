@@ -18,7 +18,10 @@ every field before using it (:mod:`~lowbit.export.packed_checks`), so a damaged 
 :class:`~lowbit.export.errors.PackedFileError` instead of loading changed weights. The JSON document: lowbit
 version, model spec, resolved recipe, seed, data normalisation, notes, and per quantized tensor its layer, slot,
 shape, bits, ``qmin``, lookup ``table``, ``axis`` and ``scale``/``zero_point`` (shape and values; float32 values
-written as JSON numbers round-trip exactly). Decoding follows :class:`~lowbit.quantizers.codes.QuantizedTensor`::
+written as JSON numbers round-trip exactly). A parameter shared by two layers (tied weights) whose slots encode it
+identically is stored once: the second entry is ``stored: tied`` with ``tied_to`` naming the first, and loading
+makes both layers hold one parameter again (encoded differently, each is stored and loading unties them).
+Decoding follows :class:`~lowbit.quantizers.codes.QuantizedTensor`::
 
     q = table[code] if table else code + qmin,        x = scale · (q − zero_point)
 
@@ -124,7 +127,26 @@ def _array_entry(tensor: torch.Tensor, key: str, tensors: dict[str, torch.Tensor
     return entry
 
 
-def _code_entry(slot: EncodedSlot, tensor: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict:
+def _same_encoding(a: EncodedSlot, b: EncodedSlot) -> bool:
+    """Whether two slots store the same thing: equal codes and quantization parameters, or equal float values."""
+    if a.codes is None or b.codes is None:
+        return a.codes is None and b.codes is None and torch.equal(a.values, b.values)
+    x, y = a.codes, b.codes
+    tables = (x.table is None and y.table is None) or (
+        x.table is not None and y.table is not None and torch.equal(x.table, y.table)
+    )
+    return (
+        (x.bits, x.qmin, x.axis) == (y.bits, y.qmin, y.axis)
+        and tables
+        and torch.equal(x.indices, y.indices)
+        and torch.equal(torch.as_tensor(x.scale), torch.as_tensor(y.scale))
+        and torch.equal(torch.as_tensor(x.zero_point), torch.as_tensor(y.zero_point))
+    )
+
+
+def _code_entry(
+    slot: EncodedSlot, tensor: torch.Tensor, tensors: dict[str, torch.Tensor], tied_to: Optional[str] = None
+) -> dict:
     entry: dict[str, Any] = {
         "layer": slot.layer,
         "slot": slot.slot,
@@ -134,6 +156,9 @@ def _code_entry(slot: EncodedSlot, tensor: torch.Tensor, tensors: dict[str, torc
         "signed": bool(slot.quantizer.signed),
         "quantizer": type(slot.quantizer).__name__,
     }
+    if tied_to is not None:
+        entry.update({"stored": "tied", "tied_to": tied_to})
+        return entry
     codes = slot.codes
     if codes is None:
         entry["stored"] = "float"
@@ -202,8 +227,13 @@ def save_packed(
     recipe_dict = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
+    first_use: dict[int, EncodedSlot] = {}  # id of a parameter -> the first slot that stores it
     for slot in encoded:
         tensor = getattr(model.get_submodule(slot.layer), slot.slot)
+        first = first_use.setdefault(id(tensor), slot)
+        if first is not slot and _same_encoding(first, slot):  # tied weights: stored once
+            entries[slot.param_name] = _code_entry(slot, tensor, tensors, tied_to=first.param_name)
+            continue
         entries[slot.param_name] = _code_entry(slot, tensor, tensors)
         if slot.codes is None:
             tensors[STATE + slot.param_name] = slot.values.detach().cpu().contiguous().clone()
@@ -459,6 +489,20 @@ def _check_state_fits(state: dict[str, torch.Tensor], qmodel: nn.Module, path: P
             )
 
 
+def _quantized_target(qmodel: nn.Module, name: str, entry: dict, path: Path) -> tuple[QuantizedLayer, torch.Tensor]:
+    """The quantized layer and parameter that a ``quantized`` entry of the header is written into."""
+    try:
+        layer = qmodel.get_submodule(entry["layer"])
+        target = getattr(layer, entry["slot"])
+    except AttributeError:
+        raise PackedFileError(f"{str(path)!r} does not fit this model: it has no quantized tensor {name!r}") from None
+    if not isinstance(layer, QuantizedLayer) or target is None or list(target.shape) != entry["shape"]:
+        raise PackedFileError(
+            f"{str(path)!r} does not fit this model: {name!r} should be a quantized tensor of shape {entry['shape']}"
+        )
+    return layer, target
+
+
 def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None) -> nn.Module:
     """Rebuild the quantized model stored in a packed file, in eval mode.
 
@@ -480,27 +524,31 @@ def load_packed(path: Union[str, os.PathLike], model: Optional[nn.Module] = None
     if tensor_checksum(tensors) != packed.metadata[TENSOR_SHA256]:
         raise _damaged(path, "its tensor data")
     qmodel = _quantized_model(header, _float_model(packed, model), path)
-    allowed_missing = set()
-    for name, entry in header["quantized"].items():
-        try:
-            layer = qmodel.get_submodule(entry["layer"])
-            target = getattr(layer, entry["slot"])
-        except AttributeError:
-            raise PackedFileError(
-                f"{str(path)!r} does not fit this model: it has no quantized tensor {name!r}"
-            ) from None
-        if not isinstance(layer, QuantizedLayer) or target is None or list(target.shape) != entry["shape"]:
-            raise PackedFileError(
-                f"{str(path)!r} does not fit this model: {name!r} should be a quantized tensor of "
-                f"shape {entry['shape']}"
-            )
-        if entry["stored"] == "codes":
-            codes = _decode(name, entry, tensors, path)
-            values = codes.dequantize().reshape(entry["shape"])
+    allowed_missing: set[str] = set()
+    restored: dict[str, tuple[nn.Parameter, Optional[QuantizedTensor]]] = {}  # name -> its parameter and codes
+    written: dict[int, torch.Tensor] = {}  # id of a parameter -> the values written into it
+    # stored tensors first, then the entries tied to them
+    for name, entry in sorted(header["quantized"].items(), key=lambda item: item[1]["stored"] == "tied"):
+        layer, target = _quantized_target(qmodel, name, entry, path)
+        if entry["stored"] == "tied":
+            parameter, codes = restored[entry["tied_to"]]
+            if target is not parameter:  # restore the tie the saved model had
+                setattr(layer, entry["slot"], parameter)
         else:
-            codes, values = None, tensors[STATE + name]
-        with torch.no_grad():
-            target.copy_(values.to(target.dtype))
+            if entry["stored"] == "codes":
+                codes = _decode(name, entry, tensors, path)
+                values = codes.dequantize().reshape(entry["shape"])
+            else:
+                codes, values = None, tensors[STATE + name]
+            values = values.to(target.dtype)
+            if id(target) in written and not torch.equal(written[id(target)], values):
+                # a parameter the rebuilt model shares, saved with two different encodings: untie it
+                target = nn.Parameter(values.clone(), requires_grad=target.requires_grad)
+                setattr(layer, entry["slot"], target)
+            with torch.no_grad():
+                target.copy_(values)
+            written[id(target)] = values
+            restored[name] = (target, codes)
         attribute = SLOTS[entry["slot"]].attribute
         role = "bias" if entry["slot"] == "bias" else "weight"
         setattr(layer, attribute, FrozenCodes(codes, bits=entry["bits"], signed=entry["signed"], role=role))

@@ -209,11 +209,11 @@ class _HeaderChecker(_Checker):
         self.of_type(name, (str,), f"a key of 'quantized' ({_show(name)})", "a parameter name")
         common = ("layer", "slot", "shape", "dtype", "bits", "signed", "quantizer", "stored")
         stored = entry.get("stored") if isinstance(entry, dict) else None
-        if stored not in ("codes", "float"):
+        if stored not in ("codes", "float", "tied"):
             self.of_type(entry, (dict,), field, "a JSON object")
-            raise self.fail(f"{field}.stored", f"must be 'codes' or 'float', got {_show(stored)}")
-        codes = ("qmin", "axis", "scale", "zero_point", "table") if stored == "codes" else ()
-        self.keys(entry, field, common + codes)
+            raise self.fail(f"{field}.stored", f"must be 'codes', 'float' or 'tied', got {_show(stored)}")
+        extra = {"codes": ("qmin", "axis", "scale", "zero_point", "table"), "float": (), "tied": ("tied_to",)}[stored]
+        self.keys(entry, field, common + extra)
         self.of_type(entry["layer"], (str,), f"{field}.layer", "a module name")
         if entry["slot"] not in CODE_SLOTS:
             raise self.fail(f"{field}.slot", f"must be one of {', '.join(CODE_SLOTS)}, got {_show(entry['slot'])}")
@@ -226,6 +226,9 @@ class _HeaderChecker(_Checker):
         bits = self.integer(entry["bits"], f"{field}.bits", 1, MAX_BITS)
         if stored == "float":
             self.tensor(STATE + name, f"{field} (stored as float)", tuple(t for _, t in DTYPES.values()), shape)
+            return
+        if stored == "tied":  # the same tensor as another entry (tied weights), stored once under that name
+            self.of_type(entry["tied_to"], (str,), f"{field}.tied_to", "a parameter name")
             return
         self.tensor(CODES + name, f"{field}.bits", ("U8",), (packed_nbytes(math.prod(shape), bits),))
         self.integer(entry["qmin"], f"{field}.qmin", -(1 << bits), 1 << bits)
@@ -296,6 +299,14 @@ def check_header(header: Any, index: dict[str, TensorEntry], where: str) -> None
         raise check.fail("quantized", "is empty: a packed file holds at least one quantized tensor")
     for name, entry in quantized.items():
         check.quantized(name, entry)
+    for name, entry in quantized.items():
+        if entry["stored"] == "tied":
+            target = quantized.get(entry["tied_to"])
+            if target is None or target["stored"] == "tied" or target["shape"] != entry["shape"]:
+                raise check.fail(
+                    f"quantized[{name!r}].tied_to",
+                    f"must name a stored tensor of shape {entry['shape']}, got {_show(entry['tied_to'])}",
+                )
     state = check.of_type(header["state"], (list,), "state", "a list of state-dict keys")
     for i, key in enumerate(state):
         check.of_type(key, (str,), f"state[{i}]", "a state-dict key")
