@@ -4,7 +4,8 @@ For each model of ``tests/model_zoo.py`` (torchvision- and HuggingFace-style blo
 
 * weight layers quantized / total: modules holding a weight of more than one dimension, quantized by
   ``lowbit.quantize`` (its conversion report; GPT-2's ``Conv1D`` is registered with ``lowbit.register_layer``);
-* eval with = without ``no_grad``: the eval-mode outputs are identical bit for bit;
+* eval with = without ``no_grad``: the eval-mode outputs are identical bit for bit (and, for comparison, whether the
+  float model's are: PyTorch's own float LSTM runs other CPU kernels with and without ``no_grad``);
 * steps trained: SGD steps with finite loss (of ``--steps``), through the recipe's own training step;
 * ONNX agreement: same class from onnxruntime (graph optimization on) as from PyTorch, on the example batch.
 
@@ -50,8 +51,17 @@ def _onnx_agreement(qmodel: torch.nn.Module, x: torch.Tensor, tmp: Path) -> str:
     return f"{int((got.argmax(1) == expected.argmax(1)).sum())}/{len(x)}"
 
 
+def _same_with_and_without_no_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    model.eval()
+    with torch.no_grad():
+        without_grad = model(x)
+    return torch.equal(model(x).detach(), without_grad)
+
+
 def measure(name: str, recipe: str, steps: int, tmp: Path) -> dict:
     model, x = build(name, batch=16)
+    float_same = _same_with_and_without_no_grad(model, x)
+    model.train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = lowbit.quantize(model, recipe, example=x)
@@ -66,17 +76,14 @@ def measure(name: str, recipe: str, steps: int, tmp: Path) -> dict:
         if not torch.isfinite(out.loss):
             break
         trained += 1
-    qmodel.eval()
-    with torch.no_grad():
-        without_grad = qmodel(x)
-    with_grad = qmodel(x).detach()
-    same = torch.equal(with_grad, without_grad)
+    same = _same_with_and_without_no_grad(qmodel, x)
     return {
         "model": name,
         "recipe": recipe,
         "weights_quantized": quantized,
         "weights_total": total,
         "eval_same_with_and_without_no_grad": same,
+        "float_model_same": float_same,
         "steps_trained": trained,
         "steps": steps,
         "onnx_agreement": _onnx_agreement(qmodel, x, tmp / f"{name}-{recipe}.onnx"),
@@ -115,14 +122,17 @@ def main() -> int:
         f"`python benchmarks/zoo_table.py` ({time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s; "
         f"models from `tests/model_zoo.py`, random inputs, {args.steps} SGD steps with the recipe's step).",
         "",
-        "| model | recipe | weight layers quantized / total | eval same with and without `no_grad` | steps trained "
+        "| model | recipe | weight layers quantized / total | eval same with and without `no_grad` (float model) "
+        "| steps trained "
         "(finite loss) | ONNX agreement (onnxruntime, optimization on) |",
         "| --- | --- | ---: | --- | ---: | --- |",
     ]
+    yes = {True: "yes", False: "no"}
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['recipe']} | {r['weights_quantized']}/{r['weights_total']} | "
-            f"{'yes' if r['eval_same_with_and_without_no_grad'] else 'NO'} | {r['steps_trained']}/{r['steps']}"
+            f"{yes[r['eval_same_with_and_without_no_grad']]} ({yes[r['float_model_same']]}) | "
+            f"{r['steps_trained']}/{r['steps']}"
             f" | {r['onnx_agreement']} |"
         )
     (out / "zoo.md").write_text("\n".join(lines) + "\n")
