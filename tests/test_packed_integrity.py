@@ -348,6 +348,11 @@ VARIANTS = [
     Variant("recipe-other-structure", header_edit(_set("recipe", _recipe("fp32"))), r"does not fit"),
     Variant("recipe-other-quantizer", header_edit(_set("recipe", _recipe("banner-w8a8g8"))), r"does not fit"),
     Variant(
+        "model-reference-name",  # a MODULE:CALLABLE would be imported (run) on loading
+        header_edit(_set("model_spec", {**SPEC, "name": "evilmod:build"})),
+        r"not one of lowbit's models",
+    ),
+    Variant(
         "model-other-name",
         header_edit(_set("model_spec", {**SPEC, "name": "resnet8", "options": {}})),
         r"does not fit|not quantizable layers of this model",
@@ -357,7 +362,7 @@ VARIANTS = [
         header_edit(_set("model_spec", {**SPEC, "name": "mlp", "options": {}})),
         r"model_spec describes [\d,]+ values",
     ),
-    Variant("model-unknown", header_edit(_set("model_spec/name", "no-such-net")), r"cannot be built: unknown model"),
+    Variant("model-unknown", header_edit(_set("model_spec/name", "no-such-net")), r"not one of lowbit.s models"),
     Variant("model-other-options", header_edit(_set("model_spec/options", {"channels": [8, 16]})), r"does not fit"),
     Variant("model-bad-option", header_edit(_set("model_spec/options", {"bogus": 1})), r"cannot be built.*bogus"),
     Variant("model-huge-option", header_edit(_set("model_spec/options", {"fc": 10**12})), r"model_spec describes"),

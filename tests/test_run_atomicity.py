@@ -162,3 +162,70 @@ def test_resume_may_extend_the_run_and_change_the_learning_rate(tmp_path):
     base = lrs[0]  # epoch 1 ran at the recipe's LR (cosine factor 1), the resumed epochs at half of it
     cosine = [0.5 * (1 + torch.cos(torch.tensor(torch.pi * t / 4))).item() for t in (2, 3)]
     assert lrs[2:] == pytest.approx([0.5 * base * c for c in cosine])
+
+
+def test_extending_a_cosine_run_follows_the_new_schedule(tmp_path):
+    """--epochs alone: the resumed epochs run at the LRs of the longer schedule, as an uninterrupted run would."""
+
+    def config(out, epochs, **changes):
+        c = _config(out, "bc-det", epochs=epochs, **changes)
+        c.changes = {**c.changes, "train.schedule": {"type": "cosine"}}
+        return c
+
+    run(config(tmp_path / "short", 2))
+    run(config(tmp_path / "short", 4, resume=True))
+    run(config(tmp_path / "whole", 4))
+    resumed = [r["lr"] for r in load_checkpoint(tmp_path / "short", "last").history]
+    whole = [r["lr"] for r in load_checkpoint(tmp_path / "whole", "last").history]
+    assert resumed[2:] == pytest.approx(whole[2:]) and resumed[2] > 0
+
+
+def test_resume_refuses_fewer_epochs_than_trained(tmp_path):
+    run(_config(tmp_path, "bc-det", epochs=2))
+    with pytest.raises(CheckpointError, match="trained 2 epochs already"):
+        run(_config(tmp_path, "bc-det", epochs=1, resume=True))
+
+
+def test_a_run_killed_in_its_first_epoch_can_start_again(tmp_path):
+    """An empty log.jsonl (no epoch committed) is not a run to protect."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "log.jsonl").write_text("")
+    run(_config(tmp_path, "bc-det", epochs=1))
+    assert load_checkpoint(tmp_path, "last").epoch == 0
+
+
+def test_overwrite_moves_only_the_runs_files(tmp_path):
+    run(_config(tmp_path, "bc-det", epochs=1))
+    (tmp_path / "notes.txt").write_text("mine")
+    run(_config(tmp_path, "bc-det", epochs=1, overwrite=True))
+    replaced = next(p for p in tmp_path.iterdir() if p.name.startswith("replaced-"))
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (replaced / "notes.txt").exists()
+    assert (replaced / "checkpoint.safetensors").exists()
+
+
+def test_checkpoints_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    run(_config(tmp_path, "bc-det", epochs=1))
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("checkpoint.safetensors", "metrics.json", "log.jsonl"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_without_validation_data_no_epoch_is_best(tmp_path):
+    messages = []
+    config = _config(tmp_path, "bc-det", epochs=2)
+    config.val_fraction = 0.0
+    config.quiet = False
+    result = Trainer(config, log=messages.append).fit()
+    assert result.metrics["best_epoch"] is None and any("no validation data" in m for m in messages)
+    assert load_checkpoint(tmp_path).epoch == 1  # the default view falls back to the last epoch
+
+
+def test_an_evaluation_only_run_resumes_from_its_first_epoch(tmp_path):
+    run(_config(tmp_path, "bc-det", epochs=0))
+    assert load_checkpoint(tmp_path, "last").epoch == -1
+    run(_config(tmp_path, "bc-det", epochs=2, resume=True))
+    assert [r["epoch"] for r in load_checkpoint(tmp_path, "last").history] == [0, 1, 2]

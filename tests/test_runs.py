@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lowbit.cli import main
-from lowbit.errors import CheckpointError, CustomModelError
+from lowbit.errors import CheckpointError, ConfigError, CustomModelError
 from lowbit.runs import Checkpoint, RunFiles, capture_rng, convert_legacy_checkpoint, load_checkpoint, restore_rng
 from lowbit.safe_state import StateFileError, read_state, write_state
 from lowbit.train import TrainConfig, Trainer, run
@@ -300,3 +300,42 @@ def test_a_restored_or_rebuilt_model_gets_the_overrides_it_was_trained_with(tmp_
     result = export_checkpoint(tmp_path / "run", "packed", model=_Reversed(), which="last")
     with torch.no_grad():
         assert torch.equal(load_packed(result.path, model=_Reversed())(x), restored(x))
+
+
+def test_opening_a_file_never_imports_the_module_it_names(run_dir, tmp_path):
+    """A model name that is a MODULE:CALLABLE reference in a checkpoint is refused, not imported (packed files:
+    test_packed_integrity.py's model-reference-name variant)."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef build(*a, **k): pass\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        checkpoint = load_checkpoint(run_dir, which="last")
+        checkpoint.model_spec.name = "evilmod:build"
+        checkpoint.save(tmp_path / "evil.safetensors")
+        with pytest.raises(CheckpointError, match="not one of lowbit's models"):
+            load_checkpoint(tmp_path / "evil.safetensors").restore_model()
+        assert not marker.exists()
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_a_recipe_cannot_make_lowbit_import_a_module(tmp_path):
+    recipe = {"name": "r", "model": "evilmod:build", "quantize": {}}
+    with pytest.raises(ConfigError, match="imports a builder only when you name it"):
+        run(TrainConfig(recipe=recipe, data="digits", epochs=1, quiet=True, train_subset=100, test_subset=20))
+
+
+def test_an_export_never_writes_over_the_run(run_dir, capsys):
+    for target in ("checkpoint.safetensors", "metrics.json"):
+        assert main(["export", str(run_dir), "--out", str(run_dir / target)]) == 2
+        assert "would overwrite" in capsys.readouterr().err
+    assert load_checkpoint(run_dir).recipe_name == "sr-adam"
+
+
+def test_plot_takes_a_checkpoint_file_and_creates_nothing_for_a_typo(run_dir, tmp_path, capsys):
+    assert main(["plot", str(run_dir / "checkpoint.safetensors"), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "curves.png").exists()
+    assert main(["plot", str(tmp_path / "typo")]) == 2
+    assert not (tmp_path / "typo").exists()

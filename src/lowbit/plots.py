@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .convert import quantized_layers  # noqa: E402
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError  # noqa: E402
 from .runs import RunFiles, load_checkpoint  # noqa: E402
 
 __all__ = ["plot_run", "plot_curves", "plot_bits", "plot_weight_histograms"]
@@ -114,10 +114,15 @@ def plot_run(
     """Write curves.png, bits.png and weights.png for a run directory; returns the files written. ``reference``:
     the ``MODULE:CALLABLE`` of a run trained with ``--model MODULE:CALLABLE`` (imported only when given)."""
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if run_dir.is_file():  # the run's checkpoint file: plot its run
+        run_dir = run_dir.parent
     files = RunFiles(run_dir)
-    history = files.read_history()
+    history = files.read_history()  # (checks that this is a run before anything is written)
+    out = Path(out_dir) if out_dir else run_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"cannot write the figures into {str(out)!r}: {error.strerror or error}") from None
     metrics = files.read_metrics()
     title = f"{metrics['recipe']} on {metrics['dataset']} ({metrics['model']})" if metrics else run_dir.name
     written = [plot_curves(history, out / "curves.png", title)]

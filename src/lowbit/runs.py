@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, CustomModelError
-from .safe_state import StateFileError, is_safetensors_file, read_state, write_state
+from .safe_state import StateFileError, is_safetensors_file, read_state, set_default_mode, write_state
 
 __all__ = [
     "Checkpoint",
@@ -118,17 +118,26 @@ class RunFiles:
     def holds_run(self) -> bool:
         """Whether the directory holds (part of) a run: a checkpoint, a log or metrics, of this or lowbit 0.1."""
         legacy = [self.root / f"{name}{LEGACY_SUFFIX}" for name in ("last", "best")]
-        return any(p.exists() for p in (self.checkpoint, self.log, self.metrics, *legacy))
+        log_written = self.log.exists() and self.log.stat().st_size > 0  # (a run killed in epoch 1 leaves it empty)
+        return log_written or any(p.exists() for p in (self.checkpoint, self.metrics, *legacy))
+
+    def run_outputs(self) -> list[Path]:
+        """The files of the run in the directory: what lowbit wrote there (checkpoint, log, metrics, figures,
+        exports; lowbit 0.1's checkpoints), not anything else a user keeps beside them."""
+        names = {self.checkpoint.name, self.log.name, self.metrics.name, "curves.png", "bits.png", "weights.png"}
+        names |= {f"{name}{LEGACY_SUFFIX}" for name in ("last", "best")}
+        return sorted(p for p in self.root.iterdir() if p.name in names or p.name.startswith("model."))
 
     def move_aside(self) -> Path:
-        """Move everything of the current run (not the lock, not earlier replaced runs) into ``replaced-<time>/``."""
+        """Move the files of the current run (:meth:`run_outputs`) into ``replaced-<time>/``; anything else in the
+        directory stays where it is."""
         target = self.root / time.strftime("replaced-%Y%m%d-%H%M%S")
         while target.exists():  # two replacements within a second
             target = target.with_name(target.name + "-1")
+        outputs = self.run_outputs()
         target.mkdir()
-        for entry in self.root.iterdir():
-            if entry != target and entry != self.lock_file and not entry.name.startswith("replaced-"):
-                entry.rename(target / entry.name)
+        for entry in outputs:
+            entry.rename(target / entry.name)
         return target
 
     @contextlib.contextmanager
@@ -202,6 +211,13 @@ class ModelSpec:
                 f"the model is a custom architecture ({self.class_name or 'unknown class'}): "
                 f"pass your float model, e.g. checkpoint.restore_model(model=MyNet()), "
                 f"or export_checkpoint(path, model=MyNet())"
+            )
+        from .models import MODELS
+
+        if self.name not in MODELS:  # never a MODULE:CALLABLE from a file: that would import (run) its code
+            raise CheckpointError(
+                f"the model name {self.name!r} is not one of lowbit's models ({', '.join(MODELS)}); a builder of "
+                f"your own is imported only when you name it with --model"
             )
         return build_model(self.name, tuple(self.input_shape), self.num_classes, **self.options)
 
@@ -421,6 +437,7 @@ def _write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "set_default_mode",
     "write_state",
     "read_state",
     "read_metadata",
@@ -117,6 +118,14 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the files
+def set_default_mode(path: PathLike) -> None:
+    """The permissions an ordinary ``open()`` would give (``0o666`` less the umask): ``mkstemp`` makes temporary
+    files private, and a renamed checkpoint would otherwise stay unreadable to the rest of a team."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_state(path: PathLike, tree: Any, metadata: dict[str, str]) -> Path:
     """Write ``tree`` to ``path`` atomically: a unique temporary file in the same directory, flushed to disk, then
     renamed over ``path`` (a crash leaves the previous file or the new one, never a mixture)."""
@@ -138,6 +147,7 @@ def write_state(path: PathLike, tree: Any, metadata: dict[str, str]) -> Path:
             raise OSError(f"{type(error).__name__}: {error}") from error
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        set_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

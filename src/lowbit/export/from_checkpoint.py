@@ -58,6 +58,18 @@ def _never_quantized(path: str, recipe: str, phase: Optional[str]) -> ExportErro
     )
 
 
+def _refuse_run_files(out: Path, source: Path) -> None:
+    """An export never writes over its source or over a run's own files (its checkpoint, log, metrics)."""
+    from ..runs import RunFiles
+
+    run_files = {RunFiles(out.parent).checkpoint.name, RunFiles(out.parent).log.name, RunFiles(out.parent).metrics.name}
+    same = out.exists() and source.exists() and out.resolve() == source.resolve()
+    if same or (out.exists() and out.name in run_files):
+        raise ExportError(
+            f"--out {str(out)!r} would overwrite {'the source' if same else 'a file of the run'}; choose another --out"
+        )
+
+
 def _from_checkpoint(
     source: Union[str, os.PathLike], model: Optional[nn.Module], which: str = "best"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -124,6 +136,7 @@ def export_checkpoint(
         raise ExportError(f"{str(source)!r} is a packed file already; export a checkpoint, or use --format onnx")
     restored, meta = (_from_packed if from_packed else _from_checkpoint)(source, model, which)
     out_path = Path(out) if out else default_output(source, format)
+    _refuse_run_files(out_path, source_path)
     data = meta.get("data") or {}
     if format == "packed":
         info = save_packed(

@@ -247,7 +247,11 @@ class _HeaderChecker(_Checker):
             return
         self.keys(spec, "model_spec", ("name",), _MODEL_SPEC_KEYS[1:])
         if spec["name"] is not None:
+            from ..models import MODELS
+
             self.of_type(spec["name"], (str,), "model_spec.name", "a model name or null")
+            if spec["name"] not in MODELS:  # a MODULE:CALLABLE here would be imported (run) on loading
+                raise self.fail("model_spec.name", f"is not one of lowbit's models, got {_show(spec['name'])}")
         self.of_type(spec.get("options", {}), (dict,), "model_spec.options", "a JSON object")
         self.shape(spec.get("input_shape", []), "model_spec.input_shape")
         self.integer(spec.get("num_classes", 0), "model_spec.num_classes", 0, _MAX_DIM)

@@ -235,10 +235,12 @@ class LatentWeights(UpdatePolicy):
     ) -> None:
         super().__init__(model, lr_scale=lr_scale, init=init, reinit_trained=reinit_trained)
         self.clip = clip
-        self._clip_ranges = [(w, q.clip_range()) for w, q in self._weighted] if clip else []
 
     def update_weights(self) -> None:
-        for weight, bounds in self._clip_ranges:
+        if not self.clip:
+            return
+        for weight, quantizer in self._weighted:
+            bounds = quantizer.clip_range()  # read now: a data-dependent range may have been set or loaded since
             if bounds is not None:
                 weight.clamp_(*bounds)
 

@@ -18,7 +18,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["RESUMABLE_CHANGES", "configuration_differences", "scale_learning_rates"]
+__all__ = ["RESUMABLE_CHANGES", "configuration_differences", "scale_learning_rates", "ABSENT"]
+
+
+class _Absent:
+    """A value one configuration has and the other lacks (shown as ``(absent)`` in messages)."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
 
 #: dotted keys that may differ on resume, and what happens when they do
 RESUMABLE_CHANGES = {
@@ -44,7 +54,7 @@ def configuration_differences(saved: dict, current: dict) -> dict[str, tuple[Any
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
         if a != b:
-            differences[key] = (None if a is missing else a, None if b is missing else b)
+            differences[key] = (ABSENT if a is missing else a, ABSENT if b is missing else b)
     return differences
 
 

@@ -86,7 +86,7 @@ class TrainConfig:
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     pretrain_epochs: Optional[int] = None
-    init_from: Optional[str] = None  # a float checkpoint (run dir or .pt) to start from instead of pre-training
+    init_from: Optional[str] = None  # a float checkpoint (run dir or file) to start from instead of pre-training
     compile: bool = False  # torch.compile the training forward/backward (minutes of compilation, faster steps)
     quiet: bool = False
 
@@ -157,8 +157,13 @@ def _model_choice(recipe: Recipe, config: TrainConfig, input_shape: Sequence[int
     architecture."""
     spec = recipe.data.get("model")
     spec = {"name": spec} if isinstance(spec, str) else dict(spec or {})
-    name = config.model or spec.pop("name", None) or default_model_for(input_shape)
-    spec.pop("name", None)
+    from_recipe = spec.pop("name", None)
+    if config.model is None and from_recipe is not None and is_reference(from_recipe):
+        raise ConfigError(
+            f"recipe {recipe.name!r} names the model {from_recipe!r}, a module to import: importing runs its code, "
+            f"so lowbit imports a builder only when you name it yourself, with --model {from_recipe}"
+        )
+    name = config.model or from_recipe or default_model_for(input_shape)
     if is_reference(name):  # the recipe's options describe a built-in architecture, not the user's
         return name, dict(config.model_options), list(spec)
     accepted = model_options(name)
@@ -235,6 +240,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict = {}
         self._best_state: Optional[dict] = None  # a copy of the best epoch's model state (see _commit)
+        self._no_validation_noted = False
         self.progress = Progress(enabled=config.progress, quiet=config.quiet)
 
     @classmethod
@@ -281,7 +287,13 @@ class Trainer:
                 f"--init-from {start.path} holds model {spec.name!r} {spec.options}, "
                 f"but this run builds {self.model_spec.name!r} {self.model_spec.options}"
             )
-        model.load_state_dict(start.model_state)
+        try:
+            model.load_state_dict(start.model_state)
+        except RuntimeError as error:  # another architecture (a custom model or a reference)
+            raise ConfigError(
+                f"--init-from {start.path} holds the weights of another model ({spec.label}) than this run builds "
+                f"({self.model_spec.label}): {str(error).splitlines()[0]}"
+            ) from None
         self.log(f"starting from the float weights of {start.path}")
 
     # ------------------------------------------------------------------------------------------- data
@@ -558,6 +570,12 @@ class Trainer:
             self._run_description(self.recipe.to_dict(), self._data_spec(), self.model_spec, self.config.seed),
         )
         refused = {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
+        epochs = differences.get("recipe.train.epochs")
+        if epochs and saved.phase == "train" and epochs[1] < saved.epoch + 1:
+            raise CheckpointError(
+                f"cannot resume {str(saved.path)!r} with --epochs {epochs[1]}: it has trained {saved.epoch + 1} "
+                f"epochs already; give at least that many (or start a new run)"
+            )
         if refused:
             shown = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in list(refused.items())[:4])
             more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
@@ -568,19 +586,25 @@ class Trainer:
         return differences
 
     def _apply_resume_changes(self, resume: Checkpoint) -> None:
+        """Apply the allowed changes to the restored optimizer: the LR of every group is set again from the
+        (rescaled) base LR and the new schedule at the restored position (the saved LRs followed the old one)."""
         changes = getattr(self, "_resume_changes", {})
-        if "recipe.train.epochs" in changes:
-            old, new = changes["recipe.train.epochs"]
+        ratio = 1.0
+        epochs_change = changes.get("recipe.train.epochs") if self.phase == "train" else None
+        if epochs_change:
+            old, new = epochs_change
             self.log(f"resuming with {new} epochs instead of {old}: {RESUMABLE_CHANGES['recipe.train.epochs']}")
         lr_change = changes.get("recipe.train.optimizer.lr")
         uses_optimizer_lr = self.phase == "train" or not (self.train_spec.get("pretrain") or {}).get("lr")
         if lr_change and uses_optimizer_lr:
             old, new = lr_change
-            scale_learning_rates(self.optimizer, self.scheduler, new / old)
+            ratio = new / old
             self.log(
                 f"resuming with learning rate {new:g} instead of {old:g}: "
                 f"{RESUMABLE_CHANGES['recipe.train.optimizer.lr']}"
             )
+        if epochs_change or ratio != 1.0:
+            scale_learning_rates(self.optimizer, self.scheduler, ratio)
 
     # -------------------------------------------------------------------------------------------- fit
     def fit(self) -> RunResult:
@@ -637,9 +661,13 @@ class Trainer:
             record["bits"] = {name: bits for name, bits in model_summary(self.model).per_layer_bits().items()}
         eligible = all(r.satisfied(self.model) for r in self.regularizers)  # e.g. within every memory budget
         # best = highest validation accuracy, ties broken by lower validation loss (small validation sets tie often)
+        if self.phase == "train" and not math.isfinite(record["val_acc"]) and not self._no_validation_noted:
+            self._no_validation_noted = True
+            self.log("note: no validation data, so no epoch is 'best': eval and export use the last epoch")
         is_best = (
             self.phase == "train"
             and eligible
+            and math.isfinite(record["val_acc"])  # without validation data there is no best epoch
             and (
                 not self.best
                 or (record["val_acc"], -record["val_loss"])
@@ -660,7 +688,7 @@ class Trainer:
         val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test)
         record = {"phase": "train", "epoch": 0, "val_acc": val["acc"], "test_acc": test["acc"]}
         self.best = {"epoch": 0, "val_acc": val["acc"], "test_acc": test["acc"]}
-        self._commit(0, record, is_best=True)
+        self._commit(-1, record, is_best=True)  # no epoch finished: a resumed run starts at epoch 1
 
     def _epoch_line(self, r: dict) -> str:
         extra = "".join(reg.log_line(r) for reg in self.regularizers)
