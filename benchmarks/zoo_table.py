@@ -35,13 +35,11 @@ RECIPES = ["lsq-w4a4", "bc-det", "sr-adam", "banner-w8a8g8", "mp-u3"]
 
 
 def _onnx_agreement(qmodel: torch.nn.Module, x: torch.Tensor, tmp: Path) -> str:
-    if x.dtype != torch.float32:
-        return "n/a (integer inputs)"
     from lowbit.export import export_onnx
     from lowbit.export.verify import ort_session
 
     try:
-        export_onnx(qmodel, tmp, input_shape=list(x.shape[1:]))
+        export_onnx(qmodel, tmp, example=x)
         session = ort_session(tmp)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     except Exception as error:  # reported in the table: export is expected to refuse some layer types

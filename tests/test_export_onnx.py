@@ -330,3 +330,28 @@ def test_onnxruntime_graph_optimization_changes_no_prediction_on_a_mobilenet(tmp
         assert parity.max_abs_diff < 0.1 * parity.max_abs_logit, (recipe, parity)
     print(sorted(worst))
     assert np.mean([agreement for agreement, *_ in worst]) >= 0.995, sorted(worst)
+
+
+def test_token_models_export_with_an_example_of_their_input(tmp_path):
+    """Models fed token ids (Embedding first) trace on an integer example; a float dummy is a one-line ExportError."""
+    import warnings
+
+    from lowbit.export import ExportError, export_onnx
+    from lowbit.export.verify import ort_session
+    from model_zoo import build
+
+    model, tokens = build("transformer", 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = lowbit.quantize(model, "lsq-w4a4", example=tokens)
+    qmodel.train()
+    qmodel(tokens)
+    qmodel.eval()
+    with pytest.raises(ExportError, match="pass an example batch of the model's real input"):
+        export_onnx(qmodel, tmp_path / "float.onnx", input_shape=list(tokens.shape[1:]))
+    export_onnx(qmodel, tmp_path / "tokens.onnx", input_shape=list(tokens.shape[1:]), input_dtype=torch.long)
+    session = ort_session(tmp_path / "tokens.onnx")
+    got = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})[0]
+    with torch.no_grad():
+        expected = qmodel(tokens).numpy()
+    assert (got.argmax(1) == expected.argmax(1)).all() and abs(got - expected).max() < 0.01

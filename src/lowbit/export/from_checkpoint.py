@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+import torch
 from torch import nn
 
 from .errors import ExportError
@@ -158,10 +159,12 @@ def export_checkpoint(
             "dataset": data.get("name"),
             "model": spec.get("name"),
         }
+        dtype_name = data.get("input_dtype") or "float32"
         info = export_onnx(
             restored,
             out_path,
             input_shape=input_shape,
+            input_dtype=getattr(torch, dtype_name, torch.float32),
             opset=opset or DEFAULT_OPSET,
             weight_dtype=weight_dtype,
             integer_bias=integer_bias,

@@ -168,13 +168,18 @@ def _deploy_copy(
     return deploy, marks, modules
 
 
-def _example(model: nn.Module, input_shape: Optional[Sequence[int]], example: Optional[torch.Tensor]) -> torch.Tensor:
+def _example(
+    model: nn.Module,
+    input_shape: Optional[Sequence[int]],
+    example: Optional[torch.Tensor],
+    input_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
     if example is not None:
         return example[:1].detach().cpu()
     if input_shape is None:
         raise ExportError("give the input shape (C, H, W) of one sample, or an example batch, to export to ONNX")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.zeros((1,) + tuple(int(d) for d in input_shape), device=device)
+    return torch.zeros((1,) + tuple(int(d) for d in input_shape), device=device, dtype=input_dtype or torch.float32)
 
 
 def _trace(deploy: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
@@ -219,6 +224,7 @@ def export_onnx(
     *,
     input_shape: Optional[Sequence[int]] = None,
     example: Optional[torch.Tensor] = None,
+    input_dtype: Optional[torch.dtype] = None,
     opset: int = DEFAULT_OPSET,
     weight_dtype: str = "auto",
     integer_bias: bool = True,
@@ -227,7 +233,8 @@ def export_onnx(
 ) -> OnnxExport:
     """Export a quantized ``model`` (in eval semantics) to an ONNX file at ``path`` with a dynamic batch size.
 
-    ``input_shape`` is one sample's ``(C, H, W)`` (or pass an ``example`` batch). ``weight_dtype``: ``auto`` (int8
+    ``input_shape`` is one sample's ``(C, H, W)``, with ``input_dtype`` (float32 unless given: ``torch.long`` for
+    token ids), or pass an ``example`` batch of the model's real input. ``weight_dtype``: ``auto`` (int8
     for weight grids within ±64, uint8 otherwise; see :mod:`lowbit.export.grids`), ``int8`` or ``uint8``.
     ``integer_bias``: int32 biases for layers that onnxruntime fuses into integer kernels (what it needs to fuse
     them); the biases of other layers with a quantized input are a separate float ``Add`` either way.
@@ -251,9 +258,16 @@ def export_onnx(
         )
     notes: list[str] = []
     with eval_mode(model):
-        sample = _example(model, input_shape, example)
+        sample = _example(model, input_shape, example, input_dtype)
         deploy, marks, modules = _deploy_copy(model, weight_dtype, notes)
-        traced = _trace(deploy, sample, opset)
+        try:
+            traced = _trace(deploy, sample, opset)
+        except RuntimeError as error:  # the model does not run on this input (token ids given as floats, ...)
+            raise ExportError(
+                f"tracing the model for ONNX on an input of shape {tuple(sample.shape)} and dtype {sample.dtype} "
+                f"failed: {str(error).splitlines()[0]}; pass an example batch of the model's real input "
+                f"(example=..., e.g. token ids) or its input_dtype"
+            ) from None
     for tag, spec in marks.items():
         if isinstance(spec, AffineMark) and modules[tag].rank is not None:
             spec.rank = modules[tag].rank
