@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "on_cpu"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,3 +31,12 @@ def resolve_device(name: str) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device type {device.type!r} is not supported; use cpu, cuda, cuda:N or auto")
     return device
+
+
+def on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself when all its parameters and buffers are on the CPU, else a CPU copy (exports encode, trace and
+    pack on the CPU: ONNX and packed files hold CPU tensors, and a user's GPU model stays where it is)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).cpu()

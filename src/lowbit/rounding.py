@@ -20,6 +20,7 @@ generator state travels in ``state_dict`` so a resumed run draws the same number
 
 from __future__ import annotations
 
+import copy
 import zlib
 from enum import Enum
 from typing import Union
@@ -95,20 +96,26 @@ class NoiseSource:
             raise ConfigError(f"noise resolution must be 16 or 24 bits, got {resolution_bits}")
         self.seed = int(seed)
         self.resolution_bits = resolution_bits
-        self._generator: torch.Generator | None = None
-        self._pending_state: torch.Tensor | None = None
+        self._generators: dict[str, torch.Generator] = {}  # one per device ("cpu", "cuda:0", ...), created lazily
+        self._pending_states: dict[str, torch.Tensor] = {}  # restored states of generators not created yet
         self._words: np.random.PCG64DXSM | None = None
         self._pending_words: dict | None = None
 
     def generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generator
-        if gen is None or gen.device != device:
+        """The generator for ``device``: each device has its own (seeded from ``seed``), so moving a model between
+        devices never resets the noise of another device's generator, and each one's state is checkpointed."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed)
-            if self._pending_state is not None and device.type == "cpu":
-                gen.set_state(self._pending_state)
-            self._pending_state = None
-            self._generator = gen
+            pending = self._pending_states.pop(key, None)
+            if pending is not None:
+                gen.set_state(pending)
+            self._generators[key] = gen
         return gen
 
     def _word_generator(self) -> np.random.PCG64DXSM:
@@ -138,19 +145,31 @@ class NoiseSource:
         return uniform.mul_(1.0 / 65536).add_(0.5 / 65536).to(x.dtype)
 
     def state(self) -> dict:
-        gen_state = None
-        if self._generator is not None and self._generator.device.type == "cpu":
-            gen_state = self._generator.get_state()
-        elif self._pending_state is not None:
-            gen_state = self._pending_state
+        """``generators``: the state of each device's generator (CPU byte tensors, by device name). Files written
+        before per-device generators hold the CPU generator's state under ``generator`` (still read)."""
+        states = dict(self._pending_states)
+        states.update({key: gen.get_state() for key, gen in self._generators.items()})
         words = self._words.state if self._words is not None else self._pending_words
-        return {"seed": self.seed, "generator": gen_state, "words": words, "resolution_bits": self.resolution_bits}
+        return {
+            "seed": self.seed,
+            "generators": states,
+            "words": words,
+            "resolution_bits": self.resolution_bits,
+        }
 
     def load_state(self, state: dict) -> None:
         self.seed = int(state["seed"])
-        self._generator = self._words = None
-        self._pending_state = state.get("generator")
+        self._generators, self._words = {}, None
+        self._pending_states = dict(state.get("generators") or {})
+        if state.get("generator") is not None:
+            self._pending_states.setdefault("cpu", state["generator"])
         self._pending_words = state.get("words")
+
+    def __deepcopy__(self, memo: dict) -> NoiseSource:
+        # through state(): torch.Generator objects (CUDA ones in particular) are not deep-copyable everywhere
+        twin = NoiseSource(self.seed, self.resolution_bits)
+        twin.load_state(copy.deepcopy(self.state(), memo))
+        return twin
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="KEY=VALUE",
         help="change a recipe value, e.g. quantize.weight.bits=3 (repeatable)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: CUDA when available, else CPU), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--amp",
+        choices=("none", "bf16"),
+        default="none",
+        help="bf16: run the training forward pass under bfloat16 autocast (default none: float32)",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -105,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         changes=dict(args.changes),
         device=args.device,
+        amp=args.amp,
         progress=False if args.no_progress else None,
         train_subset=args.train_subset,
         test_subset=args.test_subset,

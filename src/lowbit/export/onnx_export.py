@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..convert import replace_submodule
+from ..devices import on_cpu
 from ..nn.activation import QuantAct
 from ..nn.layers import QuantizedLayer
 from ..optional import require
@@ -257,6 +258,7 @@ def export_onnx(
             "float32 ONNX"
         )
     notes: list[str] = []
+    model = on_cpu(model)
     with eval_mode(model):
         sample = _example(model, input_shape, example, input_dtype)
         deploy, marks, modules = _deploy_copy(model, weight_dtype, notes)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import on_cpu
 from ..errors import LowbitError
 from ..nn.layers import QuantizedLayer
 from ..nn.slots import SLOTS
@@ -218,6 +219,7 @@ def save_packed(
             "the model has no quantized layers, so there are no integer codes to pack; quantize it "
             "with a recipe (lowbit.quantize or lowbit train --recipe lsq-w4a4) first"
         )
+    model = on_cpu(model)
     encoded = encode_model(model)
     if not encoded:
         raise ExportError(

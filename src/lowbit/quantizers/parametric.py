@@ -509,7 +509,7 @@ class ParametricPow2Quantizer(_ParametricBase):
                 + ([0.0] if self.with_zero else [])
                 + magnitudes
             )
-            table = torch.tensor(levels, dtype=x.dtype)
+            table = torch.tensor(levels, dtype=x.dtype, device=x.device)
             ratio = values / q_min
             # index of each value in the sorted table (exact: values are table entries times q_min)
             indices = torch.searchsorted(table, ratio.reshape(-1).contiguous()).reshape(x.shape)
@@ -518,7 +518,7 @@ class ParametricPow2Quantizer(_ParametricBase):
                 indices=indices.to(index_dtype(bits)),
                 bits=bits,
                 scale=q_min.clone(),
-                zero_point=torch.zeros((), dtype=x.dtype),
+                zero_point=torch.zeros((), dtype=x.dtype, device=x.device),
                 table=table,
             )
 

@@ -18,13 +18,31 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..recipes import Recipe, load_recipe
 from .losses import get_loss
 from .optimizers import build_optimizer, parameter_groups
 from .policies import LatentWeights, UpdatePolicy, build_policy
 from .regularizers import Regularizer, build_regularizers
 
-__all__ = ["TrainingStep", "StepOutput", "NonFiniteLoss"]
+__all__ = ["TrainingStep", "StepOutput", "NonFiniteLoss", "autocast_dtype", "AMP_MODES"]
+
+AMP_MODES = ("none", "bf16")
+
+
+def autocast_dtype(amp: str) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp``: ``None`` for ``none`` (float32 throughout), ``torch.bfloat16`` for ``bf16``.
+
+    Under bf16 autocast, matrix products and convolutions run in bfloat16 (float32 accumulation on GPUs); parameters,
+    optimizer state, the loss and everything outside the forward pass stay float32. Quantizers compute their
+    statistics (LSQ's initial step, min-max ranges, Uhlich's d/q_max) in float32 for half-precision inputs
+    (``quantizers/numerics.py``). Float16 is not offered: it needs loss scaling, bfloat16 does not.
+    """
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    raise ConfigError(f"unknown --amp {amp!r}; use one of {', '.join(AMP_MODES)}")
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -51,8 +69,10 @@ class TrainingStep:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         regularizers: Sequence[Regularizer] = (),
         grad_clip: Optional[float] = None,
+        amp: str = "none",
     ) -> None:
         self.model = model
+        self.autocast_dtype = autocast_dtype(amp)
         self.optimizer = optimizer
         self.policy = policy
         self.loss_fn = loss_fn
@@ -72,11 +92,13 @@ class TrainingStep:
         optimizer_spec: Optional[dict] = None,
         pretrain: bool = False,
         loss_fn: Optional[Callable] = None,
+        amp: str = "none",
     ) -> TrainingStep:
         """The step the recipe's ``train`` section describes, for an already converted ``model``.
 
         ``example`` (a batch) is passed to every regularizer's ``bind`` (memory budgets measure activation sizes on
         it). With ``pretrain`` the step is the recipe's float pre-training step: no policy, no regularizers.
+        ``amp``: ``none`` or ``bf16`` (the forward pass under bfloat16 autocast; see :func:`autocast_dtype`).
         """
         recipe = load_recipe(recipe) if not isinstance(recipe, Recipe) else recipe
         train = recipe.train
@@ -89,14 +111,20 @@ class TrainingStep:
             for reg in regularizers:  # before the optimizer exists: binding may run the model once
                 reg.bind(model, example)
         optimizer = build_optimizer(parameter_groups(model, spec, policy), spec)
-        return cls(model, optimizer, policy, loss_fn or get_loss(train["loss"]), regularizers, train.get("grad_clip"))
+        loss_fn = loss_fn or get_loss(train["loss"])
+        return cls(model, optimizer, policy, loss_fn, regularizers, train.get("grad_clip"), amp=amp)
 
     def set_epoch(self, epoch: int) -> None:
         """Staged regularizers (Bin Regularization's start epoch) switch on here."""
         self.active = [r for r in self.regularizers if r.active(epoch)]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        logits = self.model(x)
+        if self.autocast_dtype is None:
+            logits = self.model(x)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+                logits = self.model(x)
+            logits = logits.float()  # the loss, its gradient's start and the reported logits in float32
         loss = self.loss_fn(logits, y)
         objective = loss
         regularizer = torch.zeros((), device=loss.device)

@@ -80,7 +80,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # a new run into a directory that holds one: move the old run aside instead of refusing
     changes: dict = field(default_factory=dict)  # dotted recipe paths -> values (the CLI's --set)
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when available, else CPU (devices.resolve_device)
+    amp: str = "none"  # "bf16": the training forward under bfloat16 autocast (train/step.py autocast_dtype)
     progress: Optional[bool] = None  # None: a bar on a terminal, plain lines otherwise
     val_fraction: float = 0.1
     train_subset: Optional[int] = None
@@ -353,6 +354,7 @@ class Trainer:
             optimizer_spec=spec,
             pretrain=phase == "pretrain",
             loss_fn=self.loss_fn,
+            amp=self.config.amp,
         )
         self.optimizer, self.policy, self.regularizers = self.step.optimizer, self.step.policy, self.step.regularizers
         if self.config.compile:

@@ -66,7 +66,8 @@ def activation_memory_bits(
     ]
     if not terms:
         return torch.zeros(())
-    stacked = torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in terms])
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # fixed bit widths live on the CPU
+    stacked = torch.stack([torch.as_tensor(t, dtype=torch.float32, device=device) for t in terms])
     return stacked.sum() if reduce == "sum" else stacked.max()
 
 
