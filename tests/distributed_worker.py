@@ -1,6 +1,7 @@
 """One rank of the 2-process test in test_distributed.py, started by torchrun: trains a recipe for a few steps,
 then rank 0 writes every rank's per-tensor state hashes to REPORT (a JSON file outside the run directory)."""
 
+import gc
 import hashlib
 import json
 import sys
@@ -9,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from lowbit.convert import quantizers_of
+from lowbit.distributed import teardown
 from lowbit.train import TrainConfig, Trainer
 
 recipe, out, report = sys.argv[1:4]
@@ -28,4 +30,6 @@ dist.all_gather_object(gathered, mine)
 if dist.get_rank() == 0:
     with open(report, "w") as file:
         json.dump(gathered, file)
-dist.destroy_process_group()
+del trainer, result
+gc.collect()  # the DistributedDataParallel wrapper goes before its process group
+teardown()

@@ -78,8 +78,11 @@ def setup(device: torch.device) -> bool:
 
 
 def teardown() -> None:
-    """Leave the process group (after the last collective)."""
+    """Leave the process group (after the last collective), once every rank got here: a rank destroying its gloo
+    group while another still uses it can abort the process at exit."""
     if dist.is_initialized():
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
         dist.destroy_process_group()
 
 
