@@ -82,3 +82,47 @@ def test_cli_nproc_trains_and_refuses_unchecked_recipes_and_odd_batches(tmp_path
     assert "error: recipe 'bc-stoch' is not yet checked for training on several processes" in refused.stderr
     odd = run("--recipe", "bc-det", "--batch-size", "63", "--out", str(tmp_path / "odd"))
     assert odd.returncode != 0 and "must divide among the 2 processes" in odd.stderr
+
+
+DEAD_RANK = """
+import os, sys, torch
+from lowbit import distributed
+distributed.setup(torch.device("cpu"))
+if distributed.rank() == 1:
+    os._exit(0)  # dies without a word
+try:
+    distributed.sum_across([1.0], torch.device("cpu"))
+except distributed.DistributedError as error:
+    print("ONE LINE:", error)
+    sys.exit(7)
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_rank_makes_the_other_stop_with_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **_env(),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "LOWBIT_DIST_TIMEOUT": "10",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DEAD_RANK],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    out, err = procs[0].communicate(timeout=60)
+    procs[1].communicate(timeout=60)
+    assert procs[0].returncode == 7, err[-2000:]
+    assert "ONE LINE: rank 0: another process of the distributed run stopped" in out
