@@ -46,6 +46,7 @@ def _print_error(prefix: str, message: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line as given (lowbit train --nproc)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 from ..data import DATASETS
 from ..models import MODELS
@@ -86,6 +88,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the first steps; on a CPU measured no faster than "
         "eager, see docs/training.md)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=positive_int,
+        metavar="N",
+        help="train on N processes of this machine (launches the same command through torchrun; the batch size is "
+        "the global batch; see docs/distributed.md)",
+    )
     parser.add_argument("--train-subset", type=positive_int, help="use only this many training samples")
     parser.add_argument("--test-subset", type=positive_int, help="use only this many test samples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -94,8 +103,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line with its ``--nproc N`` (or ``--nproc=N``) removed."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``lowbit`` with ``argv`` (``train ...``, without ``--nproc``) on ``nproc`` processes of this machine through
+    torchrun (``torch.distributed.run``), and return its exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*command, "-m", "lowbit", *_without_nproc(argv)])
+
+
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..errors import ConfigError
     from ..train import TrainConfig
+
+    if args.nproc is not None and args.nproc > 1:
+        if distributed.launched():
+            raise ConfigError("--nproc inside a torchrun launch: give the number of processes to torchrun only")
+        return launch(args.nproc, args.argv)
     from ..train import run as train
 
     config = TrainConfig(
@@ -122,7 +158,14 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         quiet=args.quiet,
     )
-    result = train(config)
+    try:
+        with distributed.collective_errors():
+            result = train(config)
+        main_process = distributed.is_main()
+    finally:
+        distributed.teardown()
+    if not main_process:  # only rank 0 reports
+        return 0
     if args.quiet:
         m = result.metrics
         print(

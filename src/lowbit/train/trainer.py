@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from .. import distributed as ranks
 from ..calibrate import mark_trained_weights
 from ..convert import quantize
 from ..convert import quantizers_of as quantizers_in
@@ -55,6 +56,11 @@ from .schedule import build_scheduler
 from .step import NonFiniteLoss, TrainingStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
+
+
+#: recipes checked to keep every rank's state bit-identical (tests/test_distributed.py); the stochastic ones need a
+#: noise-seeding design first (docs/distributed.md)
+DISTRIBUTED_RECIPES = ("lsq-w4a4", "bc-det")
 
 
 def default_model_for(input_shape: Sequence[int]) -> str:
@@ -193,7 +199,11 @@ class Trainer:
         self.recipe = resolve_recipe(config)
         self.train_spec = self.recipe.train
         self.device = resolve_device(config.device)
+        self.distributed = ranks.setup(self.device) and ranks.world_size() > 1
+        quiet = config.quiet or not ranks.is_main()  # only rank 0 prints
         self.log = log or ((lambda _msg: None) if config.quiet else (lambda msg: print(msg, flush=True)))
+        if not ranks.is_main():
+            self.log = lambda _msg: None
         dataset = config.data or self.recipe.data.get("data") or "digits"
         own_data = any(d is not None for d in (train_data, val_data, test_data))
         if own_data and (splits is not None or model is None):
@@ -215,6 +225,8 @@ class Trainer:
                 test_subset=config.test_subset,
             )
         )
+        if self.distributed:
+            self._check_distributable()
         if model is None:
             name, options, dropped = _model_choice(self.recipe, config, self.splits.input_shape)
             if dropped:
@@ -235,14 +247,15 @@ class Trainer:
         if config.init_from is not None:
             self._load_float_start(model, config.init_from)
         self.model = model.to(self.device)
-        self.out = Path(config.out) if config.out else None
+        self.out = Path(config.out) if config.out and ranks.is_main() else None  # only rank 0 writes
         self.files = RunFiles(self.out) if self.out is not None else None
         self.loss_fn = get_loss(self.train_spec["loss"])
         self.history: list[dict] = []
         self.best: dict = {}
         self._best_state: Optional[dict] = None  # a copy of the best epoch's model state (see _commit)
         self._no_validation_noted = False
-        self.progress = Progress(enabled=config.progress, quiet=config.quiet)
+        self.progress = Progress(enabled=config.progress, quiet=quiet)
+        self._ranks_model: Optional[nn.Module] = None  # the DistributedDataParallel wrapper of the current phase
 
     @classmethod
     def from_checkpoint(
@@ -271,6 +284,27 @@ class Trainer:
             config.data_dir = data_dir
         restored = checkpoint.restore_model(model, reference=reference)
         return cls(config, model=restored, model_spec=checkpoint.model_spec, val_data=val_data, test_data=test_data)
+
+    def _check_distributable(self) -> None:
+        """Refuse, in one line each, what a distributed run does not support yet (see docs/distributed.md)."""
+        world, name = ranks.world_size(), self.recipe.name
+        if name not in DISTRIBUTED_RECIPES:
+            raise ConfigError(
+                f"recipe {name!r} is not yet checked for training on several processes (its noise seeding or "
+                f"cross-rank state is not designed yet); checked: {', '.join(DISTRIBUTED_RECIPES)}"
+            )
+        batch = self.train_spec["batch_size"]
+        if batch % world:
+            raise ConfigError(
+                f"the batch size {batch} is the global batch and must divide among the {world} processes; "
+                f"give --batch-size a multiple of {world}"
+            )
+        if isinstance(self.splits, UserSplits):
+            raise ConfigError("training on your own data on several processes is not supported yet; use one process")
+        if self.config.resume:
+            raise ConfigError("--resume of a distributed run is not supported yet; resume it on one process")
+        if self.config.compile:
+            raise ConfigError("--compile with several processes is not supported yet; drop --compile")
 
     def _load_float_start(self, model: nn.Module, source: str) -> None:
         start = load_checkpoint(source, which="last")
@@ -360,12 +394,15 @@ class Trainer:
         if self.config.compile:
             self.step.model = torch.compile(self.model)  # shares the parameters; evaluation stays eager
         self.scheduler = build_scheduler(self.optimizer, self.train_spec["schedule"], epochs)
+        self._ranks_model = None  # a new phase (a quantized model) gets its own DDP wrapper at its first step
         self.phase, self.phase_epochs = phase, epochs
 
     # ------------------------------------------------------------------------------------------ loop
     def _train_epoch(self, epoch: int) -> dict:
         self.model.train()
         loader = self._loader(self.splits.train, train=True, epoch=self._data_epoch(epoch))
+        if self.distributed:  # this rank's chunk of every global batch
+            loader = ranks.shard_batches(loader, ranks.rank(), ranks.world_size())
         self.step.set_epoch(epoch)
         total_loss = correct = seen = 0
         reg_total = 0.0
@@ -373,6 +410,8 @@ class Trainer:
         bar = self.progress.bar(_batches(loader), f"{self.phase} {epoch + 1}/{self.phase_epochs}")
         for step, (x, y) in enumerate(loader):
             x, y = x.to(self.device), y.to(self.device)
+            if self.distributed and self._ranks_model is None:
+                self._wrap_for_ranks(x)
             try:
                 out = self.step(x, y)
             except NonFiniteLoss as error:
@@ -387,6 +426,9 @@ class Trainer:
                 loss=total_loss / seen, acc=correct / seen, throughput=seen / max(time.perf_counter() - started, 1e-9)
             )
         bar.close()
+        if self.distributed:  # the epoch's figures over every rank; rank 0's BatchNorm statistics everywhere
+            total_loss, reg_total, correct, seen = ranks.sum_across([total_loss, reg_total, correct, seen], self.device)
+            ranks.broadcast_state(self.model, parameters=False)
         elapsed = time.perf_counter() - started
         record = {
             "loss": total_loss / seen,
@@ -397,6 +439,21 @@ class Trainer:
         if self.step.active:
             record["regularizer"] = reg_total / seen
         return record
+
+    def _wrap_for_ranks(self, x: torch.Tensor) -> None:
+        """Before the first step of a phase on several processes: initialise the lazily initialised quantizers (LSQ
+        steps, min-max ranges, Uhlich d/q_max) from this rank's first batch, copy rank 0's parameters and buffers to
+        every rank, and let the training step run through DistributedDataParallel (gradients averaged over ranks).
+
+        DDP copies rank 0's state when it is built, but a quantizer that initialises itself in the first forward would
+        do so from each rank's own batch after that copy; so that forward runs here first, in train mode without
+        gradients, with every buffer outside the quantizers (BatchNorm statistics) put back afterwards."""
+        if any(not bool(q.initialized) for q in quantizers_in(self.model)):
+            _initialize_quantizers(self.model, x)
+        ranks.broadcast_state(self.model)
+        device_ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+        self._ranks_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.step.model = self._ranks_model
 
     def _data_epoch(self, epoch: int) -> int:
         # pre-training and training see different shuffles, each a pure function of (seed, phase, epoch)
@@ -742,6 +799,24 @@ class Trainer:
             f"{metrics['compression']:.1f}x smaller)  {wall_time:.1f} s"
         )
         return RunResult(metrics=metrics, model=self.model, out=self.out)
+
+
+def _initialize_quantizers(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward of ``x`` in train mode without gradients, for the quantizers' lazy initialisation only: every
+    buffer outside the quantizers (BatchNorm statistics) and every module's mode are restored."""
+    owned = {id(b) for q in quantizers_in(model) for b in q.buffers()}
+    saved = {id(b): (b, b.clone()) for b in model.buffers() if id(b) not in owned}
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.train()
+        with torch.no_grad():
+            model(x)
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved.values():
+                buffer.copy_(value)
+        for module, training in modes.items():
+            module.train(training)
 
 
 def _count(split: Union[TensorSplit, UserSplit]) -> str:

@@ -1,0 +1,178 @@
+"""Training on several processes with ``torch.distributed``: the launch that ``torchrun`` describes, the process group,
+and the few collectives the trainer needs.
+
+``torchrun --nproc-per-node N -m lowbit train ...`` starts N copies of the command, each with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous address) in its environment. :func:`setup` sees them and joins the
+process group: gloo for a CPU run, NCCL for CUDA. Without those variables nothing here does anything and a run is
+the usual single process.
+
+Every collective has a timeout (``LOWBIT_DIST_TIMEOUT`` seconds, default 300): a rank that dies makes the others
+stop with :class:`DistributedError` instead of waiting forever (under ``torchrun`` the launcher also stops the
+other workers as soon as one fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterable, Iterator
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import ConfigError, LowbitError
+
+__all__ = [
+    "DistributedError",
+    "launched",
+    "setup",
+    "teardown",
+    "active",
+    "rank",
+    "world_size",
+    "is_main",
+    "broadcast_state",
+    "sum_across",
+    "shard_batches",
+    "collective_errors",
+]
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class DistributedError(LowbitError, RuntimeError):
+    """Another process of a distributed run died or stopped answering (or the process group cannot form)."""
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` all set)."""
+    return all(name in os.environ for name in LAUNCH_VARIABLES)
+
+
+def _timeout() -> datetime.timedelta:
+    raw = os.environ.get("LOWBIT_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"LOWBIT_DIST_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"LOWBIT_DIST_TIMEOUT must be positive, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def setup(device: torch.device) -> bool:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on CUDA); ``False`` when not launched
+    (a single process). Joining twice is a no-op."""
+    if not launched():
+        return False
+    if dist.is_initialized():
+        return True
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    with collective_errors():
+        dist.init_process_group(backend=backend, timeout=_timeout())
+    return True
+
+
+def teardown() -> None:
+    """Leave the process group (after the last collective), once every rank got here: a rank destroying its gloo
+    group while another still uses it can abort the process at exit."""
+    if dist.is_initialized():
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    """Whether this process is one rank of an initialised process group with more than one process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0, the process that prints and writes the run directory (every process of a single-process run)."""
+    return rank() == 0
+
+
+def broadcast_state(module: nn.Module, *, parameters: bool = True, buffers: bool = True) -> None:
+    """Copy rank 0's parameters and/or buffers of ``module`` into every other rank, in place.
+
+    Quantizers keep a Python-side ``initialized`` flag mirroring their buffer; every rank has run the same forward
+    before this, so the flags agree and only the values need copying."""
+    if not active():
+        return
+    tensors: list[torch.Tensor] = []
+    if parameters:
+        tensors += [p.data for p in module.parameters()]
+    if buffers:
+        tensors += list(module.buffers())
+    with torch.no_grad(), collective_errors():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
+def sum_across(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over the ranks (float64, so per-epoch counts and loss sums stay exact enough)."""
+    if not active():
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    with collective_errors():
+        dist.all_reduce(total)
+    return total.tolist()
+
+
+def shard_batches(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's part of every global batch: rank ``r`` of ``W`` takes the ``r``-th of ``W`` contiguous chunks
+    (``tensor_split``), so across the ranks every sample of the epoch is seen exactly once.
+
+    A last global batch with fewer than ``2·W`` samples would leave some rank with zero or one sample (no gradient,
+    or a BatchNorm that cannot normalise one sample); it is merged into the batch before it."""
+    previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    for x, y in batches:
+        if previous is not None and len(y) < 2 * world:
+            previous = (torch.cat([previous[0], x]), torch.cat([previous[1], y]))
+            continue
+        if previous is not None:
+            yield previous[0].tensor_split(world)[rank], previous[1].tensor_split(world)[rank]
+        previous = (x, y)
+    if previous is not None:
+        yield previous[0].tensor_split(world)[rank], previous[1].tensor_split(world)[rank]
+
+
+def _is_collective_failure(error: BaseException) -> bool:
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("gloo", "nccl", "timed out", "connection closed by peer", "connection reset")
+    )
+
+
+@contextlib.contextmanager
+def collective_errors() -> Iterator[None]:
+    """Turn a failed collective (a rank died, a timeout) into a one-line :class:`DistributedError`."""
+    try:
+        yield
+    except LowbitError:
+        raise
+    except (RuntimeError, OSError) as error:
+        if not _is_collective_failure(error) and not isinstance(error, OSError):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DistributedError(
+            f"rank {rank() if active() else os.environ.get('RANK', '?')}: another process of the distributed run "
+            f"stopped or did not answer within {_timeout().total_seconds():g} s ({first}); see that process's "
+            f"output for its error (LOWBIT_DIST_TIMEOUT sets the wait)"
+        ) from None
