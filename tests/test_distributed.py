@@ -94,7 +94,7 @@ try:
     distributed.sum_across([1.0], torch.device("cpu"))
 except distributed.DistributedError as error:
     print("ONE LINE:", error)
-    sys.exit(7)
+    distributed.stop(7)
 """
 
 

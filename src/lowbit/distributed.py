@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Iterable, Iterator
-from typing import Optional
+from typing import NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,7 @@ __all__ = [
     "sum_across",
     "shard_batches",
     "collective_errors",
+    "stop",
 ]
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -75,6 +77,15 @@ def setup(device: torch.device) -> bool:
     with collective_errors():
         dist.init_process_group(backend=backend, timeout=_timeout())
     return True
+
+
+def stop(code: int) -> NoReturn:
+    """End this process now, with ``code``. After another rank died, gloo's background threads can abort an ordinary
+    interpreter exit ("terminate called without an active exception", status -6), so the streams are flushed and
+    the process leaves without running that teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def teardown() -> None:

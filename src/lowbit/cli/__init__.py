@@ -59,6 +59,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return error.exit_code
     except LowbitError as error:
         _print_error("error: ", str(error) or type(error).__name__)
+        from ..distributed import DistributedError, stop
+
+        if isinstance(error, DistributedError):
+            stop(error.exit_code)  # (an ordinary exit can abort in gloo's threads once a peer died)
         return error.exit_code
     except BrokenPipeError:  # output piped into head, less, ...: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
