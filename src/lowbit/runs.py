@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, CustomModelError
-from .safe_state import StateFileError, is_safetensors_file, read_state, set_default_mode, write_state
+from .safe_state import StateFileError, is_safetensors_file, read_metadata, read_state, set_default_mode, write_state
 
 __all__ = [
     "Checkpoint",
@@ -89,7 +89,7 @@ class RunFiles:
         """The per-epoch records of the run: the checkpoint's history (``log.jsonl`` may lack the last committed
         epoch after a kill, or hold one that was never committed)."""
         if self.checkpoint.exists():
-            return Checkpoint.load(self.checkpoint).history
+            return Checkpoint.read_fields(self.checkpoint).get("history", [])
         if not self.log.exists():
             raise CheckpointError(
                 f"no training log {str(self.log)!r}: give a directory written by 'lowbit train --out'"
@@ -278,6 +278,18 @@ class Checkpoint:
     path: Optional[Path] = field(default=None, compare=False)  # where it was read from (not stored)
     which: str = field(default="last", compare=False)  # the view: "last" (resumable) or "best" (not stored)
 
+    @staticmethod
+    def read_fields(path: PathLike) -> dict[str, Any]:
+        """The checkpoint's metadata fields (history, best, phase, epoch, ...) without reading its tensors: what
+        readers of a run's record need, at the cost of the JSON header only."""
+        path = Path(path)
+        _check_file(path)
+        try:
+            meta = read_metadata(path)
+        except StateFileError as error:
+            raise CheckpointError(f"checkpoint {error}") from None
+        return _fields(path, meta)
+
     @property
     def recipe_name(self) -> str:
         return str(self.recipe.get("name", "?"))
@@ -285,7 +297,7 @@ class Checkpoint:
     @property
     def has_best(self) -> bool:
         """Whether an epoch qualified as best (one that met every constraint, e.g. a memory budget)."""
-        return bool(self.best) and self.best.get("epoch") is not None
+        return has_best_epoch(self.best)
 
     def view(self, which: str) -> Checkpoint:
         """``"last"``: this checkpoint. ``"best"``: the model of the best validation epoch (the last one when no
@@ -325,23 +337,13 @@ class Checkpoint:
     @classmethod
     def load(cls, path: PathLike) -> Checkpoint:
         path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-        if not is_safetensors_file(path):
-            raise _foreign(path)
+        _check_file(path)
         try:
             tree, meta = read_state(path)
         except StateFileError as error:
             raise CheckpointError(f"checkpoint {error}") from None
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{str(path)!r} is not a lowbit checkpoint (no '{FORMAT}' format tag)")
-        if meta.get("version") != str(VERSION):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} has format version {meta.get('version')}, this lowbit "
-                f"reads version {VERSION}; use the lowbit release that wrote it"
-            )
+        info = _fields(path, meta)
         try:
-            info = json.loads(meta["checkpoint"])
             model_spec = ModelSpec(**info.pop("model_spec"))
             data = info.pop("data")
             return cls(
@@ -385,6 +387,36 @@ _STATE_FIELDS = ("model_state", "optimizer_state", "scheduler_state", "rng", "be
 _META_FIELDS = tuple(
     f.name for f in fields(Checkpoint) if f.name not in _STATE_FIELDS + ("model_spec", "data", "path", "which")
 )
+
+
+def has_best_epoch(best: Optional[dict]) -> bool:
+    """Whether a checkpoint's ``best`` record names an epoch (none qualifies during float pre-training, without
+    validation data, or when a memory budget was never met)."""
+    return bool(best) and best.get("epoch") is not None
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not is_safetensors_file(path):
+        raise _foreign(path)
+
+
+def _fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The JSON fields of a checkpoint's metadata, after checking its format tag and version."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a lowbit checkpoint (no '{FORMAT}' format tag)")
+    if meta.get("version") != str(VERSION):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {meta.get('version')}, this lowbit "
+            f"reads version {VERSION}; use the lowbit release that wrote it"
+        )
+    try:
+        return json.loads(meta["checkpoint"])
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has malformed metadata ({error}); it was not written by this lowbit version"
+        ) from None
 
 
 def _json_value(value: Any) -> Any:

@@ -150,11 +150,12 @@ def selected_checkpoint(run_dir: Union[str, os.PathLike], select: str) -> Option
     ``"last"`` (the final epoch); ``None`` when the run wrote no checkpoint."""
     from pathlib import Path
 
-    from ..runs import Checkpoint, RunFiles
+    from ..runs import Checkpoint, RunFiles, has_best_epoch
 
     files = RunFiles(Path(run_dir))
     if not files.checkpoint.exists():
         return None
-    if select in ("best_val", "best_budget") and Checkpoint.load(files.checkpoint).has_best:
+    best = Checkpoint.read_fields(files.checkpoint).get("best")
+    if select in ("best_val", "best_budget") and has_best_epoch(best):
         return "best"
     return "last"
