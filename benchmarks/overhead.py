@@ -1,14 +1,20 @@
 """Cost of quantization-aware training: median milliseconds per training step, as a ratio to float32 in the same run.
 
-Model (the peers' reference setting): conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc256-ReLU, fc10 on 1×28×28 inputs,
-batch 128, Adam, cross-entropy. A step is what the trainer does: forward, loss (plus regularizers), backward,
-optimizer step, and the recipe's update policy (e.g. SR-ADAM's stochastic rounding back onto the grid).
+Models: ``small-cnn`` (the peers' reference setting, the default): conv32-BN-ReLU-pool, conv64-BN-ReLU-pool,
+fc256-ReLU, fc10 on 1×28×28 Fashion-MNIST batches, batch 128; ``resnet20``: ResNet-20 on random CIFAR-sized
+3×32×32 batches (the GPU setting, batch 256). Adam, cross-entropy. A step is what the trainer does: forward, loss
+(plus regularizers), backward, optimizer step, and the recipe's update policy (e.g. SR-ADAM's stochastic rounding
+back onto the grid).
 
 One process, all configurations interleaved round by round (so load and frequency changes hit all of them alike),
 the first steps of each configuration excluded as warm-up. Peers (Brevitas, torch.ao) are measured on the same model
 and data when installed (``pip install -e ".[bench]"``).
 
     python benchmarks/overhead.py [--rounds 12] [--steps 5] [--warmup 30] [--compile]
+    python benchmarks/overhead.py --device cuda --model resnet20 --batch 256 --recipes all --compile --tag cuda
+
+On CUDA every timed step ends with ``torch.cuda.synchronize()`` (the kernels are asynchronous: without it the timer
+measures only the launch).
 
 Writes docs/results/overhead.json and docs/results/overhead.md (``--tag`` suffixes the file names).
 """
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowbit
+from lowbit.devices import resolve_device
 from lowbit.models import build_model
 from lowbit.train import TrainingStep
 from timing import stable_allocator
@@ -62,13 +69,32 @@ KIND = {
 REFERENCE_KIND = "reference (fixed scale)"
 
 
+#: model name -> (input shape, build options); small-cnn is the shape the peers' hand-built models copy
+MODELS = {"small-cnn": ((1, 28, 28), {"fc_bn": False}), "resnet20": ((3, 32, 32), {})}
+MODEL = "small-cnn"  # set by main() from --model
+DEVICE = torch.device("cpu")  # set by main() from --device
+
+
 def float_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model("small-cnn", (1, 28, 28), 10, fc_bn=False)
+    shape, options = MODELS[MODEL]
+    return build_model(MODEL, shape, 10, **options).to(DEVICE)
 
 
 def data(batch: int, batches: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Real Fashion-MNIST batches when installed (value statistics matter for range-based quantizers)."""
+    """The batches on the benchmark's device: real Fashion-MNIST for the small CNN when installed (value statistics
+    matter for range-based quantizers), random CIFAR-sized data for ResNet-20."""
+    return [(x.to(DEVICE), y.to(DEVICE)) for x, y in _host_data(batch, batches)]
+
+
+def _host_data(batch: int, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    shape = MODELS[MODEL][0]
+    if MODEL != "small-cnn":
+        gen = torch.Generator().manual_seed(0)
+        return [
+            (torch.randn(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
+            for _ in range(batches)
+        ]
     try:
         from lowbit.data import BatchLoader, load_dataset
 
@@ -97,6 +123,8 @@ class Config:
             self.position += 1
             start = time.perf_counter()
             self.step(x, y)
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize(DEVICE)
             if record:
                 self.samples.append(time.perf_counter() - start)
 
@@ -115,7 +143,7 @@ def plain_step(model: nn.Module, lr: float = 1e-3) -> Callable:
 
 def lowbit_step(recipe_name: str, example: torch.Tensor, compile_model: bool) -> Callable:
     recipe = lowbit.load_recipe(recipe_name)
-    model = lowbit.quantize(float_model(), recipe)
+    model = lowbit.quantize(float_model(), recipe).to(DEVICE)
     model.train()
     model(example)  # data-dependent initialisation, as the trainer's first batch does
     runner = TrainingStep.from_recipe(
@@ -160,9 +188,12 @@ def brevitas_models() -> dict[str, nn.Module]:
         ]
         return nn.Sequential(*layers)
 
+    if MODEL != "small-cnn":
+        print(f"note: the Brevitas peers are written for small-cnn only; no Brevitas rows for {MODEL}", flush=True)
+        return {}
     return {
-        "Brevitas int8 W+A": cnn(Int8WeightPerTensorFloat, act=True),
-        "Brevitas binary W": cnn(SignedBinaryWeightPerTensorConst, act=False),
+        "Brevitas int8 W+A": cnn(Int8WeightPerTensorFloat, act=True).to(DEVICE),
+        "Brevitas binary W": cnn(SignedBinaryWeightPerTensorConst, act=False).to(DEVICE),
     }
 
 
@@ -199,7 +230,7 @@ def torch_ao_models() -> dict[str, nn.Module]:
     )
     learnable.qconfig = tq.QConfig(activation=act, weight=weight)
     models["torch.ao learnable fake-quant (LSQ)"] = tq.prepare_qat(learnable, inplace=False)
-    return models
+    return {name: model.to(DEVICE) for name, model in models.items()}
 
 
 class MinimalSTE(nn.Module):
@@ -242,18 +273,31 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps per configuration before round 1")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--recipes", default=",".join(LOWBIT_RECIPES))
+    parser.add_argument("--model", choices=sorted(MODELS), default="small-cnn")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    parser.add_argument(
+        "--recipes",
+        default=",".join(LOWBIT_RECIPES),
+        help="comma-separated recipes, or 'all' for every shipped quantized recipe",
+    )
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd float32 and lowbit")
     parser.add_argument("--out", default="docs/results")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     args = parser.parse_args(argv)
 
+    global MODEL, DEVICE
+    MODEL = args.model
+    DEVICE = resolve_device(args.device)  # a one-line error for cuda on a machine without it
     allocator = stable_allocator()
     torch.set_num_threads(args.threads)
     batches = data(args.batch)
     example = batches[0][0]
-    recipes = [r for r in args.recipes.split(",") if r]
+    recipes = (
+        [recipe.name for recipe in lowbit.list_recipes() if recipe.name != "fp32"]
+        if args.recipes == "all"
+        else [r for r in args.recipes.split(",") if r]
+    )
 
     configs = [Config("float32", "float", plain_step(float_model()))]
     for name in recipes:
@@ -329,6 +373,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "warmup_steps": args.warmup,
         "stable_allocator": allocator,
         "torch": torch.__version__,
+        "model": MODEL,
+        "device": str(DEVICE),
+        "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else platform.processor(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "rows": rows,
@@ -348,11 +395,21 @@ def _round_median(config: Config, index: int, steps: int) -> float:
 
 
 def markdown(result: dict) -> str:
+    model = result.get("model", "small-cnn")
+    described = (
+        "Small CNN (conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc256, fc10)"
+        if model == "small-cnn"
+        else f"{model} on random 3×32×32 data"
+    )
+    where = (
+        f"on {result['device_name']}"
+        if str(result.get("device", "cpu")).startswith("cuda")
+        else f"{result['threads']} threads"
+    )
     lines = [
         "# Training-step overhead of quantization",
         "",
-        f"Small CNN (conv32-BN-ReLU-pool, conv64-BN-ReLU-pool, fc256, fc10), batch {result['batch']}, "
-        f"{result['threads']} threads, torch {result['torch']}; median ms per training step over "
+        f"{described}, batch {result['batch']}, {where}, torch {result['torch']}; median ms per training step over "
         f"{result['rounds']} interleaved rounds of {result['steps_per_round']} steps after "
         f"{result['warmup_steps']} warm-up steps per configuration. Ratios are to float32 in the same process "
         f"(compiled rows to compiled float32): the median over rounds of each round's ratio, which cancels the "
