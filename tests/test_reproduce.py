@@ -218,3 +218,25 @@ def test_training_loss_check_needs_every_seed_and_an_effect_size():
     assert C.higher_training_loss("c", base, stats([0.25, 0.04, 0.20]), "A", "B").passed is False  # one seed better
     assert C.higher_training_loss("c", base, stats([0.06, 0.06, 0.07]), "A", "B").passed is False  # too small
     assert C.higher_training_loss("c", base, stats([]), "A", "B").passed is None
+
+
+def test_banner_deterministic_ablation_rounds_small_gradients_to_zero_in_both_gradient_quantizers():
+    import lowbit
+    from lowbit.models import build_model
+    from lowbit.quantizers import MinMaxQuantizer
+    from lowbit.reproduce.papers.banner import PAPER
+
+    cell = next(c for c in PAPER.cells(MODES["smoke"], PAPER.budget(MODES["smoke"])) if c.role == "8bit-det")
+    recipe = load_recipe(cell.recipe).with_changes(cell.changes)
+    model = lowbit.quantize(build_model("small-cnn", (1, 28, 28), 10, **cell.model_options), recipe)
+    quantizers = [
+        (type(m).__name__, m.grad_quantizer) for m in model.modules() if getattr(m, "grad_quantizer", None) is not None
+    ]
+    layer_q = [q for name, q in quantizers if not name.startswith("RangeBatchNorm")]
+    bn_q = [q for name, q in quantizers if name.startswith("RangeBatchNorm")]
+    assert layer_q and bn_q
+    g = torch.full((500,), 2e-4)
+    g[0], g[1] = -1.0, 3.0  # global range [-1, 3]: one 8-bit step is 4/255, 0 is not m + kΔ for the exact zero point
+    for q in layer_q + bn_q:
+        assert isinstance(q, MinMaxQuantizer) and q.rounding == "nearest" and q.integer_zero
+        assert torch.all(q(g.clone())[2:] == 0)
