@@ -143,7 +143,7 @@ def lower(
 def at_or_below(
     claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, differs: str = ""
 ) -> Check:
-    """"a at or below b" (``err(a) ≤ err(b)``), decided like an ordering: *pass* when a is lower beyond noise,
+    """ "a at or below b" (``err(a) ≤ err(b)``), decided like an ordering: *pass* when a is lower beyond noise,
     *fail* when it is higher beyond noise, *inconclusive* in between -- equal means are not evidence for the claim."""
     rule = f"err({name_a}) ≤ err({name_b}): pass when lower by > 2 SE, fail when higher by > 2 SE"
     return lower(claim, a, b, name_a, name_b, differs=differs, rule=rule)

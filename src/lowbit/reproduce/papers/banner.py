@@ -49,8 +49,7 @@ PREDICTIONS = {
     "deterministic": "stochastic rounding of the 8-bit gradients is essential: deterministic rounding degrades "
     "training",
     "deterministic_loss": "deterministic rounding of the 8-bit gradients degrades training (training loss)",
-    "bifurcation": "the weight gradient needs the high-precision copy of g_l: 8-bit weight gradients degrade "
-    "training",
+    "bifurcation": "the weight gradient needs the high-precision copy of g_l: 8-bit weight gradients degrade training",
     "bifurcation_loss": "8-bit weight gradients (no bifurcation) degrade training (training loss)",
     "range_bn": "Range BN works as well as BN (ResNet-50 on ImageNet)",
 }
@@ -145,7 +144,12 @@ def checks(stats: dict, analyses: dict) -> list:
         lower(PREDICTIONS["bifurcation"], eight, nobif, "W8A8G8", "8-bit g_W", differs=DIFFERS["bifurcation"]),
         nobif_loss,
         close(
-            PREDICTIONS["range_bn"], r.get("float-rbn"), r.get("float"), "float Range BN", "float BN", 1.0,
+            PREDICTIONS["range_bn"],
+            r.get("float-rbn"),
+            r.get("float"),
+            "float Range BN",
+            "float BN",
+            1.0,
             DIFFERS["range_bn"],
         ),
     ]
