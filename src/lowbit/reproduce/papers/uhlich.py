@@ -289,11 +289,11 @@ def budget_met(claim: str, s: Optional[CellStats]) -> Check:
     """Every seed's reported checkpoint is within the weight budget (a diverged seed counts as not within)."""
     rule = RULES["budget"]
     if s is None or not s.records:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["budget"])
     probed = [rec["probes"] for rec in s.records if rec.get("probes", {}).get("memory")]
     met = [p["memory"]["weight_kb"] <= p["memory"]["budget_kb"] + 1e-9 for p in probed] + [False] * s.diverged
     if not met:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["budget"])
     shown = ", ".join(
         f"{p['memory']['weight_kb']:.2f}/{p['memory']['budget_kb']:.2f} KB ({p.get('checkpoint')})" for p in probed
     )
@@ -305,10 +305,10 @@ def budget_met(claim: str, s: Optional[CellStats]) -> Check:
 def heterogeneous(s: Optional[CellStats]) -> Check:
     claim, rule = PREDICTIONS["heterogeneous"], RULES["heterogeneous"]
     if s is None or not s.records:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["heterogeneous"])
     allocations = [tuple(v["weight"] for v in memory["bits"].values()) for memory in _memories(s)]
     if not allocations:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["heterogeneous"])
     return Check(
         claim,
         rule,
@@ -337,7 +337,7 @@ def gradient_checks(grads: Optional[dict]) -> list:
     and on average. At a fixed q_max the b-partials of U1/U2 shrink with d, so no check claims they grow."""
     keys = ("u3_bounded", "u1_grows", "means_grow")
     if not grads:
-        return [Check(PREDICTIONS[k], "–", "–", None) for k in keys]
+        return [Check(PREDICTIONS[k], "–", "–", None, differs=DIFFERS["analysis"]) for k in keys]
     mx, mean = grads["max"], grads["mean"]
     bounded = max(mx["U3/d"]) <= 0.5 + 1e-9 and max(mx["U3/q_max"]) <= 1 + 1e-9
     grows = mx["U1/d"][-1] >= 2 ** (grads["bits"][-1] - 2)
