@@ -42,7 +42,8 @@ CLAIM = (
 SETUP = (
     "Small CNN conv16-conv32-fc128 pre-trained in float (recipe `fp32`, ADAM 2e-3, cosine), then fine-tuned from "
     "that checkpoint (same seed) with LSQ: SGD momentum 0.9, LR 0.01, cosine, weight decay 1e-4 (8/4 bit), 5e-5 "
-    "(3 bit), 2.5e-5 (2 bit); first and last layer at 8 bits (recipes `lsq-w*a*`). LSQ+BR: the same, plus 0.5 x "
+    "(3 bit), 2.5e-5 (2 bit); first and last layer at 8 bits, the network input in float (recipes "
+    "`lsq-w*a*`). LSQ+BR: the same, plus 0.5 x "
     "Bin Regularization from the middle of the fine-tune (staged strategy). Test error after the last epoch; "
     "'near level' = fraction of the weights of the low-bit layers within 0.05 step of a quantization level, "
     "after training."
