@@ -148,3 +148,17 @@ def test_first_and_last_overrides_compose_on_a_one_layer_model():
     layer = quantized[0]
     # 'last' re-adds the input that 'first' removed
     assert layer.weight_quantizer.bits == 8 and layer.input_quantizer.bits == 8
+
+
+@pytest.mark.parametrize("recipe", ["lsq-w8a8", "lsq-w4a4", "lsq-w3a3", "lsq-w2a2"])
+def test_lsq_recipes_keep_the_network_input_float_and_quantize_the_last_input_to_8_bits(recipe):
+    # what docs/methods.md and the reproduction notes state: first/last weights at 8 bits, the last layer's input
+    # at 8 bits, the first layer's input (the image) left float
+    from lowbit.quantizers.lsq import LSQQuantizer
+
+    model = lowbit.quantize(build_model("small-cnn", (1, 28, 28), 10), recipe)
+    layers = [m for m in model.modules() if getattr(m, "weight_quantizer", None) is not None]
+    first, last = layers[0], layers[-1]
+    assert first.input_quantizer is None
+    assert first.weight_quantizer.bits == 8 and last.weight_quantizer.bits == 8
+    assert isinstance(last.input_quantizer, LSQQuantizer) and last.input_quantizer.bits == 8

@@ -62,3 +62,28 @@ def test_encoding_matches_forward_per_channel():
     encoded = q.encode(w)
     assert encoded.axis == 0 and int(encoded.indices.max()) <= 63
     assert torch.allclose(encoded.dequantize(), q(w))
+
+
+def _gradient_with_small_entries() -> torch.Tensor:
+    """A gradient-like tensor: a few large entries set the global range [-1, 3], most entries are far smaller than
+    one 8-bit step (4/255)."""
+    g = torch.full((1000,), 1e-4)
+    g[::2] = -3e-4
+    g[0], g[1] = -1.0, 3.0
+    return g
+
+
+def test_integer_zero_point_rounds_small_gradients_to_exactly_zero():
+    q = MinMaxQuantizer(bits=8, role="gradient", rounding="nearest", zero_point="integer")
+    out = q(_gradient_with_small_entries())
+    assert torch.all(out[2:] == 0)
+
+
+def test_exact_zero_point_without_a_zero_level_biases_small_gradients_under_nearest_rounding():
+    # why the deterministic ablation needs the integer zero point: -m/Δ = 255/4 = 63.75 is no integer, so 0 is not a
+    # level and every small entry lands on the same non-zero level (a constant bias of about a quarter step)
+    q = MinMaxQuantizer(bits=8, role="gradient", rounding="nearest", zero_point="exact")
+    out = q(_gradient_with_small_entries())[2:]
+    assert torch.all(out == out[0]) and out[0] != 0
+    step = 4.0 / 255
+    assert abs(float(out[0])) == pytest.approx(0.25 * step, rel=1e-4)

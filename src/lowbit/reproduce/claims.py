@@ -5,7 +5,9 @@ rule next to the numbers it was applied to. Errors are mean test errors over see
 tolerances are in percentage points (pp). Three kinds of rule:
 
 * **ordering** ("A has a lower error than B"): *pass* when ``err(B) − err(A) − margin > 2 SE``, *fail* when
-  ``< −2 SE``, *inconclusive* in between (the data cannot order the two), with ``SE = sqrt(se_A² + se_B²)``;
+  ``< −2 SE``, *inconclusive* in between (the data cannot order the two), with ``SE = sqrt(se_A² + se_B²)``.
+  "A at or below B" (:func:`at_or_below`) is decided the same way: equal means are *inconclusive*, never a pass,
+  so a check cannot pass on a coin flip of the seeds;
 * **tolerance** ("A is within t pp of B", "A is at most t pp worse than B"): decided on the means; *(near the
   limit)* marks a margin smaller than 2 SE;
 * **training loss** ("B degrades training"): B's final training loss exceeds A's in every seed and its mean is at
@@ -17,7 +19,11 @@ set allows.
 
 Verdict of a paper: **supported** when every check with data passes, **not supported** when none passes, **partly**
 otherwise; an inconclusive check is not a pass. Checks without data (a cell not run, a budget never met) are listed
-and left out.
+and left out; their outcome says why (e.g. ``missed budget: 75.73 KB > 75.71 KB``: a run that misses its memory
+budget has no admissible checkpoint, so it is reported as missed, never ranked).
+
+Every check states the paper's claim as the paper makes it (``claim``) and, in ``differs``, where lowbit's setup
+differs from the paper's (model, data, epochs, settings the paper does not give).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import ConfigError
 from .results import CellStats
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "verdict",
     "RULES_TEXT",
     "lower",
+    "at_or_below",
     "close",
     "not_worse",
     "ratio",
@@ -50,7 +58,9 @@ RULES_TEXT = (
     "*training-loss* checks (B trains worse than A) compare the final training losses seed by seed. "
     "Standard errors use the larger of the seed-to-seed and the test-set (binomial) noise. Verdict: "
     "**supported** when every check passes, **not supported** when none does, **partly** otherwise; an "
-    "inconclusive check does not count as a pass."
+    "inconclusive check does not count as a pass. A run that missed its memory budget is reported as missed "
+    "(with its memory against the budget) and is never ranked. Each check states the paper's claim as the paper "
+    "makes it and where our setup differs."
 )
 
 
@@ -59,13 +69,15 @@ class Check:
     claim: str
     rule: str
     observed: str
-    passed: Optional[bool]  # None: no data
+    passed: Optional[bool]  # None: no data, or nothing to rank (``status`` says why)
     within_noise: bool = False  # ordering: inconclusive (passed is False); tolerance: near the limit
+    differs: str = ""  # where lowbit's setup differs from the paper's
+    status: str = ""  # the outcome of a check left out of the verdict ("missed budget: ..."); default "no data"
 
     @property
     def outcome(self) -> str:
         if self.passed is None:
-            return "no data"
+            return self.status or "no data"
         if self.passed:
             return "pass (near the limit)" if self.within_noise else "pass"
         return "inconclusive (within noise)" if self.within_noise else "fail"
@@ -106,39 +118,76 @@ def _observed(a: CellStats, b: CellStats, name_a: str, name_b: str) -> str:
 
 
 def lower(
-    claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, margin: float = 0.0
+    claim: str,
+    a: Optional[CellStats],
+    b: Optional[CellStats],
+    name_a: str,
+    name_b: str,
+    margin: float = 0.0,
+    differs: str = "",
+    rule: str = "",
 ) -> Check:
     """Ordering: ``err(b) − err(a) > margin`` beyond noise (a has the lower error)."""
-    rule = f"err({name_a}) < err({name_b})" if not margin else f"err({name_b}) − err({name_a}) > {margin:g} pp"
+    if not rule:
+        rule = f"err({name_a}) < err({name_b})" if not margin else f"err({name_b}) − err({name_a}) > {margin:g} pp"
     if not have(a, b):
-        return Check(claim, rule, f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}", None)
+        return Check(claim, rule, f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}", None, differs=differs)
     excess = b.mean - a.mean - margin
     noise = 2 * _se_diff(a, b)
+    observed = _observed(a, b, name_a, name_b)
     if excess > noise:
-        return Check(claim, rule, _observed(a, b, name_a, name_b), True)
-    return Check(claim, rule, _observed(a, b, name_a, name_b), False, within_noise=excess >= -noise)
+        return Check(claim, rule, observed, True, differs=differs)
+    return Check(claim, rule, observed, False, within_noise=excess >= -noise, differs=differs)
 
 
-def close(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, tol: float) -> Check:
+def at_or_below(
+    claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, differs: str = ""
+) -> Check:
+    """ "a at or below b" (``err(a) ≤ err(b)``), decided like an ordering: *pass* when a is lower beyond noise,
+    *fail* when it is higher beyond noise, *inconclusive* in between -- equal means are not evidence for the claim."""
+    rule = f"err({name_a}) ≤ err({name_b}): pass when lower by > 2 SE, fail when higher by > 2 SE"
+    return lower(claim, a, b, name_a, name_b, differs=differs, rule=rule)
+
+
+def close(
+    claim: str,
+    a: Optional[CellStats],
+    b: Optional[CellStats],
+    name_a: str,
+    name_b: str,
+    tol: float,
+    differs: str = "",
+) -> Check:
     """Tolerance: ``|err(a) − err(b)| <= tol`` on the means."""
     rule = f"|err({name_a}) − err({name_b})| ≤ {tol:g} pp"
     if not have(a, b):
-        return Check(claim, rule, f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}", None)
+        return Check(claim, rule, f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}", None, differs=differs)
     d = a.mean - b.mean
     ok = abs(d) <= tol
-    return Check(claim, rule, _observed(a, b, name_a, name_b), ok, ok and tol - abs(d) < 2 * _se_diff(a, b))
+    near = ok and tol - abs(d) < 2 * _se_diff(a, b)
+    return Check(claim, rule, _observed(a, b, name_a, name_b), ok, near, differs=differs)
 
 
 def not_worse(
-    claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str, tol: float
+    claim: str,
+    a: Optional[CellStats],
+    b: Optional[CellStats],
+    name_a: str,
+    name_b: str,
+    tol: float,
+    differs: str = "",
 ) -> Check:
-    """Tolerance: ``err(a) <= err(b) + tol`` on the means (a matches, within tol, or beats b)."""
+    """Tolerance: ``err(a) <= err(b) + tol`` on the means (a matches, within tol, or beats b). ``tol`` must be
+    positive: with ``tol = 0`` two equal methods would pass or fail on a coin flip (use :func:`at_or_below`)."""
+    if tol <= 0:
+        raise ConfigError(f"not_worse needs a positive tolerance, got {tol}; use at_or_below for err(a) ≤ err(b)")
     rule = f"err({name_a}) ≤ err({name_b}) + {tol:g} pp"
     if not have(a, b):
-        return Check(claim, rule, f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}", None)
+        return Check(claim, rule, f"{name_a} {fmt_error(a)}, {name_b} {fmt_error(b)}", None, differs=differs)
     d = a.mean - b.mean
     ok = d <= tol
-    return Check(claim, rule, _observed(a, b, name_a, name_b), ok, ok and tol - d < 2 * _se_diff(a, b))
+    near = ok and tol - d < 2 * _se_diff(a, b)
+    return Check(claim, rule, _observed(a, b, name_a, name_b), ok, near, differs=differs)
 
 
 def ratio(

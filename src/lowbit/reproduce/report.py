@@ -171,6 +171,8 @@ def write_report(
                     "observed": c.observed,
                     "passed": c.passed,
                     "within_noise": c.within_noise,
+                    "outcome": c.outcome,
+                    "differs": c.differs,
                 }
                 for c in checks
             ],
@@ -270,11 +272,16 @@ def _section(
     for caption, path in paper.figures(table, stats, analyses, fig_dir):
         rel = path.relative_to(base).as_posix()
         lines += [f"![{path.stem}]({rel})", "", f"*{caption}*", ""]
+    header = ["prediction (the paper's claim)", "rule", "our numbers", "result"]
     rows = [[c.claim, c.rule, c.observed, c.outcome] for c in checks]
+    if any(c.differs for c in checks):
+        header.insert(1, "where our setup differs")
+        for row, c in zip(rows, checks):
+            row.insert(1, c.differs or "–")
     lines += [
         "**Checks.**",
         "",
-        render_table(["prediction", "rule", "our numbers", "result"], rows),
+        render_table(header, rows),
         "",
         f"**Verdict: {v}.**",
         "",

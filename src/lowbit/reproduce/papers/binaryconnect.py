@@ -14,7 +14,7 @@ from typing import Optional
 
 from .. import figures as F
 from ..cells import Budget, Cell, Table
-from ..claims import lower, not_worse, probe_accuracy_as_error
+from ..claims import at_or_below, lower, probe_accuracy_as_error
 from ..markdown import mean_text, render_table
 from ..modes import Mode
 from ..paper import Paper
@@ -29,9 +29,9 @@ TITLE = "BinaryConnect"
 AUTHORS = "Courbariaux, Bengio & David, NeurIPS 2015"
 CLAIM = (
     "Binarizing the weights during the forward and backward propagations, while float weights accumulate the "
-    "updates, costs little accuracy and acts as a regularizer: BC-det comes within about 1–2 points of the "
-    "float net, and BC-stoch, tested with its real-valued weights, matches or beats it (paper, permutation-"
-    "invariant MNIST: 1.29 % and 1.18 % against 1.30 % error). Clipping the latent weights to [-1, 1] is "
+    "updates, acts as a regularizer: BC-det and BC-stoch (tested with its real-valued weights) end at or below "
+    "the error of the unregularized float net (paper Table 2, permutation-invariant MNIST: 1.29 % and 1.18 % "
+    "against 1.30 %; CIFAR-10: 9.90 % and 8.27 % against 10.64 %). Clipping the latent weights to [-1, 1] is "
     "needed, and testing BC-stoch with sign(W) instead of W costs accuracy."
 )
 SETUP = (
@@ -43,11 +43,20 @@ SETUP = (
 )
 # the checks, per column ("{column}" is MLP or CNN)
 PREDICTIONS = {
-    "det": "{column}: BC-det is within about 1–2 points of the float net",
-    "stoch": "{column}: BC-stoch tested with real W matches or beats the float net",
+    "det": "{column}: BC-det acts as a regularizer: error at or below the unregularized float net's (MNIST: "
+    "1.29 % vs 1.30 %; CIFAR-10: 9.90 % vs 10.64 %)",
+    "stoch": "{column}: BC-stoch, tested with real W, acts as a regularizer: error at or below the float net's "
+    "(MNIST: 1.18 % vs 1.30 %; CIFAR-10: 8.27 % vs 10.64 %)",
     "det_clip": "{column}: turning off clipping makes BC-det worse",
     "stoch_clip": "{column}: turning off clipping makes BC-stoch worse",
     "sign": "{column}: testing BC-stoch with sign(W) costs accuracy",
+}
+# where the checks' setup differs from the paper's (ALGORITHMS.md 1.5, 1.8)
+DIFFERS = {
+    "regularizer": "{column} on Fashion-MNIST for 15 epochs (paper: 3×1024 MLP on MNIST for 1000 epochs, CIFAR-10 "
+    "and SVHN CNNs for 200–500); at this size BC-det may lose a little (ALGORITHMS.md 1.8)",
+    "ablation": "{column} on Fashion-MNIST for 15 epochs; the clipping and sign(W) ablations are ALGORITHMS.md "
+    "1.8's checks of the paper's method, not numbers in its Table 2",
 }
 # rows of the results table: (role, label) of trained cells, or (probe key, label) of the sign_eval probe
 ROWS_TRAINED = (
@@ -143,17 +152,19 @@ def checks(stats: dict, analyses: dict) -> list:
             continue
         text = {key: claim.format(column=column) for key, claim in PREDICTIONS.items()}
         f, det, sto = r.get("float"), r.get("bc-det"), r.get("bc-stoch")
+        regularizer, ablation = (DIFFERS[k].format(column=column) for k in ("regularizer", "ablation"))
         out += [
-            not_worse(text["det"], det, f, "BC-det", "float", 2.0),
-            not_worse(text["stoch"], sto, f, "BC-stoch", "float", 0.5),
-            lower(text["det_clip"], det, r.get("bc-det-noclip"), "BC-det", "BC-det no clip"),
-            lower(text["stoch_clip"], sto, r.get("bc-stoch-noclip"), "BC-stoch", "BC-stoch no clip"),
+            at_or_below(text["det"], det, f, "BC-det", "float", regularizer),
+            at_or_below(text["stoch"], sto, f, "BC-stoch", "float", regularizer),
+            lower(text["det_clip"], det, r.get("bc-det-noclip"), "BC-det", "BC-det no clip", differs=ablation),
+            lower(text["stoch_clip"], sto, r.get("bc-stoch-noclip"), "BC-stoch", "BC-stoch no clip", differs=ablation),
             lower(
                 text["sign"],
                 sto,
                 probe_accuracy_as_error(sto, "sign_eval", "test_acc_sign_w"),
                 "BC-stoch real W",
                 "BC-stoch sign(W)",
+                differs=ablation,
             ),
         ]
     return out

@@ -2,7 +2,8 @@
 float copy (BC) against purely quantized training with deterministic (R) or stochastic (SR) rounding.
 
 Table: a binary-weight MLP trained with ADAM as float, BC-ADAM, SR-ADAM and R-ADAM (batch 32) and Big SR-ADAM
-(batch 512, at the recipe's LR and at 16 x it). Analysis: the paper's convex toy (:mod:`lowbit.reproduce.toy`),
+(batch 512, at the recipe's LR -- the one the checks use, as the paper is only known to enlarge the batch -- and, as
+an investigation outside the checks, at 16 x it). Analysis: the paper's convex toy (:mod:`lowbit.reproduce.toy`),
 least squares on a grid of step Δ, where R freezes once ``a |g| < Δ / 2`` and SR stalls at an O(Δ) floor.
 """
 
@@ -41,10 +42,10 @@ SETUP = (
     "rounded back onto {-1, +1} after every ADAM step. Test error after the last epoch."
 )
 PREDICTIONS = {
-    "float_best": "ADAM (float) has the lowest error",
-    "bc_far_better": "BC-ADAM is far better than the purely quantized methods (≥ 2 pp better than Big SR-ADAM)",
-    "big_batch": "a bigger batch helps SR (at equal epochs, LR scaled with the batch)",
-    "sr_vs_r": "SR-ADAM is at most about as bad as R-ADAM (SR ≲ R)",
+    "float_best": "ADAM (float) has the lowest error (ADAM < BC-ADAM)",
+    "bc_far_better": "BC-ADAM is far better than the purely quantized methods (BC-ADAM ≪ Big SR-ADAM)",
+    "big_batch": "a bigger batch helps SR but does not close the gap (Big SR-ADAM < SR-ADAM)",
+    "sr_vs_r": "SR-ADAM is at most about as bad as R-ADAM (SR-ADAM ≲ R-ADAM)",
     "late": "SR stops improving once the LR decays, while BC keeps improving",
     "toy_r": "convex toy: R freezes at small learning rates (stays at its initial loss)",
     "toy_sr": "convex toy: SR's floor does not shrink as the learning rate shrinks, and stays well above the best "
@@ -59,6 +60,20 @@ RULES = {
     "toy_bc_stoch": "BC-stoch's f(Q_d(w_r)) − f* within 10 % of f(Q_d(w_LS)) − f* for every LR ≤ 1e-3 with "
     "LR × steps ≥ 5",
     "toy_copy": "BC-stoch float copy f − f* < 0.01 and BC-det's > 10 × that, for LR ≤ 1e-3 with LR × steps ≥ 5",
+}
+# where each check's setup differs from the paper's (ALGORITHMS.md 2)
+SCALE = "binary-weight MLP on Fashion-MNIST (paper: CNNs on CIFAR-10/100 and ImageNet; its numbers not verified)"
+BIG_BATCH = (
+    "Big SR-ADAM = batch 512 vs 32 at the recipe's LR: the paper's batch sizes, and whether it scaled the LR, are "
+    "not verified (the LR × 16 row is an investigation, outside the checks)"
+)
+DIFFERS = {
+    "float_best": SCALE,
+    "bc_far_better": f"{SCALE}; '≪' read as ≥ 2 pp beyond noise; {BIG_BATCH}",
+    "big_batch": f"{SCALE}; {BIG_BATCH}",
+    "sr_vs_r": f"{SCALE}; '≲' read as at most 0.5 pp worse",
+    "late": f"{SCALE}; cosine schedule, mid-training vs final test error",
+    "toy": "least-squares toy of ALGORITHMS.md 2.6 for the paper's convex theory (its constants not verified)",
 }
 TABLE_HEADER = [
     "method (paper's expected order)",
@@ -107,7 +122,7 @@ def cells(mode: Mode, budget: Budget) -> list:
         # the linear scaling rule (LR x 16) keeps the expected movement per epoch and isolates the variance effect
         Cell(
             id="lide/big-sr-adam-lr16",
-            label="Big SR-ADAM (batch 512, LR 4.8e-2 = 16 x 3e-3)",
+            label="Big SR-ADAM (batch 512, LR 4.8e-2 = 16 x 3e-3; investigation, not in the checks)",
             recipe="big-sr-adam",
             role="big-sr",
             changes={"train.optimizer.lr": 0.048},
@@ -133,14 +148,21 @@ TOY = Analysis(name="toy", request=toy_request, compute=toy_compute)
 # --------------------------------------------------------------------------------------------------- checks
 def checks(stats: dict, analyses: dict) -> list:
     r = by_role(stats)
-    f, bc, big, sr, rr = (r.get(k) for k in ("float", "bc", "big-sr", "sr", "r"))
+    # Big SR-ADAM as the paper describes it: the larger batch alone (the recipe's LR)
+    f, bc, big, sr, rr = (r.get(k) for k in ("float", "bc", "big-sr-same-lr", "sr", "r"))
+    d = DIFFERS
+    late = late_improvement(sr, bc)
+    late.differs = d["late"]
+    toy = toy_checks(analyses.get("toy"))
+    for check in toy:
+        check.differs = d["toy"]
     return [
-        lower(PREDICTIONS["float_best"], f, bc, "ADAM", "BC-ADAM"),
-        lower(PREDICTIONS["bc_far_better"], bc, big, "BC-ADAM", "Big SR-ADAM (LR × 16)", margin=2.0),
-        lower(PREDICTIONS["big_batch"], big, sr, "Big SR-ADAM (LR × 16)", "SR-ADAM"),
-        not_worse(PREDICTIONS["sr_vs_r"], sr, rr, "SR-ADAM", "R-ADAM", 0.5),
-        late_improvement(sr, bc),
-    ] + toy_checks(analyses.get("toy"))
+        lower(PREDICTIONS["float_best"], f, bc, "ADAM", "BC-ADAM", differs=d["float_best"]),
+        lower(PREDICTIONS["bc_far_better"], bc, big, "BC-ADAM", "Big SR-ADAM", 2.0, d["bc_far_better"]),
+        lower(PREDICTIONS["big_batch"], big, sr, "Big SR-ADAM", "SR-ADAM", differs=d["big_batch"]),
+        not_worse(PREDICTIONS["sr_vs_r"], sr, rr, "SR-ADAM", "R-ADAM", 0.5, d["sr_vs_r"]),
+        late,
+    ] + toy
 
 
 def late_improvement(sr: Optional[CellStats], bc: Optional[CellStats]) -> Check:

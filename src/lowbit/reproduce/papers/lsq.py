@@ -42,22 +42,37 @@ CLAIM = (
 SETUP = (
     "Small CNN conv16-conv32-fc128 pre-trained in float (recipe `fp32`, ADAM 2e-3, cosine), then fine-tuned from "
     "that checkpoint (same seed) with LSQ: SGD momentum 0.9, LR 0.01, cosine, weight decay 1e-4 (8/4 bit), 5e-5 "
-    "(3 bit), 2.5e-5 (2 bit); first and last layer at 8 bits (recipes `lsq-w*a*`). LSQ+BR: the same, plus 0.5 x "
+    "(3 bit), 2.5e-5 (2 bit); first and last layer at 8 bits, the network input in float (recipes "
+    "`lsq-w*a*`). LSQ+BR: the same, plus 0.5 x "
     "Bin Regularization from the middle of the fine-tune (staged strategy). Test error after the last epoch; "
     "'near level' = fraction of the weights of the low-bit layers within 0.05 step of a quantization level, "
     "after training."
 )
 PREDICTIONS = {
-    "lsq8": "8-bit LSQ ≈ float",
-    "lsq4": "4-bit LSQ ≈ float",
-    "lsq3": "3-bit LSQ only slightly worse than float (≤ 2 pp)",
-    "lsq2_drop": "2-bit LSQ: a clear drop from 4-bit",
-    "lsq2_modest": "2-bit LSQ: the drop stays modest (≤ 5 pp from float)",
-    "grad_scale": "without the gradient scale (g = 1) LSQ is worse",
+    "lsq8": "8-bit LSQ matches full precision (ResNet-18: 71.1 % vs 70.5 % top-1)",
+    "lsq4": "4-bit LSQ matches full precision (ResNet-18: 71.1 % vs 70.5 % top-1)",
+    "lsq3": "3-bit LSQ is only slightly below full precision (ResNet-18: 70.2 % vs 70.5 %)",
+    "lsq2_drop": "2-bit LSQ shows a clear drop from 4 bits (ResNet-18: 67.6 % vs 71.1 %)",
+    "lsq2_modest": "the 2-bit drop stays modest (ResNet-18: 2.9 points below full precision)",
+    "grad_scale": "the gradient scale g matters: without it (g = 1) LSQ trains worse",
     "spiky": "{bits}-bit: BR concentrates the weights at the levels (spiky histograms)",
     "mismatch": "{bits}-bit: BR reduces the float-vs-quantized mismatch",
-    "br2_accuracy": "2-bit: LSQ+BR is at least as accurate as LSQ",
+    "br2_accuracy": "2-bit: BR improves LSQ's accuracy (ImageNet: +3.9 points for MobileNetV2, +4.9 for "
+    "MobileNetV3-Small)",
     "gain_at_2": "BR's accuracy gain is largest at 2 bits",
+}
+# where each check's setup differs from the paper's (ALGORITHMS.md 3a, 3b)
+SCALE = "small CNN on Fashion-MNIST, 6-epoch fine-tune (paper: ImageNet, 90 epochs)"
+DIFFERS = {
+    "float": f"{SCALE}; 'matches' read as within 1 pp of the float net fine-tuned with the same schedule",
+    "lsq3": f"{SCALE}; 'slightly' read as at most 2 pp",
+    "lsq2_drop": SCALE,
+    "lsq2_modest": f"{SCALE}; 'modest' read as at most 5 pp",
+    "grad_scale": f"{SCALE}; the paper's ablation numbers are not verified (ALGORITHMS.md 3a.6)",
+    "probe": "small CNN; thresholds ours (the abstract gives no number): ≥ 1.5× the weights near a level, "
+    "≤ 0.8× the mean distance",
+    "br": "small CNN on Fashion-MNIST (paper: compact ImageNet nets at 2 bits, whose gains BR's per-bin "
+    "normalisation favours); λ = 0.5 from mid fine-tune (λ, stage lengths not verified)",
 }
 RULES = {"gain_at_2": "[err(LSQ-2) − err(LSQ+BR-2)] − [err(LSQ-3) − err(LSQ+BR-3)] > 2 SE"}
 TABLE_HEADER = ["method", "test error %", "weights within 0.05·s of a level (%)", "mean |w − Q(w)|/s"]
@@ -158,13 +173,16 @@ def checks(stats: dict, analyses: dict) -> list:
     r = by_role(stats)
     ref = r.get("float-ft") or r.get("float")
     ref_name = "float, same schedule" if r.get("float-ft") else "float"
+    d = DIFFERS
     out = [
-        close(PREDICTIONS["lsq8"], r.get("lsq8"), ref, "LSQ-8", ref_name, 1.0),
-        close(PREDICTIONS["lsq4"], r.get("lsq4"), ref, "LSQ-4", ref_name, 1.0),
-        not_worse(PREDICTIONS["lsq3"], r.get("lsq3"), ref, "LSQ-3", ref_name, 2.0),
-        lower(PREDICTIONS["lsq2_drop"], r.get("lsq4"), r.get("lsq2"), "LSQ-4", "LSQ-2"),
-        not_worse(PREDICTIONS["lsq2_modest"], r.get("lsq2"), ref, "LSQ-2", ref_name, 5.0),
-        lower(PREDICTIONS["grad_scale"], r.get("lsq2"), r.get("lsq2-g1"), "LSQ-2", "LSQ-2, g = 1"),
+        close(PREDICTIONS["lsq8"], r.get("lsq8"), ref, "LSQ-8", ref_name, 1.0, d["float"]),
+        close(PREDICTIONS["lsq4"], r.get("lsq4"), ref, "LSQ-4", ref_name, 1.0, d["float"]),
+        not_worse(PREDICTIONS["lsq3"], r.get("lsq3"), ref, "LSQ-3", ref_name, 2.0, d["lsq3"]),
+        lower(PREDICTIONS["lsq2_drop"], r.get("lsq4"), r.get("lsq2"), "LSQ-4", "LSQ-2", differs=d["lsq2_drop"]),
+        not_worse(PREDICTIONS["lsq2_modest"], r.get("lsq2"), ref, "LSQ-2", ref_name, 5.0, d["lsq2_modest"]),
+        lower(
+            PREDICTIONS["grad_scale"], r.get("lsq2"), r.get("lsq2-g1"), "LSQ-2", "LSQ-2, g = 1", differs=d["grad_scale"]
+        ),
     ]
     for bits in (2, 3):
         lsq, br = r.get(f"lsq{bits}"), r.get(f"br{bits}")
@@ -190,8 +208,12 @@ def checks(stats: dict, analyses: dict) -> list:
                 "without BR",
             )
         )
-    out.append(not_worse(PREDICTIONS["br2_accuracy"], r.get("br2"), r.get("lsq2"), "LSQ+BR-2", "LSQ-2", 0.0))
-    out.append(gain_largest_at_2(r))
+        out[-2].differs = out[-1].differs = d["probe"]
+    # an improvement claim: an ordering beyond noise (equal means are inconclusive, not a pass)
+    out.append(lower(PREDICTIONS["br2_accuracy"], r.get("br2"), r.get("lsq2"), "LSQ+BR-2", "LSQ-2", differs=d["br"]))
+    gain = gain_largest_at_2(r)
+    gain.differs = d["br"]
+    out.append(gain)
     return out
 
 

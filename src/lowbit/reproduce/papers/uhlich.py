@@ -22,7 +22,7 @@ from ..markdown import render_table
 from ..modes import Mode
 from ..paper import Analysis, Paper
 from ..probes import memory_usage
-from ..results import CellStats, by_role
+from ..results import CellStats, by_role, error_of
 from .common import CNN, budget_kwargs, shared_float
 
 if TYPE_CHECKING:
@@ -63,19 +63,29 @@ PREDICTIONS = {
     "p3_budget": "P3 meets the weight-memory budget",
     "p3_vs_fixed": "P3 has lower error than the fixed homogeneous net of the same memory",
     "learned_q_max": "learning q_max beats a fixed grid at the same bit width",
-    "bit_width_worse": "{name} (bit width parametrized) ends worse than U3",
+    "bit_width_worse": "{name} (bit width parametrized) trains worse than U3",
     "u3_bounded": "U3's partial derivatives are bounded: |∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1 for every b",
-    "u1_grows": "U1's partial derivatives grow with b (per element, ∂Q/∂d outside the range ~ 2^(b−1))",
-    "means_grow": "the mean magnitudes of the U1/U2 partials grow with b",
+    "u1_grows": "U1's ∂Q/∂d outside the range grows like 2^(b−1) (per element)",
+    "means_grow": "U1's ∂Q/∂d grows with b on average too (its outside part dominates as b grows)",
+}
+# where each check's setup differs from the paper's (ALGORITHMS.md 5)
+SCALE = "small CNN on Fashion-MNIST, 6-epoch fine-tune (paper: CIFAR-10 ResNet-20 / ImageNet)"
+DIFFERS = {
+    "budget": f"{SCALE}; budget = the net at {BUDGET_BITS}-bit weights (paper's CIFAR configs: 2-bit)",
+    "heterogeneous": SCALE,
+    "ordering": f"{SCALE}; learned cells read at the best validation epoch within budget, as the official code",
+    "bit_width_worse": f"{SCALE}; same LR for all parametrizations; a run that missed its budget is not ranked",
+    "analysis": "x ~ N(0, 1) with q_max = 3σ held fixed, so d shrinks as b grows; the paper's growth of the "
+    "U1/U2 b-partials like 2^b holds at a fixed d and is not tested here (at a fixed q_max they shrink)",
 }
 RULES = {
     "budget": "weight KB ≤ budget at the reported checkpoint, in every seed",
     "heterogeneous": "in at least one seed, the weight bits differ between layers",
-    "bit_width_worse": "err({name}) > err(U3) (ordering), or {name} diverged / never met the budget (no admissible "
-    "checkpoint)",
+    "bit_width_worse": "err({name}) > err(U3) beyond noise, or {name} diverged in every seed; a run that missed "
+    "its budget is reported as missed, not ranked",
     "u3_bounded": "max over x and b of |∂Q/∂d| ≤ 0.5 and of |∂Q/∂q_max| ≤ 1",
     "u1_grows": "max |∂Q/∂d| of U1 at b = {b1} ≥ 2^({b1}−2)",
-    "means_grow": "mean |∂Q/∂θ| at b = {b1} > at b = {b0} for every U1/U2 partial",
+    "means_grow": "mean |∂Q/∂d| of U1 at b = {b1} ≥ 1.5 × at b = {b0}",
 }
 TABLE_HEADER = [
     "method",
@@ -222,15 +232,52 @@ def checks(stats: dict, analyses: dict) -> list:
     out = [
         budget_met(PREDICTIONS["u3_budget"], u3),
         heterogeneous(u3),
-        lower(PREDICTIONS["u3_vs_fixed"], u3, fixed, "U3", fixed_name),
-        lower(PREDICTIONS["u3_vs_homogeneous"], u3, homog, "U3", "homogeneous learned"),
+        within_budget_lower(PREDICTIONS["u3_vs_fixed"], u3, fixed, "U3", fixed_name),
+        within_budget_lower(PREDICTIONS["u3_vs_homogeneous"], u3, homog, "U3", "homogeneous learned"),
         budget_met(PREDICTIONS["p3_budget"], p3),
-        lower(PREDICTIONS["p3_vs_fixed"], p3, fixed, "P3", fixed_name),
-        lower(PREDICTIONS["learned_q_max"], homog, fixed, "homogeneous learned", fixed_name),
+        within_budget_lower(PREDICTIONS["p3_vs_fixed"], p3, fixed, "P3", fixed_name),
+        lower(
+            PREDICTIONS["learned_q_max"], homog, fixed, "homogeneous learned", fixed_name, differs=DIFFERS["ordering"]
+        ),
     ]
     for name in ("U1", "U2"):
         out.append(worse_or_failed(PREDICTIONS["bit_width_worse"].format(name=name), r.get(name.lower()), u3, name))
     return out + gradient_checks(analyses.get("gradients"))
+
+
+def missed_budget(s: Optional[CellStats]) -> str:
+    """``"missed budget: X KB > Y KB"`` when a seed of ``s`` never met its memory budget (no admissible
+    checkpoint; memory at the last epoch), else ``""``."""
+    if s is None or not s.unmet:
+        return ""
+    missed = [
+        rec["probes"]["memory"]
+        for rec in s.records
+        if not rec.get("diverged") and error_of(rec, "best_budget") is None and rec.get("probes", {}).get("memory")
+    ]
+    shown = ", ".join(f"{m['weight_kb']:.2f} KB > {m['budget_kb']:.2f} KB" for m in missed) or "memory not probed"
+    seeds = f" in {s.unmet}/{len(s.records)} seeds" if s.unmet < len(s.records) else ""
+    return f"missed budget{seeds}: {shown}"
+
+
+def _not_ranked(claim: str, rule: str, cells: dict, differs: str) -> Optional[Check]:
+    """A check that is not ranked because a cell in ``cells`` (name -> stats) missed its budget; else ``None``."""
+    missed = {name: missed_budget(s) for name, s in cells.items()}
+    missed = {name: text for name, text in missed.items() if text}
+    if not missed:
+        return None
+    observed = "; ".join(f"{name}: {fmt_error(cells[name])}" for name in cells)
+    status = "; ".join(f"{name} {text}" for name, text in missed.items())
+    return Check(claim, rule, observed, None, differs=differs, status=status)
+
+
+def within_budget_lower(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str) -> Check:
+    """The ordering ``err(a) < err(b)`` beyond noise, unless a run of either cell missed its memory budget: such a
+    cell's error is only over the seeds that met it, so it is reported as missed instead of ranked."""
+    rule = f"err({name_a}) < err({name_b})"
+    return _not_ranked(claim, rule, {name_a: a, name_b: b}, DIFFERS["ordering"]) or lower(
+        claim, a, b, name_a, name_b, differs=DIFFERS["ordering"]
+    )
 
 
 def _memories(s: Optional[CellStats]) -> list:
@@ -242,61 +289,72 @@ def budget_met(claim: str, s: Optional[CellStats]) -> Check:
     """Every seed's reported checkpoint is within the weight budget (a diverged seed counts as not within)."""
     rule = RULES["budget"]
     if s is None or not s.records:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["budget"])
     probed = [rec["probes"] for rec in s.records if rec.get("probes", {}).get("memory")]
     met = [p["memory"]["weight_kb"] <= p["memory"]["budget_kb"] + 1e-9 for p in probed] + [False] * s.diverged
     if not met:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["budget"])
     shown = ", ".join(
         f"{p['memory']['weight_kb']:.2f}/{p['memory']['budget_kb']:.2f} KB ({p.get('checkpoint')})" for p in probed
     )
     if s.diverged:
         shown += f", {s.diverged} diverged"
-    return Check(claim, rule, f"{sum(met)}/{len(met)} seeds: {shown}", all(met))
+    return Check(claim, rule, f"{sum(met)}/{len(met)} seeds: {shown}", all(met), differs=DIFFERS["budget"])
 
 
 def heterogeneous(s: Optional[CellStats]) -> Check:
     claim, rule = PREDICTIONS["heterogeneous"], RULES["heterogeneous"]
     if s is None or not s.records:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["heterogeneous"])
     allocations = [tuple(v["weight"] for v in memory["bits"].values()) for memory in _memories(s)]
     if not allocations:
-        return Check(claim, rule, "–", None)
+        return Check(claim, rule, "–", None, differs=DIFFERS["heterogeneous"])
     return Check(
         claim,
         rule,
         "; ".join("/".join(str(b) for b in a) for a in allocations),
         any(len(set(a)) > 1 for a in allocations),
+        differs=DIFFERS["heterogeneous"],
     )
 
 
 def worse_or_failed(claim: str, s: Optional[CellStats], u3: Optional[CellStats], name: str) -> Check:
-    """``name`` ends worse than U3: by the ordering rule, or because it has no admissible checkpoint at all."""
-    rule = RULES["bit_width_worse"].format(name=name)
-    if s is not None and s.records and (s.diverged or s.unmet) and not s.errors:
-        detail = ", ".join(f"{m['weight_kb']:.2f}/{m['budget_kb']:.2f} KB at the end" for m in _memories(s))
-        final = f"; final-epoch error {sum(s.final_errors) / len(s.final_errors):.2f}%" if s.final_errors else ""
-        return Check(claim, rule, f"{name}: {s.format()} ({detail}{final}); U3 {fmt_error(u3)}", True)
-    return lower(claim, u3, s, "U3", name)
+    """``name`` trains worse than U3: by the ordering rule, or because it diverged in every seed. A run of either
+    that missed its memory budget is reported as missed (its memory against the budget), never ranked."""
+    rule, differs = RULES["bit_width_worse"].format(name=name), DIFFERS["bit_width_worse"]
+    not_ranked = _not_ranked(claim, rule, {name: s, "U3": u3}, differs)
+    if not_ranked is not None:
+        return not_ranked
+    if s is not None and s.records and s.diverged == len(s.records):
+        return Check(claim, rule, f"{name}: diverged in every seed; U3 {fmt_error(u3)}", True, differs=differs)
+    check = lower(claim, u3, s, "U3", name, differs=differs)
+    check.rule = rule
+    return check
 
 
 def gradient_checks(grads: Optional[dict]) -> list:
-    """U3's partials are bounded (|∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1); U1's grow like 2^(b−1); U1/U2 means grow."""
+    """U3's partials are bounded (|∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1); U1's ∂Q/∂d grows like 2^(b−1) outside the range,
+    and on average. At a fixed q_max the b-partials of U1/U2 shrink with d, so no check claims they grow."""
     keys = ("u3_bounded", "u1_grows", "means_grow")
     if not grads:
-        return [Check(PREDICTIONS[k], "–", "–", None) for k in keys]
+        return [Check(PREDICTIONS[k], "–", "–", None, differs=DIFFERS["analysis"]) for k in keys]
     mx, mean = grads["max"], grads["mean"]
     bounded = max(mx["U3/d"]) <= 0.5 + 1e-9 and max(mx["U3/q_max"]) <= 1 + 1e-9
     grows = mx["U1/d"][-1] >= 2 ** (grads["bits"][-1] - 2)
-    ratios = {k: mean[k][-1] / mean[k][0] for k in ("U1/b", "U1/d", "U2/b", "U2/q_max")}
+    u1_d = mean["U1/d"]
     b0, b1 = grads["bits"][0], grads["bits"][-1]
+    others = ", ".join(f"{k} ×{mean[k][-1] / mean[k][0]:.2f}" for k in ("U1/b", "U2/b", "U2/q_max"))
     observed = [
         f"max |∂Q/∂d| = {max(mx['U3/d']):.3f}, max |∂Q/∂q_max| = {max(mx['U3/q_max']):.3f}",
         f"max |∂Q/∂d| = {', '.join(f'{v:.0f}' for v in mx['U1/d'])} for b = {b0}..{b1}",
-        ", ".join(f"{k}: ×{v:.2f}" for k, v in ratios.items()),
+        f"mean |∂Q/∂d| of U1: {u1_d[0]:.3f} → {u1_d[-1]:.3f} (×{u1_d[-1] / u1_d[0]:.2f}); at fixed q_max the "
+        f"other U1/U2 means change {others}",
     ]
-    passed = [bounded, grows, all(v > 1 for v in ratios.values())]
-    return [Check(PREDICTIONS[k], RULES[k].format(b0=b0, b1=b1), o, ok) for k, o, ok in zip(keys, observed, passed)]
+    passed = [bounded, grows, u1_d[-1] >= 1.5 * u1_d[0]]
+    return [
+        Check(PREDICTIONS[k], RULES[k].format(b0=b0, b1=b1), o, ok, differs=DIFFERS["analysis"])
+        for k, o, ok in zip(keys, observed, passed)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- table, figures
