@@ -30,7 +30,7 @@ def test_every_cell_is_a_valid_recipe(mode):
 @pytest.mark.parametrize("mode", list(MODES))
 def test_cells_of_a_table_share_data_and_epochs(mode):
     for table in build_tables(MODES[mode]):
-        trained = [c for c in table.cells if not c.id.startswith("shared/")]
+        trained = [c for c in table.cells if not c.id.startswith("shared/") and c.seeds is None]  # long runs aside
         assert len({(c.data, c.epochs, c.train_subset, c.test_subset) for c in trained}) == 1, table.key
 
 

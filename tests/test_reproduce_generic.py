@@ -194,3 +194,18 @@ def test_generic_modules_do_not_branch_on_papers(name):
     """What a paper is lives in its module: the shared code neither asks which paper, recipe or analysis it has."""
     source = (Path(registry.__file__).parent.parent / name).read_text()
     assert not PAPER_BRANCH.search(source), PAPER_BRANCH.search(source).group(0)
+
+
+def test_a_cell_with_fewer_seeds_runs_only_those_and_is_not_reported_as_partial():
+    mode = mode_named("full", None)
+    jobs = plan_jobs(build_tables(mode, only=["bc"]), mode)
+    seeds = {}
+    for job in jobs:
+        seeds.setdefault(job.cell.id, []).append(job.seed)
+    assert seeds["bc/mlp/bc-stoch-long"] == [0] and seeds["bc/mlp/float-long"] == [0]
+    assert seeds["bc/mlp/bc-stoch"] == list(range(mode.seeds))
+    long_cell = next(job.cell for job in jobs if job.cell.id == "bc/mlp/bc-stoch-long")
+    assert long_cell.epochs > next(job.cell for job in jobs if job.cell.id == "bc/mlp/bc-stoch").epochs
+    assert long_cell.seed_count(mode.seeds) == 1 and long_cell.seed_count(0) == 0
+    quick = mode_named("quick", None)
+    assert not any(job.cell.id.endswith("-long") for job in plan_jobs(build_tables(quick, only=["bc"]), quick))

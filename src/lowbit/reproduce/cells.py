@@ -67,12 +67,18 @@ class Cell:
     init_from: Optional[str] = None  # id of the float cell (same seed) this cell fine-tunes
     probes: tuple = ()
     note: str = ""  # one line shown under the table
+    # at most this many seeds (0..seeds-1) whatever the mode's count: a long single run beside the table's cells
+    seeds: Optional[int] = None
     # bumped when a change to the library alters this cell's results (and only this cell's), so that resuming
     # re-runs it without invalidating the rest of the cache
     revision: int = 0
     # the throughput class of the time estimate (a key of lowbit.reproduce.runner.THROUGHPUT: "float", "binary",
     # "lsq", ...); a hint for --dry-run only, so it is neither fingerprinted nor written to the raw JSON
     kind: str = ""
+
+    def seed_count(self, mode_seeds: int) -> int:
+        """How many seeds this cell runs in a mode of ``mode_seeds`` seeds."""
+        return mode_seeds if self.seeds is None else min(self.seeds, mode_seeds)
 
     def train_kwargs(self) -> dict:
         """The :class:`lowbit.train.TrainConfig` keywords of this cell (seed, out, init_from added by the runner)."""

@@ -115,7 +115,11 @@ def write_report(
         "[../notes/](../notes/).",
         "",
     ]
-    partial = [t.title for t in present if any(len(s.records) < mode.seeds for s in all_stats[t.key].values())]
+    partial = [
+        t.title
+        for t in present
+        if any(len(s.records) < s.cell.seed_count(mode.seeds) for s in all_stats[t.key].values())
+    ]
     if partial:
         lines += [
             f"**Partial results**: some cells have fewer than the mode's {mode.seeds} seeds "
@@ -265,7 +269,7 @@ def _section(
         paper.markdown(table, stats),
         "",
     ]
-    incomplete = [s.cell.label for s in stats.values() if len(s.records) < mode.seeds]
+    incomplete = [s.cell.label for s in stats.values() if len(s.records) < s.cell.seed_count(mode.seeds)]
     if incomplete:
         lines += [f"*Missing seeds (not run yet): {', '.join(incomplete)}.*", ""]
     lines += [f"Values: mean ± sample standard deviation over seeds of the {SELECT_TEXT[table.select]}, in %.", ""]

@@ -91,7 +91,7 @@ def collect(out: Path, mode: Mode, table: Table) -> dict:
     for cell in table.cells:
         s = CellStats(cell)
         expected = cell.fingerprint(by_id.get(cell.init_from) if cell.init_from else None)
-        for seed in range(mode.seeds):
+        for seed in range(cell.seed_count(mode.seeds)):
             record = read_raw(raw_path(out, mode, cell.id, seed))
             if record is None or record.get("fingerprint") != expected:
                 continue  # not run yet, or run with another configuration (stale)

@@ -134,7 +134,7 @@ def plan_jobs(tables: list, mode: Mode) -> list:
     return [
         Job(cell, seed, owner[cell.id].select, cells.get(cell.init_from) if cell.init_from else None, probes[cell.id])
         for cell in ordered
-        for seed in range(mode.seeds)
+        for seed in range(cell.seed_count(mode.seeds))
     ]
 
 
