@@ -88,5 +88,5 @@ def build_mobilenetv2_28(
     width = check_int("width", width, minimum=2)
     head = check_int("head", head)
     if width % 2:
-        raise ConfigError(f"option width of mobilenetv2-28 must be even (a stage has 1.5 × width channels), got {width}")
+        raise ConfigError(f"option width of mobilenetv2-28 must be even (a stage has 1.5 × width channels): {width}")
     return SmallMobileNetV2(input_shape, num_classes, width=width, head=head)
