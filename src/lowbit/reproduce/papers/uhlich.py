@@ -23,7 +23,7 @@ from ..modes import Mode
 from ..paper import Analysis, Paper
 from ..probes import memory_usage
 from ..results import CellStats, by_role
-from .common import CNN, budget_kwargs, shared_float
+from .common import CNN, budget_kwargs, mobilenet_kwargs, shared_float, shared_float_mobilenet
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,7 +53,10 @@ SETUP = (
     "(relu(S_w − S_w0)² + relu(S_a − S_a0)²), memories in KB, with S_w0 = the weight memory of the same net at "
     f"{BUDGET_BITS} bits and S_a0 = its largest activation at 4 bits (constraints 8a + 8c); their test error is "
     "read at the best validation epoch among those meeting both budgets. Fixed and homogeneous cells carry no "
-    "penalty; they report the best validation epoch."
+    "penalty; they report the best validation epoch. MobileNetV2 rows: `mobilenetv2-28` (depthwise 3×3 layers of "
+    "72-1,296 weights, 1×1 layers 64-3,456) fine-tuned from its own float model, U3 under the same "
+    f"penalty against the fixed and the learned-q_max homogeneous {BUDGET_BITS}-bit nets (the same weight memory as "
+    "the budget)."
 )
 PREDICTIONS = {
     "u3_budget": "U3 meets the weight-memory budget",
@@ -67,6 +70,11 @@ PREDICTIONS = {
     "u3_bounded": "U3's partial derivatives are bounded: |∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1 for every b",
     "u1_grows": "U1's partial derivatives grow with b (per element, ∂Q/∂d outside the range ~ 2^(b−1))",
     "means_grow": "the mean magnitudes of the U1/U2 partials grow with b",
+    "mb_u3_budget": "MobileNetV2-28: U3 meets the weight-memory budget",
+    "mb_u3_vs_homogeneous": "MobileNetV2-28 (layers of very different size and sensitivity): learned per-layer bit "
+    "widths (U3) beat the homogeneous net of the same weight memory (learned q_max), as in Uhlich's ResNet-18 and "
+    "MobileNetV2 tables",
+    "mb_u3_vs_fixed": "MobileNetV2-28: U3 beats the fixed homogeneous net of the same weight memory",
 }
 RULES = {
     "budget": "weight KB ≤ budget at the reported checkpoint, in every seed",
@@ -76,6 +84,7 @@ RULES = {
     "u3_bounded": "max over x and b of |∂Q/∂d| ≤ 0.5 and of |∂Q/∂q_max| ≤ 1",
     "u1_grows": "max |∂Q/∂d| of U1 at b = {b1} ≥ 2^({b1}−2)",
     "means_grow": "mean |∂Q/∂θ| at b = {b1} > at b = {b0} for every U1/U2 partial",
+    "ranked_within_budget": "err({a}) < err({b}) (ordering), ranked only when every seed of {a} met its budget",
 }
 TABLE_HEADER = [
     "method",
@@ -194,7 +203,41 @@ def cells(mode: Mode, budget: Budget) -> list:
                 **base,
             )
         )
-    return out
+    return out + mobilenet_cells(mode, penalty)
+
+
+def mobilenet_cells(mode: Mode, penalty: list) -> list:
+    """U3 under the budget against the homogeneous nets of the same weight memory on ``mobilenetv2-28``, whose layers
+    differ in size by a factor ~50 (64 to 3,456 weights; a depthwise 3×3 layer has 9 weights per channel), as in
+    Uhlich's ResNet-18 and MobileNetV2 tables."""
+    base = dict(probes=("memory",), kind="parametric", **mobilenet_kwargs(mode))
+    return [
+        shared_float_mobilenet(mode),
+        Cell(
+            id=f"uhlich/mobilenetv2/fixed-w{BUDGET_BITS}",
+            label=f"MobileNetV2-28: fixed {BUDGET_BITS}-bit W (4-bit A), d and q_max fixed",
+            recipe="mp-u3",
+            role=f"mb-fixed{BUDGET_BITS}",
+            changes=_fixed(BUDGET_BITS),
+            **base,
+        ),
+        Cell(
+            id=f"uhlich/mobilenetv2/homogeneous-w{BUDGET_BITS}",
+            label=f"MobileNetV2-28: homogeneous {BUDGET_BITS}-bit W (4-bit A), learned q_max",
+            recipe="mp-u3",
+            role="mb-homog",
+            changes=_homogeneous(),
+            **base,
+        ),
+        Cell(
+            id="uhlich/mobilenetv2/u3-budget",
+            label=f"MobileNetV2-28: learned bit widths, U3, budget = {BUDGET_BITS}-bit W",
+            recipe="mp-u3",
+            role="mb-u3",
+            changes={"train.regularizers": penalty},
+            **base,
+        ),
+    ]
 
 
 def memory_probe(model: nn.Module, splits: DatasetSplits) -> dict:
@@ -230,7 +273,30 @@ def checks(stats: dict, analyses: dict) -> list:
     ]
     for name in ("U1", "U2"):
         out.append(worse_or_failed(PREDICTIONS["bit_width_worse"].format(name=name), r.get(name.lower()), u3, name))
+    mb_u3 = r.get("mb-u3")
+    out += [
+        budget_met(PREDICTIONS["mb_u3_budget"], mb_u3),
+        ranked_within_budget(PREDICTIONS["mb_u3_vs_homogeneous"], mb_u3, r.get("mb-homog"), "U3", "homogeneous"),
+        ranked_within_budget(
+            PREDICTIONS["mb_u3_vs_fixed"], mb_u3, r.get(f"mb-fixed{BUDGET_BITS}"), "U3", f"fixed {BUDGET_BITS}-bit"
+        ),
+    ]
     return out + gradient_checks(analyses.get("gradients"))
+
+
+def ranked_within_budget(
+    claim: str, learned: Optional[CellStats], homogeneous: Optional[CellStats], name_a: str, name_b: str
+) -> Check:
+    """``learned`` has a lower error than ``homogeneous`` beyond noise (:func:`~lowbit.reproduce.claims.lower`), but
+    only when every seed of ``learned`` met its budget: a run that missed it has no admissible checkpoint, and a
+    mean over the seeds that did meet it would rank a selection. A missing run gives "no data", never a pass."""
+    rule = RULES["ranked_within_budget"].format(a=name_a, b=name_b)
+    if learned is not None and learned.records and (learned.unmet or learned.diverged):
+        missed = f"{learned.unmet} missed the budget" + (f", {learned.diverged} diverged" if learned.diverged else "")
+        return Check(claim, rule, f"{name_a}: {missed} of {len(learned.records)} seeds: missing, not ranked", None)
+    check = lower(claim, learned, homogeneous, name_a, name_b)
+    check.rule = rule
+    return check
 
 
 def _memories(s: Optional[CellStats]) -> list:
@@ -313,9 +379,12 @@ def _bits_text(s: CellStats, slot: str = "weight") -> str:
 
 def markdown(table: Table, stats: dict) -> str:
     rows = []
+    budget = next((m["budget_kb"] for s in stats.values() for m in _memories(s)), None)
     for s in stats.values():
         memory = _memories(s)
         kb = f"{statistics.fmean(m['weight_kb'] for m in memory):.2f}" if memory else "–"
+        if memory and budget is not None and abs(memory[0]["budget_kb"] - budget) > 1e-9:
+            kb += f" (budget {memory[0]['budget_kb']:.2f})"  # another model's budget than the header's
         met = f"{sum(m['weight_kb'] <= m['budget_kb'] + 1e-9 for m in memory)}/{len(memory)}" if memory else "–"
         if s.cell.role == "float":
             kb = "float (32-bit)"
@@ -323,7 +392,6 @@ def markdown(table: Table, stats: dict) -> str:
         if not s.errors and s.unmet and s.final_errors:
             error += f" (final epoch: {statistics.fmean(s.final_errors):.2f})"
         rows.append([s.cell.label, error, kb, met, _bits_text(s), _bits_text(s, "input") if memory else "–"])
-    budget = next((m["budget_kb"] for s in stats.values() for m in _memories(s)), None)
     header = list(TABLE_HEADER)
     if budget:
         header[2] = f"weight KB (budget {budget:.2f})"
