@@ -25,6 +25,9 @@ CASES = [
     ("resnet8", (1, 28, 28), 10, {"shortcut": "B"}),
     ("resnet20", (3, 32, 32), 10, {}),
     ("resnet56", (3, 32, 32), 10, {"shortcut": "B"}),
+    ("mobilenetv2-28", (1, 28, 28), 10, {}),
+    ("mobilenetv2-28", (1, 8, 8), 10, {}),
+    ("mobilenetv2-28", (3, 32, 32), 10, {"width": 4, "head": 32}),
 ]
 IDS = [f"{name}-{'x'.join(map(str, shape))}-{opts}" for name, shape, _, opts in CASES]
 WEIGHTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -179,3 +182,50 @@ def test_errors_name_the_problem():
         build_model("mlp", (28, 28), 10)
     with pytest.raises(ValueError, match="num_classes"):
         build_model("mlp", (1, 28, 28), 0)
+
+
+def test_mobilenetv2_28_is_depthwise_separable_and_converts_at_2_bits():
+    """Every inverted residual has a depthwise 3x3 conv (groups = channels) between 1x1 convs; the residual is used
+    exactly where the shape is unchanged; lsq-w2a2 quantizes every conv and the Linear (2 bits inside, 8 at the
+    ends) and the quantized net runs forward and backward."""
+    import lowbit
+    from lowbit.convert import quantized_layers
+    from lowbit.models.mobilenet import InvertedResidual
+
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2-28", (1, 28, 28), 10)
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = [c for c in convs if c.groups > 1]
+    assert len(depthwise) == len(blocks) >= 5
+    for conv in depthwise:
+        assert conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (3, 3)
+    for block in blocks:
+        first = next(m for m in block.modules() if isinstance(m, nn.Conv2d))
+        last = [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]
+        same_shape = first.in_channels == last.out_channels and all(c.stride == (1, 1) for c in [first, last])
+        strided = any(c.stride != (1, 1) for c in block.modules() if isinstance(c, nn.Conv2d))
+        assert block.residual == (same_shape and not strided)
+    assert any(b.residual for b in blocks) and not all(b.residual for b in blocks)
+    sizes = [c.weight.numel() for c in convs]
+    assert max(sizes) >= 10 * min(c.weight.numel() for c in depthwise)  # layers of very different size
+
+    x = torch.randn(8, 1, 28, 28)
+    qmodel = lowbit.quantize(model, "lsq-w2a2", example=x)
+    layers = dict(quantized_layers(qmodel))
+    assert len(layers) == len(convs) + 1  # every conv and the classifier
+    bits = [layer.weight_quantizer.bits for layer in layers.values()]
+    assert bits[0] == bits[-1] == 8 and set(bits[1:-1]) == {2}
+    out = qmodel(x)
+    assert out.shape == (8, 10) and torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in qmodel.parameters() if p.grad is not None)
+
+
+def test_mobilenetv2_28_options_are_checked():
+    with pytest.raises(ConfigError, match="even"):
+        build_model("mobilenetv2-28", (1, 28, 28), 10, width=5)
+    with pytest.raises(ConfigError, match="width"):
+        build_model("mobilenetv2-28", (1, 28, 28), 10, width=0)
+    with pytest.raises(ConfigError, match="head"):
+        build_model("mobilenetv2-28", (1, 28, 28), 10, head=0)

@@ -31,7 +31,10 @@ def test_every_cell_is_a_valid_recipe(mode):
 def test_cells_of_a_table_share_data_and_epochs(mode):
     for table in build_tables(MODES[mode]):
         trained = [c for c in table.cells if not c.id.startswith("shared/") and c.seeds is None]  # long runs aside
-        assert len({(c.data, c.epochs, c.train_subset, c.test_subset) for c in trained}) == 1, table.key
+        assert len({c.data for c in trained}) == 1, table.key
+        for model in {c.model for c in trained}:  # one budget per architecture (MobileNetV2 has its own)
+            same = {(c.epochs, c.train_subset, c.test_subset) for c in trained if c.model == model}
+            assert len(same) == 1, (table.key, model)
 
 
 def test_fine_tuning_cells_start_from_the_shared_float_model_of_their_seed():
@@ -40,7 +43,8 @@ def test_fine_tuning_cells_start_from_the_shared_float_model_of_their_seed():
     position = {(j.cell.id, j.seed): i for i, j in enumerate(jobs)}
     for job in jobs:
         if job.parent is not None:
-            assert job.parent.id == "shared/float-cnn"
+            assert job.parent.id in ("shared/float-cnn", "shared/float-mobilenetv2")
+            assert (job.parent.model, job.parent.model_options) == (job.cell.model, job.cell.model_options)
             assert position[(job.parent.id, job.seed)] < position[(job.cell.id, job.seed)]
     assert len(jobs) == len(set(position))  # the shared float cell runs once per seed, not once per table
 
@@ -356,3 +360,55 @@ def test_every_check_of_every_paper_says_where_its_setup_differs():
     for paper in papers.registered():
         for check in paper.checks({}, {}):
             assert check.differs, (paper.key, check.claim)
+
+
+# ------------------------------------------------------------------------------------ MobileNetV2 comparisons
+def _role_stats(role: str, errors, test_n=5000, unmet=0):
+    from lowbit.reproduce.cells import Cell
+
+    cell = Cell(id=role, label=role, recipe="fp32", role=role, model="mobilenetv2-28")
+    records = [{"seed": i} for i in range(len(errors) + unmet)]
+    return CellStats(cell=cell, errors=list(errors), test_n=test_n, records=records, unmet=unmet)
+
+
+def _check(checks, fragment):
+    return next(c for c in checks if fragment in c.claim)
+
+
+def test_mobilenet_cells_exist_in_full_and_quick_mode_and_fine_tune_their_own_float_model():
+    for mode in ("full", "quick"):
+        cells = cells_of(build_tables(MODES[mode], ["lsq", "uhlich"]))
+        mobile = {cid: c for cid, c in cells.items() if c.model == "mobilenetv2-28"}
+        roles = {c.role for c in mobile.values()}
+        assert {"mb-float", "mb-lsq2", "mb-br2", "mb-u3", "mb-homog", "mb-fixed3"} <= roles
+        for cell in mobile.values():
+            assert cell.data == MODES[mode].data
+            assert cell.init_from in (None, "shared/float-mobilenetv2")
+        br = next(c for c in mobile.values() if c.role == "mb-br2")
+        assert br.changes["train.regularizers"][0]["start_epoch"] == br.epochs // 2 > 0  # staged, like the CNN cells
+
+
+def test_bin_regularization_check_on_the_depthwise_net_passes_only_beyond_noise():
+    from lowbit.reproduce.papers.lsq import PAPER
+
+    lsq2 = _role_stats("mb-lsq2", [30.0, 30.4, 29.6])
+    claim = "BR improves LSQ at W2A2 on a depthwise"
+    clear = _check(PAPER.checks({"a": lsq2, "b": _role_stats("mb-br2", [26.0, 26.3, 25.7])}, {}), claim)
+    assert clear.outcome == "pass" and "+3.9" in clear.claim
+    noise = _check(PAPER.checks({"a": lsq2, "b": _role_stats("mb-br2", [29.6, 30.1, 29.4])}, {}), claim)
+    assert noise.outcome.startswith("inconclusive")
+    assert _check(PAPER.checks({"a": lsq2}, {}), claim).passed is None
+
+
+def test_learned_bits_on_the_depthwise_net_are_ranked_only_within_their_budget():
+    from lowbit.reproduce.papers.uhlich import PAPER
+
+    homog = _role_stats("mb-homog", [25.0, 25.3, 24.7])
+    claim = "learned per-layer bit widths (U3) beat the homogeneous"
+    better = _check(PAPER.checks({"a": _role_stats("mb-u3", [21.0, 21.2, 20.8]), "b": homog}, {}), claim)
+    assert better.outcome == "pass"
+    close = _check(PAPER.checks({"a": _role_stats("mb-u3", [24.8, 25.1, 25.4]), "b": homog}, {}), claim)
+    assert close.outcome.startswith("inconclusive")
+    # a seed that never met the budget: missing, not ranked, even when the other seeds look better
+    missed = _check(PAPER.checks({"a": _role_stats("mb-u3", [20.0, 20.1], unmet=1), "b": homog}, {}), claim)
+    assert missed.passed is None and "missed budget" in missed.status

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lowbit
+from lowbit.errors import ConfigError
 from lowbit.models import build_model
 from lowbit.train import BinRegularizer, GridWeights, LatentWeights, MemoryBudget, glorot_lr_scale
 from lowbit.train.losses import squared_hinge
@@ -117,6 +118,38 @@ def test_bin_regularization_equals_the_per_bin_mean_and_variance_sum():
     assert value.item() == pytest.approx(float(expected), rel=1e-10)
     value.backward()
     assert w.grad.abs().sum() > 0 and q.step.grad is None  # targets use the step detached
+
+
+def _two_layer_net_at_step_1(first: list, second: list) -> torch.nn.Module:
+    """Two bias-free Linear layers with the given weights, 2-bit LSQ weights with step 1 (levels -2, -1, 0, 1)."""
+    net = torch.nn.Sequential(torch.nn.Linear(len(first), 1, bias=False), torch.nn.Linear(1, len(second), bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([first]))
+        net[1].weight.copy_(torch.tensor(second).reshape(-1, 1))
+    recipe = {"name": "br-test", "quantize": {"weight": {"type": "lsq", "bits": 2, "init_step": 1.0}}}
+    return lowbit.quantize(net.double(), recipe)
+
+
+def test_bin_regularization_sum_and_mean_readings_in_closed_form():
+    """Layer 1, w = (-2.1, -1.9, -1.2, 0.1, 0.3, 0.9) at step 1: bins -2 {-2.1, -1.9}: 0² + 0.01; -1 {-1.2}: 0.04;
+    0 {0.1, 0.3}: 0.2² + 0.01; 1 {0.9}: 0.01 -> sum 0.11, mean over its 4 bins 0.0275. Layer 2, w = (0.2, -0.4): one
+    bin {0.2, -0.4}: 0.1² + 0.09 = 0.10 (sum = mean). With λ = 2: "sum" = 2 (0.11 + 0.10) = 0.42, "mean" =
+    2 (0.0275 + 0.10) / 2 = 0.1275. Gradient ("sum") of a weight: 2 λ (w - t) / |bin|, e.g. 2·2·0.1/2 = 0.2 for 0.1
+    and 2·2·(-0.2)/1 = -0.8 for -1.2; "mean" divides it by the layer's 4 bins and the 2 layers."""
+    model = _two_layer_net_at_step_1([-2.1, -1.9, -1.2, 0.1, 0.3, 0.9], [0.2, -0.4])
+    first = next(layer for _, layer in lowbit.quantized_layers(model))
+    assert bin_regularization(first.weight, first.weight_quantizer).item() == pytest.approx(0.11)
+    assert bin_regularization(first.weight, first.weight_quantizer, "mean").item() == pytest.approx(0.0275)
+    expected = {"sum": (0.42, 0.2, -0.8), "mean": (0.1275, 0.2 / 8, -0.8 / 8)}
+    for reduction, (value, grad_near_0, grad_single) in expected.items():
+        model.zero_grad()
+        penalty = BinRegularizer(strength=2.0, reduction=reduction).penalty(model)
+        assert penalty.item() == pytest.approx(value), reduction
+        penalty.backward()
+        grad = first.weight.grad.reshape(-1)
+        assert grad[3].item() == pytest.approx(grad_near_0) and grad[2].item() == pytest.approx(grad_single)
+    with pytest.raises(ConfigError, match="reduction.*sum, mean"):
+        BinRegularizer(reduction="average")
 
 
 def test_bin_regularizer_is_staged():

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .cnn import SmallCNN, build_small_cnn
 from .common import check_input_shape
 from .mlp import MLP, build_mlp
+from .mobilenet import SmallMobileNetV2, build_mobilenetv2_28
 from .reference import build_from_reference, is_reference
 from .resnet import BasicBlock, CifarResNet, PadShortcut, build_resnet8, build_resnet20, build_resnet56
 from .vgg import BCVGG, build_bc_vgg
@@ -33,6 +34,10 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet8": (build_resnet8, "CIFAR ResNet-8 (n=1), a small quick residual net"),
     "resnet20": (build_resnet20, "CIFAR ResNet-20 (He et al. 2016), 0.27M parameters"),
     "resnet56": (build_resnet56, "CIFAR ResNet-56 (He et al. 2016), 0.85M parameters"),
+    "mobilenetv2-28": (
+        build_mobilenetv2_28,
+        "narrow MobileNetV2 (inverted residuals, depthwise 3x3 convs, ReLU6) for 28x28 inputs, 28k parameters",
+    ),
 }
 
 
@@ -87,6 +92,7 @@ __all__ = [
     "MODELS",
     "PadShortcut",
     "SmallCNN",
+    "SmallMobileNetV2",
     "build_model",
     "model_options",
 ]

@@ -3,8 +3,8 @@ and epochs of a paper's table in one mode) and :class:`Table` (one paper's cells
 
 A cell is everything :func:`lowbit.train.run` needs except the seed and the output directory: a shipped recipe,
 dotted ``changes`` to it, a model, the data budget and, for fine-tuning cells, the id of the float cell whose
-checkpoint (same seed) it starts from. Every cell of a table gets the same data, epochs and schedule (only what the
-comparison is about differs).
+checkpoint (same seed) it starts from. Every cell of a table on one architecture gets the same data, epochs and
+schedule (only what the comparison is about differs).
 
 Caching: a cell's :meth:`Cell.fingerprint` hashes everything that determines its result; a raw JSON file written
 with another fingerprint is stale and re-run. The fingerprint covers the training keywords, the probes, the

@@ -80,6 +80,14 @@ THROUGHPUT = {
     ("28x28", "cnn16", "minmax"): 1000,
     ("28x28", "cnn16", "parametric"): 1000,
     ("28x28", "cnn16", "pow2"): 800,
+    ("28x28", "mbv2", "float"): 1250,
+    ("28x28", "mbv2", "lsq"): 800,
+    ("28x28", "mbv2", "lsq-br"): 750,
+    ("28x28", "mbv2", "parametric"): 600,
+    ("8x8", "mbv2", "float"): 3900,
+    ("8x8", "mbv2", "lsq"): 2800,
+    ("8x8", "mbv2", "lsq-br"): 2450,
+    ("8x8", "mbv2", "parametric"): 1750,
     ("8x8", "mlp512", "float"): 9000,
     ("8x8", "mlp512", "binary"): 7000,
     ("8x8", "mlp512", "binary-stoch"): 6000,
@@ -151,6 +159,8 @@ def _probes_of(cell: Cell, table: Table) -> dict:
 
 # ------------------------------------------------------------------------------------------------- estimate
 def _model_kind(cell: Cell) -> str:
+    if cell.model == "mobilenetv2-28":
+        return "mbv2"
     if cell.model == "mlp":
         return f"mlp{cell.model_options.get('hidden', 1024)}"
     return "cnn16"

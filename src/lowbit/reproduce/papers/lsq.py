@@ -20,7 +20,15 @@ from ..modes import Mode
 from ..paper import Paper
 from ..probes import weight_statistics
 from ..results import CellStats, by_role
-from .common import CNN, budget_kwargs, float_changes, shared_float
+from .common import (
+    CNN,
+    budget_kwargs,
+    float_changes,
+    mobilenet_budget,
+    mobilenet_kwargs,
+    shared_float,
+    shared_float_mobilenet,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,6 +46,12 @@ CLAIM = (
     "bits with a clear but modest drop (ResNet-18: 70.5 % → 67.6 % top-1 at 2 bits). Bin Regularization pulls "
     "every bin's weights onto its quantization level (spiky histograms, smaller float-vs-quantized mismatch) "
     "and improves accuracy modestly, most at 2 bits (+3.9 points for 2-bit MobileNetV2)."
+)
+MOBILENET_SETUP = (
+    " MobileNetV2 rows: `mobilenetv2-28` (stem, 7 inverted residual blocks with depthwise 3×3 convs, ReLU6, 28k "
+    "parameters) pre-trained in float with `fp32`, then fine-tuned from it with `lsq-w2a2` (first and last layer at "
+    "8 bits), and with the same plus 0.5 × Bin Regularization (sum over bins and layers) from the middle of the "
+    "fine-tune; its own subset and epochs (it trains at about half the small CNN's speed)."
 )
 SETUP = (
     "Small CNN conv16-conv32-fc128 pre-trained in float (recipe `fp32`, ADAM 2e-3, cosine), then fine-tuned from "
@@ -60,6 +74,9 @@ PREDICTIONS = {
     "br2_accuracy": "2-bit: BR improves LSQ's accuracy (ImageNet: +3.9 points for MobileNetV2, +4.9 for "
     "MobileNetV3-Small)",
     "gain_at_2": "BR's accuracy gain is largest at 2 bits",
+    "mb_lsq2_drop": "depthwise-separable net (MobileNetV2-28): 2-bit LSQ loses accuracy against float",
+    "mb_br2": "BR improves LSQ at W2A2 on a depthwise-separable net (Han et al.: +3.9 points top-1 for 2-bit "
+    "MobileNetV2 on ImageNet)",
 }
 # where each check's setup differs from the paper's (ALGORITHMS.md 3a, 3b)
 SCALE = "small CNN on Fashion-MNIST, 6-epoch fine-tune (paper: ImageNet, 90 epochs)"
@@ -73,6 +90,11 @@ DIFFERS = {
     "≤ 0.8× the mean distance",
     "br": "small CNN on Fashion-MNIST (paper: compact ImageNet nets at 2 bits, whose gains BR's per-bin "
     "normalisation favours); λ = 0.5 from mid fine-tune (λ, stage lengths not verified)",
+    "mb_lsq2": "MobileNetV2-28 (width 8, 28k weights) on a 10k-image Fashion-MNIST pool, 4-epoch fine-tune from the "
+    "float net (paper: ImageNet MobileNetV2); the float row is the starting point, not a float net fine-tuned "
+    "on the same schedule",
+    "mb_br": "MobileNetV2-28 on a 10k-image Fashion-MNIST pool, 4-epoch fine-tune, λ = 0.5 from mid fine-tune "
+    "(paper: ImageNet MobileNetV2, 90 epochs; λ and stage lengths not verified)",
 }
 RULES = {"gain_at_2": "[err(LSQ-2) − err(LSQ+BR-2)] − [err(LSQ-3) − err(LSQ+BR-3)] > 2 SE"}
 TABLE_HEADER = ["method", "test error %", "weights within 0.05·s of a level (%)", "mean |w − Q(w)|/s"]
@@ -160,7 +182,35 @@ def cells(mode: Mode, budget: Budget) -> list:
             **base,
         )
     )
-    return out
+    return out + mobilenet_cells(mode)
+
+
+def mobilenet_cells(mode: Mode) -> list:
+    """Float, LSQ W2A2 and LSQ+BR W2A2 on the depthwise-separable ``mobilenetv2-28``, where Han et al. saw BR's
+    largest gains: its depthwise layers hold a few hundred weights each, so BR's per-weight pull ``2 λ (w - t) / |B|``
+    is felt there (on the small CNN's 200k-weight FC layer it is ~1e-5 λ)."""
+    epochs = mobilenet_budget(mode).epochs
+    base = dict(probes=("weights",), **mobilenet_kwargs(mode))
+    return [
+        shared_float_mobilenet(mode),
+        Cell(
+            id="lsq/mobilenetv2/w2a2",
+            label="MobileNetV2-28: LSQ W2/A2",
+            recipe="lsq-w2a2",
+            role="mb-lsq2",
+            kind="lsq",
+            **base,
+        ),
+        Cell(
+            id="lsq/mobilenetv2/br-w2a2",
+            label=f"MobileNetV2-28: LSQ + BR W2/A2 (BR from epoch {epochs // 2 + 1})",
+            recipe="lsq-br-w2a2",
+            role="mb-br2",
+            changes={"train.regularizers": [{"type": "bin_reg", "strength": 0.5, "start_epoch": epochs // 2}]},
+            kind="lsq-br",
+            **base,
+        ),
+    ]
 
 
 def weights_probe(model: nn.Module, splits: DatasetSplits) -> dict:
@@ -214,6 +264,20 @@ def checks(stats: dict, analyses: dict) -> list:
     gain = gain_largest_at_2(r)
     gain.differs = d["br"]
     out.append(gain)
+    mb_float, mb_lsq, mb_br = r.get("mb-float"), r.get("mb-lsq2"), r.get("mb-br2")
+    out.append(
+        lower(
+            PREDICTIONS["mb_lsq2_drop"],
+            mb_float,
+            mb_lsq,
+            "MobileNetV2 float",
+            "MobileNetV2 LSQ-2",
+            differs=d["mb_lsq2"],
+        )
+    )
+    out.append(
+        lower(PREDICTIONS["mb_br2"], mb_br, mb_lsq, "MobileNetV2 LSQ+BR-2", "MobileNetV2 LSQ-2", differs=d["mb_br"])
+    )
     return out
 
 
@@ -277,7 +341,7 @@ PAPER = Paper(
     title=TITLE,
     authors=AUTHORS,
     claim=CLAIM,
-    setup=SETUP,
+    setup=SETUP + MOBILENET_SETUP,
     select="final",
     budgets=BUDGETS,
     cells=cells,

@@ -23,7 +23,7 @@ from ..modes import Mode
 from ..paper import Analysis, Paper
 from ..probes import memory_usage
 from ..results import CellStats, by_role, error_of
-from .common import CNN, budget_kwargs, shared_float
+from .common import CNN, budget_kwargs, mobilenet_kwargs, shared_float, shared_float_mobilenet
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,7 +53,10 @@ SETUP = (
     "(relu(S_w − S_w0)² + relu(S_a − S_a0)²), memories in KB, with S_w0 = the weight memory of the same net at "
     f"{BUDGET_BITS} bits and S_a0 = its largest activation at 4 bits (constraints 8a + 8c); their test error is "
     "read at the best validation epoch among those meeting both budgets. Fixed and homogeneous cells carry no "
-    "penalty; they report the best validation epoch."
+    "penalty; they report the best validation epoch. MobileNetV2 rows: `mobilenetv2-28` (depthwise 3×3 layers of "
+    "72-1,296 weights, 1×1 layers 64-3,456) fine-tuned from its own float model, U3 under the same "
+    f"penalty against the fixed and the learned-q_max homogeneous {BUDGET_BITS}-bit nets (the same weight memory as "
+    "the budget)."
 )
 PREDICTIONS = {
     "u3_budget": "U3 meets the weight-memory budget",
@@ -67,9 +70,15 @@ PREDICTIONS = {
     "u3_bounded": "U3's partial derivatives are bounded: |∂Q/∂d| ≤ 1/2, |∂Q/∂q_max| ≤ 1 for every b",
     "u1_grows": "U1's ∂Q/∂d outside the range grows like 2^(b−1) (per element)",
     "means_grow": "U1's ∂Q/∂d grows with b on average too (its outside part dominates as b grows)",
+    "mb_u3_budget": "MobileNetV2-28: U3 meets the weight-memory budget",
+    "mb_u3_vs_homogeneous": "MobileNetV2-28 (layers of very different size and sensitivity): learned per-layer bit "
+    "widths (U3) beat the homogeneous net of the same weight memory (learned q_max), as in Uhlich's ResNet-18 and "
+    "MobileNetV2 tables",
+    "mb_u3_vs_fixed": "MobileNetV2-28: U3 beats the fixed homogeneous net of the same weight memory",
 }
 # where each check's setup differs from the paper's (ALGORITHMS.md 5)
 SCALE = "small CNN on Fashion-MNIST, 6-epoch fine-tune (paper: CIFAR-10 ResNet-20 / ImageNet)"
+MB_SCALE = "MobileNetV2-28 (width 8) on a 10k-image Fashion-MNIST pool, 4-epoch fine-tune (paper: ImageNet MobileNetV2)"
 DIFFERS = {
     "budget": f"{SCALE}; budget = the net at {BUDGET_BITS}-bit weights (paper's CIFAR configs: 2-bit)",
     "heterogeneous": SCALE,
@@ -77,6 +86,8 @@ DIFFERS = {
     "bit_width_worse": f"{SCALE}; same LR for all parametrizations; a run that missed its budget is not ranked",
     "analysis": "x ~ N(0, 1) with q_max = 3σ held fixed, so d shrinks as b grows; the paper's growth of the "
     "U1/U2 b-partials like 2^b holds at a fixed d and is not tested here (at a fixed q_max they shrink)",
+    "mb_budget": f"{MB_SCALE}; budget = the net at {BUDGET_BITS}-bit weights",
+    "mb_ordering": f"{MB_SCALE}; a U3 run that missed its budget is reported as missed, not ranked",
 }
 RULES = {
     "budget": "weight KB ≤ budget at the reported checkpoint, in every seed",
@@ -204,7 +215,41 @@ def cells(mode: Mode, budget: Budget) -> list:
                 **base,
             )
         )
-    return out
+    return out + mobilenet_cells(mode, penalty)
+
+
+def mobilenet_cells(mode: Mode, penalty: list) -> list:
+    """U3 under the budget against the homogeneous nets of the same weight memory on ``mobilenetv2-28``, whose layers
+    differ in size by a factor ~50 (64 to 3,456 weights; a depthwise 3×3 layer has 9 weights per channel), as in
+    Uhlich's ResNet-18 and MobileNetV2 tables."""
+    base = dict(probes=("memory",), kind="parametric", **mobilenet_kwargs(mode))
+    return [
+        shared_float_mobilenet(mode),
+        Cell(
+            id=f"uhlich/mobilenetv2/fixed-w{BUDGET_BITS}",
+            label=f"MobileNetV2-28: fixed {BUDGET_BITS}-bit W (4-bit A), d and q_max fixed",
+            recipe="mp-u3",
+            role=f"mb-fixed{BUDGET_BITS}",
+            changes=_fixed(BUDGET_BITS),
+            **base,
+        ),
+        Cell(
+            id=f"uhlich/mobilenetv2/homogeneous-w{BUDGET_BITS}",
+            label=f"MobileNetV2-28: homogeneous {BUDGET_BITS}-bit W (4-bit A), learned q_max",
+            recipe="mp-u3",
+            role="mb-homog",
+            changes=_homogeneous(),
+            **base,
+        ),
+        Cell(
+            id="uhlich/mobilenetv2/u3-budget",
+            label=f"MobileNetV2-28: learned bit widths, U3, budget = {BUDGET_BITS}-bit W",
+            recipe="mp-u3",
+            role="mb-u3",
+            changes={"train.regularizers": penalty},
+            **base,
+        ),
+    ]
 
 
 def memory_probe(model: nn.Module, splits: DatasetSplits) -> dict:
@@ -242,6 +287,21 @@ def checks(stats: dict, analyses: dict) -> list:
     ]
     for name in ("U1", "U2"):
         out.append(worse_or_failed(PREDICTIONS["bit_width_worse"].format(name=name), r.get(name.lower()), u3, name))
+    mb_u3, mb_differs = r.get("mb-u3"), DIFFERS["mb_ordering"]
+    out += [
+        budget_met(PREDICTIONS["mb_u3_budget"], mb_u3, DIFFERS["mb_budget"]),
+        within_budget_lower(
+            PREDICTIONS["mb_u3_vs_homogeneous"], mb_u3, r.get("mb-homog"), "U3", "homogeneous", mb_differs
+        ),
+        within_budget_lower(
+            PREDICTIONS["mb_u3_vs_fixed"],
+            mb_u3,
+            r.get(f"mb-fixed{BUDGET_BITS}"),
+            "U3",
+            f"fixed {BUDGET_BITS}-bit",
+            mb_differs,
+        ),
+    ]
     return out + gradient_checks(analyses.get("gradients"))
 
 
@@ -271,12 +331,19 @@ def _not_ranked(claim: str, rule: str, cells: dict, differs: str) -> Optional[Ch
     return Check(claim, rule, observed, None, differs=differs, status=status)
 
 
-def within_budget_lower(claim: str, a: Optional[CellStats], b: Optional[CellStats], name_a: str, name_b: str) -> Check:
+def within_budget_lower(
+    claim: str,
+    a: Optional[CellStats],
+    b: Optional[CellStats],
+    name_a: str,
+    name_b: str,
+    differs: str = DIFFERS["ordering"],
+) -> Check:
     """The ordering ``err(a) < err(b)`` beyond noise, unless a run of either cell missed its memory budget: such a
     cell's error is only over the seeds that met it, so it is reported as missed instead of ranked."""
     rule = f"err({name_a}) < err({name_b})"
-    return _not_ranked(claim, rule, {name_a: a, name_b: b}, DIFFERS["ordering"]) or lower(
-        claim, a, b, name_a, name_b, differs=DIFFERS["ordering"]
+    return _not_ranked(claim, rule, {name_a: a, name_b: b}, differs) or lower(
+        claim, a, b, name_a, name_b, differs=differs
     )
 
 
@@ -285,21 +352,21 @@ def _memories(s: Optional[CellStats]) -> list:
     return [rec["probes"]["memory"] for rec in (s.records if s else []) if rec.get("probes", {}).get("memory")]
 
 
-def budget_met(claim: str, s: Optional[CellStats]) -> Check:
+def budget_met(claim: str, s: Optional[CellStats], differs: str = DIFFERS["budget"]) -> Check:
     """Every seed's reported checkpoint is within the weight budget (a diverged seed counts as not within)."""
     rule = RULES["budget"]
     if s is None or not s.records:
-        return Check(claim, rule, "–", None, differs=DIFFERS["budget"])
+        return Check(claim, rule, "–", None, differs=differs)
     probed = [rec["probes"] for rec in s.records if rec.get("probes", {}).get("memory")]
     met = [p["memory"]["weight_kb"] <= p["memory"]["budget_kb"] + 1e-9 for p in probed] + [False] * s.diverged
     if not met:
-        return Check(claim, rule, "–", None, differs=DIFFERS["budget"])
+        return Check(claim, rule, "–", None, differs=differs)
     shown = ", ".join(
         f"{p['memory']['weight_kb']:.2f}/{p['memory']['budget_kb']:.2f} KB ({p.get('checkpoint')})" for p in probed
     )
     if s.diverged:
         shown += f", {s.diverged} diverged"
-    return Check(claim, rule, f"{sum(met)}/{len(met)} seeds: {shown}", all(met), differs=DIFFERS["budget"])
+    return Check(claim, rule, f"{sum(met)}/{len(met)} seeds: {shown}", all(met), differs=differs)
 
 
 def heterogeneous(s: Optional[CellStats]) -> Check:
@@ -371,9 +438,12 @@ def _bits_text(s: CellStats, slot: str = "weight") -> str:
 
 def markdown(table: Table, stats: dict) -> str:
     rows = []
+    budget = next((m["budget_kb"] for s in stats.values() for m in _memories(s)), None)
     for s in stats.values():
         memory = _memories(s)
         kb = f"{statistics.fmean(m['weight_kb'] for m in memory):.2f}" if memory else "–"
+        if memory and budget is not None and abs(memory[0]["budget_kb"] - budget) > 1e-9:
+            kb += f" (budget {memory[0]['budget_kb']:.2f})"  # another model's budget than the header's
         met = f"{sum(m['weight_kb'] <= m['budget_kb'] + 1e-9 for m in memory)}/{len(memory)}" if memory else "–"
         if s.cell.role == "float":
             kb = "float (32-bit)"
@@ -381,7 +451,6 @@ def markdown(table: Table, stats: dict) -> str:
         if not s.errors and s.unmet and s.final_errors:
             error += f" (final epoch: {statistics.fmean(s.final_errors):.2f})"
         rows.append([s.cell.label, error, kb, met, _bits_text(s), _bits_text(s, "input") if memory else "–"])
-    budget = next((m["budget_kb"] for s in stats.values() for m in _memories(s)), None)
     header = list(TABLE_HEADER)
     if budget:
         header[2] = f"weight KB (budget {budget:.2f})"
