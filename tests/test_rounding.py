@@ -73,7 +73,7 @@ DRAWS = 4_000_000
 
 
 def _p_up_16_bit(p):
-    """The exact probability that 16-bit noise rounds ``floor(x) + p`` up: ``#{k : (k + 1/2) / 2^16 >= 1 - p} / 2^16``."""
+    """P(16-bit noise rounds ``floor(x) + p`` up), exactly: ``#{k : (k + 1/2) / 2^16 >= 1 - p} / 2^16``."""
     u = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536
     return (u >= 1 - p).double().mean().item()
 
