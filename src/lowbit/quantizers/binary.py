@@ -87,7 +87,8 @@ class BinaryQuantizer(Quantizer):
 
     def reset_parameters_from(self, w: torch.Tensor) -> None:
         if self.glorot:
-            self.scale = glorot_scale(w)
+            # rounded to float32 so that the stored weights (float32) equal +-scale exactly
+            self.scale = float(torch.tensor(glorot_scale(w), dtype=torch.float32))
 
     def clip_range(self) -> tuple[float, float]:
         if self.glorot:
