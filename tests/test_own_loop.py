@@ -27,7 +27,10 @@ def mlp():
 
 
 def on_binary_grid(model):
-    return all(set(layer.weight.unique().tolist()) <= {-1.0, 1.0} for _, layer in lowbit.quantized_layers(model))
+    return all(
+        set(layer.weight.unique().tolist()) <= {-layer.weight_quantizer.scale, layer.weight_quantizer.scale}
+        for _, layer in lowbit.quantized_layers(model)
+    )
 
 
 # ------------------------------------------------------------------------------------------ policy as a step hook

@@ -118,6 +118,29 @@ def test_bits_of_u1_and_u2_follow_b():
     assert make("U2", b=6.0, q_max=2.0, pow2_step=False).bits == 6
 
 
+@pytest.mark.parametrize(
+    "parametrization, values", [("U1", {"d": 0.125}), ("U2", {"q_max": 1.0}), ("P1", {"q_max": 1.0})]
+)
+def test_learned_b_is_charged_round_clip_b_with_a_unit_straight_through_gradient(parametrization, values):
+    # the official code charges U1/U2/P1/P2 round(clip(b, 2, 8)) (weights), whatever the grid it builds
+    q = make(parametrization, b=4.4, **values)
+    width = q.bit_width()
+    width.backward()
+    assert width.item() == 4.0 and q.b.grad.item() == 1.0
+    assert make(parametrization, b=9.7, **values).bits == 8 and make(parametrization, b=1.2, **values).bits == 2
+
+
+def test_u2_is_charged_round_b_even_when_the_snapped_step_leaves_more_levels():
+    # b = 4: d = q_max / 7 = 0.1429 snaps to 2^-3, so the grid has k = round(1 / 0.125) = 8 levels per side, which
+    # round(q_max/d) inference would charge ceil(log2(9)) + 1 = 5 bits; the official accounting charges b = 4
+    q = make("U2", b=4.0, q_max=1.0)
+    d, q_max = q.step_and_range()
+    assert d.item() == 0.125 and round(q_max.item() / d.item()) == 8
+    assert q.bits == 4
+    encoded = q.encode(torch.linspace(-1.5, 1.5, 101, dtype=torch.float64))
+    assert encoded.bits == 5 and int(encoded.indices.max()) == 16  # the codes get the bits the grid needs
+
+
 def test_bit_width_has_a_straight_through_gradient_for_memory_budgets():
     q = make("U3", d=0.125, q_max=1.875)
     q.bit_width().backward()
@@ -126,31 +149,56 @@ def test_bit_width_has_a_straight_through_gradient_for_memory_budgets():
     assert q.d.grad.item() == pytest.approx(-1.875 / (0.125 * 2.0 * LN2))
 
 
-def test_pow2_bits_and_levels():
-    q = make("P3", q_min=2**-3, q_max=1.0)  # 4 exponents -> 2 bits, + sign + zero code
-    assert q.bits == 4
-    out = q(torch.linspace(-2, 2, 401, dtype=torch.float64))
-    magnitudes = sorted(set(out.abs().tolist()))
-    assert magnitudes == [0.0, 0.125, 0.25, 0.5, 1.0]
-    without_zero = make("P3", q_min=2**-3, q_max=1.0, with_zero=False)
-    assert without_zero.bits == 3
-    assert 0.0 not in without_zero(torch.linspace(-2, 2, 400, dtype=torch.float64)).tolist()
+def test_pow2_weights_have_no_zero_level_and_one_sign_bit():
+    # official code: with_zero=False for weights; 4 exponents (q_min = 2^-3 .. q_max = 1) -> 2 bits + the sign bit
+    q = make("P3", q_min=2**-3, q_max=1.0)
+    assert not q.with_zero and q.bits == 3
+    out = q(torch.linspace(-2, 2, 400, dtype=torch.float64))
+    assert sorted(set(out.tolist())) == [-1.0, -0.5, -0.25, -0.125, 0.125, 0.25, 0.5, 1.0]  # 8 levels = 2^3
+    assert q(torch.tensor([0.0, 1e-6, -1e-6], dtype=torch.float64)).abs().tolist() == [0.125] * 3
+    with_zero = make("P3", q_min=2**-3, q_max=1.0, with_zero=True)  # lowbit's option: a zero code, one more bit
+    assert with_zero.bits == 4
+    assert sorted(set(with_zero(torch.linspace(-2, 2, 401, dtype=torch.float64)).abs().tolist())) == [
+        0.0,
+        0.125,
+        0.25,
+        0.5,
+        1.0,
+    ]
+
+
+def test_pow2_activations_keep_the_zero_level_in_their_extra_bit():
+    q = make("P3", role="activation", signed=False, q_min=2**-3, q_max=1.0)
+    assert q.with_zero and q.bits == 3  # 2 exponent bits + the zero code
+    assert sorted(set(q(torch.linspace(-2, 2, 401, dtype=torch.float64)).tolist())) == [0.0, 0.125, 0.25, 0.5, 1.0]
+
+
+def test_p3_weights_at_three_bits_initialise_to_eight_levels():
+    w = torch.linspace(-1.0, 1.0, 1001)
+    q = build_quantizer({"type": "parametric", "parametrization": "P3", "init_bits": 3}, role="weight")
+    out = q(w)
+    # n = 3 - 1 (sign) = 2 exponent bits: q_min = q_max 2^-(2^2 - 1)
+    assert q.bits == 3 and q.q_min.item() == q.q_max.item() * 2**-3
+    assert len(set(out.tolist())) == 2**3
 
 
 def test_pow2_range_gradients_go_to_the_bound_that_clips():
-    q = make("P3", q_min=2**-3, q_max=1.0)
     x = torch.tensor([-3.0, -0.11, 0.01, 0.3, 2.0], dtype=torch.float64)
-    got = partials(q, x)
+    got = partials(make("P3", q_min=2**-3, q_max=1.0), x)  # weights: no zero level, 0.01 maps to +q_min
     assert got["q_max"].tolist() == [-1.0, 0.0, 0.0, 0.0, 1.0]
+    assert got["q_min"].tolist() == [0.0, -1.0, 1.0, 0.0, 0.0]
+    got = partials(make("P3", q_min=2**-3, q_max=1.0, with_zero=True), x)
     assert got["q_min"].tolist() == [0.0, -1.0, 0.0, 0.0, 0.0]  # 0.01 is in the zero region: no gradient
 
 
 def test_p1_and_p2_derive_the_other_bound_from_b():
-    p1 = make("P1", b=4.0, q_max=1.0)  # n = 4 - 1 (sign) - 1 (zero) = 2 -> q_min = q_max 2^-(2^2 - 1)
-    assert p1.range_bounds()[0].item() == pytest.approx(2**-3)
-    p2 = make("P2", b=4.0, q_min=2**-3)
+    p1 = make("P1", b=4.0, q_max=1.0)  # n = 4 - 1 (sign) = 3 -> q_min = q_max 2^-(2^3 - 1)
+    assert p1.range_bounds()[0].item() == pytest.approx(2**-7)
+    p2 = make("P2", b=4.0, q_min=2**-7)
     assert p2.range_bounds()[1].item() == pytest.approx(1.0)
     assert p1.bits == p2.bits == 4
+    p1_zero = make("P1", b=4.0, q_max=1.0, with_zero=True)  # n = 4 - 1 (sign) - 1 (zero) = 2
+    assert p1_zero.range_bounds()[0].item() == pytest.approx(2**-3) and p1_zero.bits == 4
 
 
 def test_parameters_are_projected_into_their_boxes_with_d_below_q_max():
@@ -185,6 +233,34 @@ def test_gradient_clipping_to_plus_minus_d():
     q(torch.tensor([100.0, -0.3], dtype=torch.float64)).sum().mul(50).backward()
     q.clip_param_grads_()
     assert abs(q.q_max.grad.item()) <= 0.125 and abs(q.d.grad.item()) <= 0.125
+
+
+def test_p3_gradients_are_clipped_to_plus_minus_q_min():
+    q = make("P3", q_min=2**-3, q_max=1.0)
+    q(torch.tensor([100.0, -0.01], dtype=torch.float64)).sum().mul(50).backward()
+    assert q.q_max.grad.item() == 50.0 and q.q_min.grad.item() == -50.0
+    q.clip_param_grads_()
+    assert q.q_max.grad.item() == 0.125 and q.q_min.grad.item() == -0.125
+
+
+@pytest.mark.parametrize(
+    "parametrization, values",
+    [
+        ("U1", {"b": 4.0, "d": 0.125}),
+        ("U2", {"b": 4.0, "q_max": 0.875}),
+        ("P1", {"b": 4.0, "q_max": 1.0}),
+        ("P2", {"b": 4.0, "q_min": 2**-7}),
+    ],
+)
+def test_bit_width_parametrizations_are_never_gradient_clipped(parametrization, values):
+    # the official clip_quant_grads touches U3 and P3 only
+    q = make(parametrization, **values)
+    q(torch.tensor([100.0, -0.3, 1e-4], dtype=torch.float64)).sum().mul(50).backward()
+    before = {name: getattr(q, name).grad.clone() for name in q.learned_names}
+    assert any(g.abs().item() > q.step_value().item() for g in before.values())  # clipping would change something
+    q.clip_param_grads_()
+    for name in q.learned_names:
+        assert torch.equal(getattr(q, name).grad, before[name]), name
 
 
 def test_encoding_round_trips_uniform_and_pow2():
@@ -235,8 +311,8 @@ def test_fused_u3_step_and_range_matches_autograd_through_the_composition(pow2_s
     [
         ("U3", {"d": 0.1, "q_max": 1.33}),
         ("U3", {"d": 0.25, "q_max": 7.9}),
-        ("U1", {"b": 5.3, "d": 0.06}),
-        ("U2", {"b": 3.0, "q_max": 2.2}),
+        ("U3", {"d": 0.06, "q_max": 0.9}),
+        ("U3", {"d": 0.7, "q_max": 2.2}),
     ],
 )
 def test_inferred_bits_node_matches_autograd_through_the_straight_through_composition(parametrization, values):
@@ -260,6 +336,8 @@ def _pow2_reference(x, q_min, q_max, signed, with_zero):
     the fused ``_Pow2Function`` must reproduce)."""
     x = x if signed else torch.relu(x)
     a, s = x.abs(), torch.sign(x)
+    if not with_zero:
+        s = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)  # no zero level: 0 maps to +q_min
     p = torch.exp2(torch.copysign(torch.floor(torch.log2(a).abs() + 0.5), torch.log2(a)))
     mag = torch.clamp(p, q_min, q_max)
     if with_zero:

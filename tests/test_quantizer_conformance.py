@@ -99,14 +99,13 @@ def _parametric() -> list[Case]:
     for name, role, signed, init_bits, positive in itertools.product(
         ("U1", "U2", "U3", "P1", "P2", "P3"), ("weight", "activation"), (True, False, None), (3, 4, 8), (False, True)
     ):
-        if signed is True and name.startswith("P") and init_bits < 3:
-            continue  # a signed power-of-two grid with a zero level needs a magnitude bit besides the two
         cases.append(Case({"parametrization": name, "signed": signed, "init_bits": init_bits}, role, positive))
     cases += [Case({"parametrization": p, "pow2_step": False}, "weight") for p in ("U1", "U2", "U3")]
     cases += [
-        Case({"parametrization": p, "with_zero": False}, role)
+        Case({"parametrization": p, "with_zero": with_zero}, role)
         for p in ("P1", "P2", "P3")
         for role in ("weight", "activation")
+        for with_zero in (False, True)
     ]
     cases += [
         Case({"parametrization": "U2", "frozen": ["b"]}, "weight"),
@@ -166,7 +165,10 @@ def _pow2(grid: Pow2Grid, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         threshold = np.float64(grid.threshold)
         magnitude = np.where(a < threshold, 0.0, magnitude)
         unsure |= np.abs(a - threshold) < 1e-6 * threshold
-    return np.sign(x) * magnitude, unsure
+        return np.sign(x) * magnitude, unsure
+    # no zero level (the official code's power-of-two weights): 0 maps to +q_min
+    magnitude = np.where(a == 0, np.float64(grid.q_min), magnitude)
+    return np.where(x >= 0, 1.0, -1.0) * magnitude, unsure
 
 
 def _sign(grid: SignGrid, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

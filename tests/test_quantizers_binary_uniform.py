@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.quantizers import BinaryQuantizer, UniformQuantizer
+from lowbit.quantizers import BinaryQuantizer, UniformQuantizer, build_quantizer
 
 
 def hard_sigmoid(x):
@@ -123,3 +123,28 @@ def test_uniform_step_from_first_tensor_and_encoding():
     encoded = q.encode(w)
     assert torch.allclose(encoded.dequantize(), out)
     assert int(encoded.indices.max()) < 2**4
+
+
+# ------------------------------------------------------------------------------------- noise resolution per role
+@pytest.mark.parametrize("role, expected", [("weight", 24), ("bias", 24), ("activation", 16), ("gradient", 16)])
+def test_stochastic_rounding_noise_defaults_to_24_bits_for_stored_values_and_16_for_the_rest(role, expected):
+    spec = {"type": "uniform", "bits": 4, "rounding": "stochastic", "signed": True}
+    assert build_quantizer(spec, role=role).noise.resolution_bits == expected
+    assert build_quantizer({**spec, "noise_bits": 16}, role=role).noise.resolution_bits == 16
+    assert build_quantizer({**spec, "noise_bits": 24}, role=role).noise.resolution_bits == 24
+
+
+def test_binary_weights_flip_with_a_probability_below_2_to_the_minus_17():
+    # SR on {-H, +H}: a weight 1e-5 H above -H becomes +H with probability 5e-6 (< 2^-17): 20 flips in 4M draws
+    # with the weight role's 24-bit default, none with the 16-bit source
+    w = torch.full((4_000_000,), -1.0 + 1e-5)
+    counts = {}
+    for bits in (24, 16):
+        q = build_quantizer({"type": "binary", "rounding": "stochastic", "noise_bits": bits}, role="weight", seed=3)
+        counts[bits] = int((q.train()(w) > 0).sum())
+    assert abs(counts[24] - 20) < 4 * 20**0.5 and counts[16] == 0
+
+
+def test_noise_bits_without_stochastic_rounding_warns():
+    with pytest.warns(UserWarning, match="noise_bits: 16 has no effect"):
+        build_quantizer({"type": "binary", "noise_bits": 16}, role="weight")

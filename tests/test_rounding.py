@@ -55,7 +55,7 @@ def test_derived_seeds_are_stable_and_distinct():
 
 
 def test_16_bit_noise_is_uniform_independent_and_nearly_unbiased():
-    source = NoiseSource(seed=3)
+    source = NoiseSource(seed=3, resolution_bits=16)
     u = source.uniform_like(torch.zeros(400_001))
     assert u.shape == (400_001,) and 0 < u.min() and u.max() < 1
     codes = u * 65536 - 0.5
@@ -65,8 +65,36 @@ def test_16_bit_noise_is_uniform_independent_and_nearly_unbiased():
     assert abs(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].item()) < 0.01
     # stochastic rounding with it: P(up) within 2^-17 of the fraction
     x = torch.full((400_000,), 7.3)
-    up = (stochastic_round(x, NoiseSource(seed=1)) == 8).float().mean().item()
+    up = (stochastic_round(x, NoiseSource(seed=1, resolution_bits=16)) == 8).float().mean().item()
     assert abs(up - 0.3) < 0.005
+
+
+DRAWS = 4_000_000
+
+
+def _p_up_16_bit(p):
+    """P(16-bit noise rounds ``floor(x) + p`` up), exactly: ``#{k : (k + 1/2) / 2^16 >= 1 - p} / 2^16``."""
+    u = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536
+    return (u >= 1 - p).double().mean().item()
+
+
+@pytest.mark.parametrize("p", [5e-6, 1e-5])
+def test_24_bit_noise_rounds_up_small_probabilities_16_bit_noise_does_not(p):
+    # a weight p grid steps above a level (SR late in a cosine schedule) must round up with probability p. 16-bit
+    # uniforms round up with probability 0 where p < 2^-17 = 7.6e-6 and 2^-16 = 1.5e-5 for p in [2^-17, 3 2^-17)
+    x = torch.full((DRAWS,), p)
+    flips_24 = int(stochastic_round(x, NoiseSource(seed=2, resolution_bits=24)).sum())
+    assert abs(flips_24 - p * DRAWS) < 4 * (p * DRAWS) ** 0.5 + 1  # 20 and 40 expected
+    flips_16 = int(stochastic_round(x, NoiseSource(seed=2, resolution_bits=16)).sum())
+    expected_16 = _p_up_16_bit(p) * DRAWS
+    assert expected_16 == (0 if p < 2**-17 else DRAWS / 65536)
+    assert abs(flips_16 - expected_16) < 4 * expected_16**0.5 + 1
+    assert NoiseSource().resolution_bits == 24  # the default is float32's resolution
+
+
+def test_16_bit_noise_bias_is_at_most_2_to_the_minus_17():
+    for p in (1e-6, 2**-17, 1e-5, 1e-4, 0.3, 0.5 + 2**-18, 0.99999):
+        assert abs(_p_up_16_bit(p) - p) <= 2**-17 + 1e-15, p
 
 
 def test_noise_resolution_is_validated_and_24_bit_noise_uses_torch():

@@ -74,14 +74,16 @@ def derive_seed(seed: int, *keys: object) -> int:
 class NoiseSource:
     """Seeded, checkpointable uniform noise for one stochastic quantizer.
 
-    ``resolution_bits=16`` (the default) is the fast source. On the CPU it draws 64-bit words from NumPy's
+    ``resolution_bits=24`` (the default) is float32's resolution: ``torch.rand`` with a lazily created
+    ``torch.Generator``. ``resolution_bits=16`` is the fast source, which quantizers use for activations and gradients
+    (``quantizers.base.DEFAULT_NOISE_BITS``). On the CPU it draws 64-bit words from NumPy's
     ``PCG64DXSM`` and cuts each into four 16-bit uniforms ``(k + 1/2) / 2^16``: torch's CPU generator is a
     single-threaded Mersenne Twister at a few ns per number, which made drawing the noise the largest cost of
     stochastic rounding on big tensors (Banner's 8-bit gradients), while PCG64DXSM costs about 2 ns per 64-bit word,
     i.e. 0.5 ns per uniform. Stochastic rounding with it rounds up with a probability within ``2^-17`` of the exact
-    one. On other devices, and for half-precision tensors, it uses torch's generator (``torch.rand``), which is
-    fast on GPUs.
-    ``resolution_bits=24`` always uses ``torch.rand`` with a lazily created ``torch.Generator``.
+    one, and never where that probability is below ``2^-17`` (7.6e-6): too coarse for a weight stored on its grid,
+    whose flip probability ``|update|/Δ`` is that small late in a decayed schedule. On other devices, and for
+    half-precision tensors, it uses torch's generator (``torch.rand``), which is fast on GPUs.
 
     Inside ``torch.compile`` the noise comes from torch's global generator instead (seeded by the trainer from the
     run's seed): a generator object would split the compiled graph at every stochastic quantizer, while the
@@ -91,7 +93,7 @@ class NoiseSource:
     ``nn.Module.get_extra_state`` so the noise continues exactly after a resume.
     """
 
-    def __init__(self, seed: int = 0, resolution_bits: int = 16) -> None:
+    def __init__(self, seed: int = 0, resolution_bits: int = 24) -> None:
         if resolution_bits not in (16, 24):
             raise ConfigError(f"noise resolution must be 16 or 24 bits, got {resolution_bits}")
         self.seed = int(seed)

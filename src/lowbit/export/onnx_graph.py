@@ -339,7 +339,15 @@ def _float_nodes(graph: _Graph, spec: ActMark, x: str, out: str) -> list[onnx.No
             small = c.op("Less", c.const("threshold", grid.threshold), first=magnitude)
             c.op("Where", c.const("zero", 0.0), clipped, first=small)
         scaled = c.value
-        sign = c.op("Sign", first=x)
+        if grid.threshold is None:  # no zero level: x = 0 maps to +q_min, as x > 0 does
+            sign = c.op(
+                "Where",
+                c.const("plus_one", 1.0),
+                c.const("minus_one", -1.0),
+                first=c.op("GreaterOrEqual", c.const("zero_", 0.0), first=x),
+            )
+        else:
+            sign = c.op("Sign", first=x)
         c.op("Mul", scaled, out=out, first=sign)
     elif isinstance(grid, SignGrid):  # +H where x >= 0 (so sign(0) = +1), else -H
         condition = c.op("GreaterOrEqual", c.const("zero", 0.0))

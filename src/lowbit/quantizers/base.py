@@ -32,6 +32,7 @@ by ``lowbit.quantize``). After initialisation an empty tensor passes through eve
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -52,6 +53,8 @@ __all__ = [
     "EVAL_MODES",
     "ROUNDING_OPTION",
     "EVAL_MODE_OPTION",
+    "NOISE_BITS_OPTION",
+    "DEFAULT_NOISE_BITS",
     "bits_option",
     "ceil_ste",
     "round_ste",
@@ -70,6 +73,16 @@ EVAL_MODES = ("deterministic", "float")
 ROUNDING_OPTION = {
     "enum": ["nearest", "stochastic"],
     "description": "round to nearest, or stochastic unbiased rounding (training only)",
+}
+#: the noise resolution of stochastic rounding when a recipe leaves ``noise_bits`` unset: float32's 24 bits where
+#: rounding decides a stored value (weights, biases: a flip probability |update|/Δ can be far below 2^-17, which 16-bit
+#: uniforms round to 0), the fast 16-bit source for activations and gradients (redrawn every step, resolution ample)
+DEFAULT_NOISE_BITS = {"weight": 24, "bias": 24, "activation": 16, "gradient": 16}
+NOISE_BITS_OPTION = {
+    "enum": [16, 24],
+    "description": "stochastic rounding's uniform noise: 24 bits (float32's resolution; default for weights and "
+    "biases) or the fast 16-bit source (default for activations and gradients), which rounds up with a probability "
+    "within 2^-17 of the exact one and never when that probability is below 2^-17",
 }
 EVAL_MODE_OPTION = {
     "enum": list(EVAL_MODES),
@@ -105,7 +118,13 @@ class Quantizer(nn.Module):
     init_given: bool = False
 
     def __init__(
-        self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic", seed: int = 0
+        self,
+        *,
+        role: str = "weight",
+        rounding: str = "nearest",
+        eval_mode: str = "deterministic",
+        noise_bits: Optional[int] = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if role not in ROLES:
@@ -115,7 +134,16 @@ class Quantizer(nn.Module):
         self.role = role
         self.rounding = Rounding.parse(rounding)
         self.eval_mode = eval_mode
-        self.noise = NoiseSource(seed) if self.rounding is Rounding.STOCHASTIC else None
+        stochastic = self.rounding is Rounding.STOCHASTIC
+        if noise_bits is not None and not stochastic:
+            warnings.warn(
+                f"noise_bits: {noise_bits} has no effect on {self.role} quantizer with rounding: nearest (it sets the "
+                f"noise of stochastic rounding); remove it or set rounding: stochastic",
+                UserWarning,
+                stacklevel=3,
+            )
+        bits = DEFAULT_NOISE_BITS[role] if noise_bits is None else noise_bits
+        self.noise = NoiseSource(seed, resolution_bits=bits) if stochastic else None
         # Data-dependent initialisation (LSQ step, Uhlich ranges) happens once; the flag is a buffer so a loaded
         # checkpoint is not re-initialised, and mirrored in a Python bool so the hot path does not read a tensor.
         self.register_buffer("initialized", torch.tensor(False), persistent=True)

@@ -5,6 +5,13 @@
   ``hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)``, drawn independently per element and per forward pass. This is
   Li & De's unbiased stochastic rounding on the two-level grid: ``E[Wb] = clip(W, -H, H)``.
 
+Scale: a number, or ``glorot``: BinaryConnect's ``H = "Glorot"``, one H per weight tensor,
+``H_l = sqrt(1.5 / (fan_in + fan_out))`` (dense: fan_in = inputs, fan_out = units; conv: ``k_h k_w C_in`` and
+``k_h k_w C_out``), set from the weight's shape when the layer is built and saved with the quantizer's state. With the
+Glorot LR scale ``1 / H_l`` of the update policy, an ADAM step of size ``lr`` moves a weight by
+``lr (fan_in + fan_out) / 1.5`` grid units: large enough for deterministic rounding (R) to cross a level, which it
+never does on a {-1, +1} grid at ADAM's usual learning rates.
+
 Backward: the identity straight-through estimator, ``dC/dW := dC/dWb``, with no ``|W| <= 1`` mask (the mask belongs
 to the later BinaryNet paper). Evaluation: ``eval_mode: deterministic`` uses sign(W) (BC-det), ``eval_mode: float``
 uses the real-valued W (BC-stoch as in the paper's code).
@@ -12,16 +19,17 @@ uses the real-valued W (BC-stoch as in the paper's code).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Optional, Union
 
 import torch
 
 from ..errors import ConfigError
 from ..rounding import stochastic_threshold
-from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, QuantizedTensor, Quantizer
+from .base import EVAL_MODE_OPTION, NOISE_BITS_OPTION, QUANTIZERS, ROUNDING_OPTION, QuantizedTensor, Quantizer
 from .grids import SignGrid, float32
 
-__all__ = ["BinaryQuantizer"]
+__all__ = ["BinaryQuantizer", "glorot_scale"]
 
 
 class _BinarizeSTE(torch.autograd.Function):
@@ -45,30 +53,51 @@ class _BinarizeSTE(torch.autograd.Function):
 class BinaryQuantizer(Quantizer):
     kind = "binary"
     OPTIONS = {
-        "scale": {"type": "number", "exclusiveMinimum": 0, "default": 1.0, "description": "H: the levels are -H, +H"},
+        "scale": {
+            "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "glorot"}],
+            "default": 1.0,
+            "description": "H: the levels are -H, +H; glorot: per weight tensor sqrt(1.5/(fan_in+fan_out)) "
+            "(BinaryConnect's H='Glorot')",
+        },
         "rounding": {**ROUNDING_OPTION, "default": "nearest"},
         "eval_mode": EVAL_MODE_OPTION,
+        "noise_bits": NOISE_BITS_OPTION,
     }
 
     def __init__(
         self,
         *,
-        scale: float = 1.0,
+        scale: Union[float, str] = 1.0,
         role: str = "weight",
         rounding: str = "nearest",
         eval_mode: str = "deterministic",
+        noise_bits: Optional[int] = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
-        if not scale > 0:
-            raise ConfigError(f"binary scale H must be positive, got {scale}")
+        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, noise_bits=noise_bits, seed=seed)
+        self.glorot = scale == "glorot"
+        if self.glorot:
+            if role != "weight":
+                raise ConfigError(f"binary scale 'glorot' is set from a weight's fans; the {role} slot has none")
+            scale = 1.0  # replaced by the weight's H when the layer is built (reset_parameters_from)
+        elif isinstance(scale, str) or not scale > 0:
+            raise ConfigError(f"binary scale H must be a positive number or 'glorot', got {scale!r}")
         self.scale = float(scale)
         self._bits, self._signed = 1, True
 
+    def reset_parameters_from(self, w: torch.Tensor) -> None:
+        if self.glorot:
+            # rounded to float32 so that the stored weights (float32) equal +-scale exactly
+            self.scale = float(torch.tensor(glorot_scale(w), dtype=torch.float32))
+
     def clip_range(self) -> tuple[float, float]:
+        if self.glorot:
+            self.require_initialized()
         return (-self.scale, self.scale)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.glorot:
+            self.maybe_initialize(w)
         if self.passthrough_now:
             return w
         threshold = None
@@ -78,7 +107,17 @@ class BinaryQuantizer(Quantizer):
         return _BinarizeSTE.apply(w, threshold, self.scale)
 
     def deterministic_grid(self) -> SignGrid:
+        if self.glorot:
+            self.require_initialized()
         return SignGrid(float32(self.scale))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "scale": self.scale}  # a Glorot H was set from the weight's shape
+
+    def set_extra_state(self, state: Optional[dict[str, Any]]) -> None:
+        super().set_extra_state(state)
+        if self.glorot and state and state.get("scale") is not None:
+            self.scale = float(state["scale"])
 
     def encode(self, w: torch.Tensor) -> QuantizedTensor:
         w = w.detach()
@@ -91,4 +130,15 @@ class BinaryQuantizer(Quantizer):
         )
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", scale={self.scale:g}"
+        return super().extra_repr() + f", scale={self.scale:g}" + (" (glorot)" if self.glorot else "")
+
+
+def glorot_scale(weight: torch.Tensor) -> float:
+    """BinaryConnect's ``H = sqrt(1.5 / (fan_in + fan_out))`` for a dense ``(out, in)`` or conv ``(out, in, k...)``
+    weight (the receptive field counts in both fans, pooling is ignored)."""
+    if weight.dim() < 2:
+        raise ConfigError(
+            f"binary scale 'glorot' needs a weight with fan-in and fan-out, got shape {tuple(weight.shape)}"
+        )
+    receptive = math.prod(weight.shape[2:])
+    return math.sqrt(1.5 / ((weight.shape[0] + weight.shape[1]) * receptive))

@@ -79,7 +79,8 @@ class AffineFloat:
 @dataclass(frozen=True)
 class Pow2Grid:
     """``x̂ = sign(x)·clip(2^round(log2|x|), q_min, q_max)``, and 0 where ``|x| < threshold`` (a zero level,
-    ``threshold = q_min/√2``). Unsigned grids apply a ReLU first."""
+    ``threshold = q_min/√2``). Unsigned grids apply a ReLU first. A grid without a zero level maps ``x = 0`` to
+    ``+q_min`` (sign(0) = +1)."""
 
     q_min: np.float32
     q_max: np.float32

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError
 from ..rounding import stochastic_round_
-from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
+from .base import EVAL_MODE_OPTION, NOISE_BITS_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype
 from .grids import AffineFloat, GridUnavailable, IntegerGrid, float32
 from .numerics import cast_back, lerp_finite_, widen
@@ -128,6 +128,7 @@ class MinMaxQuantizer(Quantizer):
             "rounding over the whole range; default for gradients)",
         },
         "eval_mode": EVAL_MODE_OPTION,
+        "noise_bits": NOISE_BITS_OPTION,
     }
 
     def __init__(
@@ -140,6 +141,7 @@ class MinMaxQuantizer(Quantizer):
         rounding: Optional[str] = None,
         zero_point: Optional[str] = None,
         eval_mode: str = "deterministic",
+        noise_bits: Optional[int] = None,
         seed: int = 0,
     ) -> None:
         # Banner's defaults by role: per-sample averaged ranges for activations, stochastic rounding for gradients.
@@ -149,7 +151,7 @@ class MinMaxQuantizer(Quantizer):
             rounding = "stochastic" if role == "gradient" else "nearest"
         if zero_point is None:
             zero_point = "exact" if role == "gradient" else "integer"
-        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
+        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, noise_bits=noise_bits, seed=seed)
         if granularity not in GRANULARITIES:
             raise ConfigError(f"unknown granularity {granularity!r}; valid choices: {', '.join(GRANULARITIES)}")
         if not 0.0 < momentum <= 1.0:

@@ -11,6 +11,12 @@ Power-of-two grid (paper eq. 2; q_min, q_max are powers of two)::
                          2^round(log2|x|)  if q_min <= |x| < q_max
                          q_max             if |x| >= q_max }
 
+Zero code: as in the official code, power-of-two *weights and biases* have no zero level (``with_zero: false``;
+|x| < q_min maps to ±q_min) and activations have one (``with_zero: true``). Either way the magnitudes take
+``ceil(log2(log2(q_max/q_min) + 1))`` bits and one more bit is charged: the sign bit of a signed grid, the zero
+code of an unsigned one. A signed grid with a zero code (``with_zero: true`` on weights, an option of lowbit's)
+needs both and is charged two.
+
 Each grid has three parametrizations by two learned scalars; the third quantity follows from
 ``q_max = (2^(b-1) - 1) d`` (signed; ``2^b - 1`` unsigned) or ``q_max = q_min 2^(2^(b-1) - 1)`` (pow2, signed):
 
@@ -29,12 +35,18 @@ P3     q_min, q_max        b inferred (recommended)
 derivatives are those of the paper's table (e.g. U3: ``dQ/dd = (Q - x)/d`` inside the range and 0 outside,
 ``dQ/dq_max = sign(x)`` outside and 0 inside; ``dQ/dx`` = 1 inside, 0 outside).
 
-Bit width, inferred from the quantities actually used (the official code rounds q_max to a multiple of d first)::
+Bit width. U3 and P3 infer it from the quantities actually used (the official code rounds q_max to a multiple of d
+first)::
 
     uniform:  b = ceil(log2(round(q_max/d) + 1)) + signed
     pow2:     b = ceil(log2(log2(q_max/q_min) + 1)) + signed + with_zero
 
-``bit_width()`` returns it with a straight-through ceil so that a memory budget can push d and q_max.
+U1, U2, P1 and P2 learn b and are charged ``round(clip(b, b_box))``, as the official code charges them (for U2 the
+power-of-two snapping of d can make the grid's inferred width differ from it by a bit; the memory is what b says).
+``bit_width()`` returns it with a straight-through ceil (round) so that a memory budget can push the parameters.
+
+Gradient clipping under a memory budget (``clip_param_grads_``): as in the official code, only U3 (grads of d and
+q_max to ``[-d, d]``) and P3 (grads of q_min and q_max to ``[-q_min, q_min]``); U1, U2, P1 and P2 are never clipped.
 Parameters are clipped into boxes after every step (``project_``): d in [2^-8, 1], q_max in [2^-8, 127] (weights) or
 [2^-8, 255] (activations), b in [2, 8] (weights) or [1, 8] (activations), and d <= q_max, q_min <= q_max.
 
@@ -177,6 +189,12 @@ class _UniformBits(torch.autograd.Function):
         return -grad_ratio * q_max / d, grad_ratio, None
 
 
+def _level_signs(x: torch.Tensor, no_zero_code: bool) -> torch.Tensor:
+    """``sign(x)``; on a grid without a zero code, ``x = 0`` gets +1 (it maps to +q_min, a level of the grid)."""
+    signs = torch.sign(x)
+    return signs.add_(0.5).sign_() if no_zero_code else signs
+
+
 class _Pow2Function(torch.autograd.Function):
     """Power-of-two quantization with nnabla's gradients: ``|Q|/|x|`` in the rounding region, ``sign(x)`` to the
     bound that clips (q_min below, q_max above), nothing through the zero region.
@@ -198,7 +216,8 @@ class _Pow2Function(torch.autograd.Function):
             mag.mul_(at_least(a, q_min * SQRT_HALF))  # |x| < q_min / sqrt(2) rounds to the zero code
         ctx.save_for_backward(x, mag, q_min, q_max)
         ctx.with_zero = with_zero
-        return torch.sign(x).mul_(mag)
+        ctx.no_zero_code = not with_zero
+        return _level_signs(x, ctx.no_zero_code).mul_(mag)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
@@ -212,7 +231,7 @@ class _Pow2Function(torch.autograd.Function):
         low = 1.0 - above_min
         if ctx.with_zero:
             low.mul_(at_least(a, q_min * SQRT_HALF))
-        gs = (grad * torch.sign(x)).reshape(-1)
+        gs = (grad * _level_signs(x, ctx.no_zero_code)).reshape(-1)
         grad_qmin = torch.dot(gs, low.reshape(-1))
         grad_qmax = torch.dot(gs, high.reshape(-1))
         return grad_x, grad_qmin.reshape(q_min.shape), grad_qmax.reshape(q_max.shape), None, None
@@ -271,9 +290,21 @@ class _ParametricBase(Quantizer):
         low, high = self.b_box
         return round_ste(torch.clamp(self.b, low, high)) - int(self._signed) - extra
 
+    def learns_bits(self) -> bool:
+        """U1, U2, P1, P2: b is a learned scalar (charged as ``round(clip(b))``, never gradient-clipped)."""
+        return "b" in self.learned_names
+
+    def learned_bit_width(self) -> torch.Tensor:
+        """``round(clip(b, b_box))`` with a straight-through round: what the official code charges U1/U2/P1/P2."""
+        return round_ste(torch.clamp(self.b, *self.b_box))
+
     @torch.no_grad()
     def clip_param_grads_(self) -> None:
-        """Clip the gradients of the learned scalars to ``[-d, d]`` (Uhlich's rule while a memory budget is on)."""
+        """Uhlich's rule while a memory budget is on, for U3 and P3 only (as in the official code): the gradients of
+        the learned scalars clipped to ``[-d, d]`` (U3) or ``[-q_min, q_min]`` (P3). U1, U2, P1 and P2 learn b and
+        are left alone."""
+        if self.learns_bits():
+            return
         bound = float(self.step_value())
         for name in self.learned_names:
             p = getattr(self, name)
@@ -338,6 +369,8 @@ class ParametricUniformQuantizer(_ParametricBase):
         return self.step_and_range()[0].detach()
 
     def bit_width(self) -> torch.Tensor:
+        if self.learns_bits():
+            return self.learned_bit_width()
         d, q_max = self.step_and_range()
         return _UniformBits.apply(d, q_max, int(self._signed))
 
@@ -395,7 +428,9 @@ class ParametricUniformQuantizer(_ParametricBase):
             lo = -q_max if self._signed else torch.zeros_like(q_max)
             q = round_half_away(torch.clamp(x.detach(), lo, q_max) / d)
             qmin = -k if self._signed else 0
-            bits = self.bits
+            # U2 is charged round(b) (official accounting), but snapping d to a power of two can leave more levels
+            # than b bits index: the codes get the bits the grid needs
+            bits = max(self.bits, int(_UniformBits.apply(d, q_max, int(self._signed))))
             return QuantizedTensor(
                 indices=(q - qmin).to(index_dtype(bits)),
                 bits=bits,
@@ -414,7 +449,7 @@ class ParametricPow2Quantizer(_ParametricBase):
         parametrization: str = "P3",
         signed: Union[bool, str, None] = None,
         init_bits: int = 4,
-        with_zero: bool = True,
+        with_zero: Optional[bool] = None,
         frozen: tuple[str, ...] = (),
         role: str = "weight",
         eval_mode: str = "deterministic",
@@ -429,7 +464,22 @@ class ParametricPow2Quantizer(_ParametricBase):
             seed=seed,
             frozen=tuple(frozen),
         )
-        self.with_zero = bool(with_zero)
+        # the official code: no zero level for (signed) weights and biases, a zero level for activations; an
+        # unsigned weight grid keeps one for the values its ReLU sets to 0
+        self._with_zero_option = with_zero
+        self._resolve_with_zero()
+
+    def _resolve_with_zero(self) -> None:
+        option = self._with_zero_option
+        self.with_zero = (self.role == "activation" or not self._signed) if option is None else bool(option)
+
+    def _decide_sign(self, x: torch.Tensor) -> None:
+        super()._decide_sign(x)
+        self._resolve_with_zero()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._resolve_with_zero()
 
     def _exponents(self, n: torch.Tensor) -> torch.Tensor:
         return torch.exp2(n) - 1  # log2(q_max / q_min) for n magnitude bits
@@ -451,6 +501,8 @@ class ParametricPow2Quantizer(_ParametricBase):
         return self.range_bounds()[0].detach()
 
     def bit_width(self) -> torch.Tensor:
+        if self.learns_bits():
+            return self.learned_bit_width()
         q_min, q_max = self.range_bounds()
         return ceil_ste(torch.log2(torch.log2(q_max / q_min) + 1)) + int(self._signed) + int(self.with_zero)
 
@@ -536,7 +588,11 @@ PARAMETRIC_OPTIONS = {
     },
     "init_bits": bits_option(2, 8, default=4),
     "pow2_step": {"type": "boolean", "description": "U1-U3: snap d to a power of two (official code); default true"},
-    "with_zero": {"type": "boolean", "description": "P1-P3: add a zero level (one more bit); default true"},
+    "with_zero": {
+        "type": "boolean",
+        "description": "P1-P3: a zero level; default as the official code: none for signed weights and biases "
+        "(|x| < q_min maps to +-q_min), one for activations and unsigned grids. On a signed grid it costs one more bit",
+    },
     "frozen": {
         "type": "array",
         "items": {"enum": ["b", "d", "q_max", "q_min"]},

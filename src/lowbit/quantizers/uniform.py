@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError
 from ..rounding import round_half_away, stochastic_round_
-from .base import EVAL_MODE_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
+from .base import EVAL_MODE_OPTION, NOISE_BITS_OPTION, QUANTIZERS, ROUNDING_OPTION, Quantizer, bits_option
 from .codes import QuantizedTensor, index_dtype, integer_range
 from .grids import HALF_AWAY, IntegerGrid, float32
 from .numerics import cast_back, widen
@@ -62,6 +62,7 @@ class UniformQuantizer(Quantizer):
         "symmetric": {"type": "boolean", "default": True, "description": "Q_N = Q_P (zero-centred grid)"},
         "rounding": {**ROUNDING_OPTION, "default": "nearest"},
         "eval_mode": EVAL_MODE_OPTION,
+        "noise_bits": NOISE_BITS_OPTION,
     }
 
     def __init__(
@@ -74,9 +75,10 @@ class UniformQuantizer(Quantizer):
         role: str = "weight",
         rounding: str = "nearest",
         eval_mode: str = "deterministic",
+        noise_bits: Optional[int] = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, seed=seed)
+        super().__init__(role=role, rounding=rounding, eval_mode=eval_mode, noise_bits=noise_bits, seed=seed)
         self._bits = int(bits)
         self._signed = (role != "activation") if signed is None else bool(signed)
         if self._signed and self._bits < 2:

@@ -27,7 +27,6 @@ user's own object. The trainer's :class:`~lowbit.train.step.TrainingStep` uses t
 
 from __future__ import annotations
 
-import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -40,6 +39,7 @@ from torch.utils.hooks import RemovableHandle
 from ..calibrate import TRAINED_WEIGHTS
 from ..convert import quantized_layers, quantizers_of
 from ..errors import ConfigError
+from ..quantizers.binary import glorot_scale
 from ..registry import Registry
 
 __all__ = [
@@ -59,11 +59,9 @@ def _warn(message: str) -> None:
 
 
 def glorot_lr_scale(weight: torch.Tensor) -> float:
-    """BinaryConnect's ``W_LR_scale = 1 / sqrt(1.5 / (fan_in + fan_out))`` for a Linear or Conv2d weight."""
-    receptive = math.prod(weight.shape[2:]) if weight.dim() > 2 else 1
-    fan_in = weight.shape[1] * receptive
-    fan_out = weight.shape[0] * receptive
-    return 1.0 / math.sqrt(1.5 / (fan_in + fan_out))
+    """BinaryConnect's ``W_LR_scale = 1 / sqrt(1.5 / (fan_in + fan_out))`` for a Linear or Conv2d weight: the
+    reciprocal of its Glorot ``H`` (:func:`lowbit.quantizers.binary.glorot_scale`)."""
+    return 1.0 / glorot_scale(weight)
 
 
 #: recipe ``train.policy.type`` -> update policy class, constructed as ``cls(model, **options)``

@@ -36,10 +36,12 @@ CLAIM = (
     "SR-ADAM < SR-ADAM ≲ R-ADAM; a bigger batch helps SR but does not close the gap."
 )
 SETUP = (
-    "Binary weights {-1, +1} (BatchNorm after every layer makes the scale irrelevant), MLP input-256-256-10, "
-    "cross-entropy, ADAM LR 3e-3 with a cosine schedule, batch 32 (Big SR: 512), the same number of epochs for "
-    "all (recipes `bc-adam`, `sr-adam`, `big-sr-adam`, `r-adam`). R and SR keep no float copy: the weights are "
-    "rounded back onto {-1, +1} after every ADAM step. Test error after the last epoch."
+    "Binary weights ±H_l on BinaryConnect's per-layer Glorot grid H_l = sqrt(1.5/(fan_in+fan_out)) with its "
+    "Glorot LR scale 1/H_l, shared by BC, R and SR (an ADAM step is then 0.5-1 grid units at the start, so R can "
+    "cross a level), MLP input-256-256-10 with BatchNorm after every layer, cross-entropy, ADAM LR 3e-3 with a "
+    "cosine schedule, batch 32 (Big SR: 512), the same number of epochs for all (recipes `bc-adam`, `sr-adam`, "
+    "`big-sr-adam`, `r-adam`). R and SR keep no float copy: the weights are rounded back onto ±H_l after every "
+    "ADAM step. Test error after the last epoch."
 )
 PREDICTIONS = {
     "float_best": "ADAM (float) has the lowest error (ADAM < BC-ADAM)",
