@@ -103,6 +103,10 @@ class Quantizer(nn.Module):
     #: the data-dependent parameters were given explicitly (an ``init_step`` or ``step`` in the recipe): they are
     #: kept when a new float model is loaded under this quantizer (:meth:`forget_initialization`)
     init_given: bool = False
+    #: how many processes the global batch is split over (set by the trainer of a distributed run): a quantizer
+    #: whose gradient depends on the batch size (LSQ's activation gradient scale) counts the global batch, so that
+    #: the gradients DDP averages equal one process's
+    batch_shards: int = 1
 
     def __init__(
         self, *, role: str = "weight", rounding: str = "nearest", eval_mode: str = "deterministic", seed: int = 0
