@@ -829,11 +829,12 @@ class Trainer:
 
 
 def _initialize_quantizers(model: nn.Module, x: torch.Tensor) -> None:
-    """One forward of ``x`` in train mode without gradients, for the quantizers' lazy initialisation only: every
-    buffer outside the quantizers (BatchNorm statistics), every noise stream (a stochastic weight quantizer draws in
-    this forward too) and every module's mode are restored."""
+    """One forward of ``x`` in train mode without gradients, for the lazy initialisation of the quantizers not
+    initialised yet only: every other buffer (BatchNorm statistics, the running ranges of quantizers initialised
+    already, e.g. on a resumed run), every noise stream (a stochastic weight quantizer draws in this forward too) and
+    every module's mode are restored."""
     quantizers = quantizers_in(model)
-    owned = {id(b) for q in quantizers for b in q.buffers()}
+    owned = {id(b) for q in quantizers if not q._is_initialized for b in q.buffers()}
     saved = {id(b): (b, b.clone()) for b in model.buffers() if id(b) not in owned}
     noise = [(q.noise, q.noise.state()) for q in quantizers if q.noise is not None]
     modes = {module: module.training for module in model.modules()}
