@@ -7,7 +7,8 @@
   fingerprint per recipe.
 * ``resume DIR``: for each of RESUMED_RECIPES, 2 epochs uninterrupted (DIR/NAME/full), and 1 epoch (DIR/NAME/cut,
   copied to DIR/NAME/to-one-rank by rank 0) then ``resume`` to 2 epochs; then MATCHED_RECIPES on the MLP without
-  BatchNorm (DIR/match-NAME), to compare with one process.
+  BatchNorm (DIR/match-NAME), and lsq-w4a4 on that MLP and the user's own Dataset (DIR/user-data), to compare
+  with one process.
 * ``resume-one DIR``: resumes DIR (1 epoch, written by one process) to 2 epochs.
 
 The configurations are functions here, so the test builds the same runs on one process.
@@ -78,6 +79,14 @@ def matched_config(name: str) -> TrainConfig:
     )
 
 
+def user_dataset() -> torch.utils.data.TensorDataset:
+    """64 seeded 8x8 "images" with 10 classes, as a user's own map-style Dataset."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.utils.data.TensorDataset(
+        torch.randn(64, 1, 8, 8, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    )
+
+
 def _digest(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
@@ -135,6 +144,9 @@ def main(mode: str, *args: str) -> None:
             trainer = fit(matched_config(name), model=no_batchnorm_mlp())
             if dist.get_rank() == 0:
                 trainer.checkpoint(0).save(root / f"match-{name}.safetensors")
+        trainer = fit(matched_config("lsq-w4a4"), model=no_batchnorm_mlp(), train_data=user_dataset())
+        if dist.get_rank() == 0:
+            trainer.checkpoint(0).save(root / "user-data.safetensors")
     elif mode == "resume-one":
         root = Path(args[0])
         fit(resume_config(RESUMED_RECIPES[0], root, 2, resume=True))

@@ -21,10 +21,12 @@ from distributed_worker import (
     matched_config,
     no_batchnorm_mlp,
     resume_config,
+    user_dataset,
 )
 from lowbit.cli.train import _without_nproc
 from lowbit.convert import quantize, quantizers_of
 from lowbit.distributed import shard_batches
+from lowbit.errors import ConfigError
 from lowbit.quantizers import build_quantizer
 from lowbit.recipes import list_recipes
 from lowbit.rounding import NoiseSource
@@ -196,6 +198,27 @@ def test_two_ranks_with_half_batches_match_one_process(two_rank_runs, recipe):
         assert (value - two.model_state[key]).abs().max() <= MATCH_TOLERANCE, key
     # the epoch's loss: a sum over every rank's samples, the same mean as one process's
     assert two.history[0]["loss"] == pytest.approx(trainer.history[0]["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_your_own_dataset_trains_on_two_ranks_with_its_batch_as_the_global_batch(two_rank_runs):
+    """A map-style Dataset of the user's: lowbit batches it in the seeded order on every rank and cuts each batch of
+    batch_size among the ranks, so 2 ranks match one process as for the built-in data (MATCH_TOLERANCE)."""
+    two = load_checkpoint(two_rank_runs / "user-data.safetensors", which="last").model_state
+    one = Trainer(matched_config("lsq-w4a4"), model=no_batchnorm_mlp(), train_data=user_dataset()).fit()
+    for key, value in one.model.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert (value - two[key]).abs().max() <= MATCH_TOLERANCE, key
+
+
+def test_your_own_dataloader_is_refused_on_several_processes(monkeypatch):
+    loader = torch.utils.data.DataLoader(user_dataset(), batch_size=16, shuffle=True)
+    trainer = Trainer(matched_config("lsq-w4a4"), model=no_batchnorm_mlp(), train_data=loader)
+    monkeypatch.setattr("lowbit.distributed.world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="your own DataLoader or IterableDataset on several processes"):
+        trainer._check_distributable()
+    trainer = Trainer(matched_config("lsq-w4a4"), model=no_batchnorm_mlp(), train_data=user_dataset())
+    trainer._check_distributable()  # a map-style Dataset is accepted
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from .. import __version__
 from .. import distributed as ranks
@@ -291,8 +292,15 @@ class Trainer:
                 f"the batch size {batch} is the global batch and must divide among the {world} processes; "
                 f"give --batch-size a multiple of {world}"
             )
-        if isinstance(self.splits, UserSplits):
-            raise ConfigError("training on your own data on several processes is not supported yet; use one process")
+        train = self.splits.train if isinstance(self.splits, UserSplits) else None
+        if train is not None and (train.loader is not None or isinstance(train.dataset, IterableDataset)):
+            # a loader orders its batches itself (by default from torch's global generator, which is per rank in a
+            # distributed run): the ranks could cut different global batches
+            raise ConfigError(
+                "training on your own DataLoader or IterableDataset on several processes is not supported: its order "
+                "is its own and could differ between the processes; pass the map-style Dataset (train_data=dataset), "
+                "which lowbit batches in one seeded order on every process, or train on one process"
+            )
         if self.config.compile:
             raise ConfigError("--compile with several processes is not supported yet; drop --compile")
 
