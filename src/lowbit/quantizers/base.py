@@ -2,7 +2,9 @@
 
 A quantizer answers one question: *which grid, and how is a value rounded onto it*. It does not know which layer
 or slot it serves (weight, activation, gradient); the layer tells it its ``role`` once, for role-dependent defaults
-such as signedness or initialisation.
+such as signedness or initialisation. In a distributed run the role also decides where a stochastic quantizer's
+noise comes from: the same stream on every rank for ``weight``/``bias``, a per-rank stream restarted at every step
+for ``activation``/``gradient`` (:mod:`lowbit.train.rank_noise`).
 
 Protocol (every quantizer is an ``nn.Module``):
 
