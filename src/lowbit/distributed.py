@@ -37,6 +37,8 @@ __all__ = [
     "is_main",
     "broadcast_state",
     "sum_across",
+    "gather_batch",
+    "share_from_main",
     "shard_batches",
     "collective_errors",
     "stop",
@@ -140,6 +142,34 @@ def sum_across(values: list[float], device: torch.device) -> list[float]:
     with collective_errors():
         dist.all_reduce(total)
     return total.tolist()
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """The global batch whose chunks the ranks hold: every rank's ``x`` concatenated in rank order along the first
+    dimension, on every rank (the inverse of :func:`shard_batches`; chunks may differ in length)."""
+    if not active():
+        return x
+    x = x.contiguous()
+    world = world_size()
+    with collective_errors():
+        lengths = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(world)]
+        dist.all_gather(lengths, torch.tensor(len(x), dtype=torch.long, device=x.device))
+        sizes = [int(n) for n in lengths]
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))  # all_gather needs equal shapes
+        padded[: len(x)] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def share_from_main(value: object) -> object:
+    """Rank 0's ``value`` on every rank (pickled; for small objects and a checkpoint to resume from)."""
+    if not active():
+        return value
+    holder = [value]
+    with collective_errors():
+        dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def shard_batches(

@@ -16,6 +16,8 @@ Quantizers draw ``u`` before their autograd Function and round inside it (:func:
 Randomness comes from a :class:`NoiseSource` owned by each stochastic quantizer, not from torch's global
 generator: a run is reproducible from its seed, dropout or data shuffling do not shift the rounding noise, and the
 generator state travels in ``state_dict`` so a resumed run draws the same numbers it would have drawn unkilled.
+A distributed run restarts the noise of quantizers that act on per-rank data at every step
+(:meth:`NoiseSource.restart`, policy in :mod:`lowbit.train.rank_noise`).
 """
 
 from __future__ import annotations
@@ -91,12 +93,17 @@ class NoiseSource:
 
     ``state()`` / ``load_state()`` capture the generators; a quantizer stores them through
     ``nn.Module.get_extra_state`` so the noise continues exactly after a resume.
+
+    ``seed`` is the quantizer's own seed (from the run's seed and the layer's name); the generators start from it,
+    or from the ``stream_seed`` of the last :meth:`restart` (a distributed run restarts per-rank noise at every
+    step from a seed derived from ``seed``, the step and the rank).
     """
 
     def __init__(self, seed: int = 0, resolution_bits: int = 24) -> None:
         if resolution_bits not in (16, 24):
             raise ConfigError(f"noise resolution must be 16 or 24 bits, got {resolution_bits}")
         self.seed = int(seed)
+        self.stream_seed = self.seed  # what the generators start from (see restart)
         self.resolution_bits = resolution_bits
         self._generators: dict[str, torch.Generator] = {}  # one per device ("cpu", "cuda:0", ...), created lazily
         self._pending_states: dict[str, torch.Tensor] = {}  # restored states of generators not created yet
@@ -113,7 +120,7 @@ class NoiseSource:
         gen = self._generators.get(key)
         if gen is None:
             gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
+            gen.manual_seed(self.stream_seed)
             pending = self._pending_states.pop(key, None)
             if pending is not None:
                 gen.set_state(pending)
@@ -122,11 +129,18 @@ class NoiseSource:
 
     def _word_generator(self) -> np.random.PCG64DXSM:
         if self._words is None:
-            self._words = np.random.PCG64DXSM(self.seed)
+            self._words = np.random.PCG64DXSM(self.stream_seed)
             if self._pending_words is not None:
                 self._words.state = self._pending_words
             self._pending_words = None
         return self._words
+
+    def restart(self, stream_seed: int) -> None:
+        """Start every generator afresh from ``stream_seed`` (the next draws are a pure function of it); ``seed``,
+        the quantizer's own seed from which callers derive ``stream_seed``, is kept."""
+        self.stream_seed = int(stream_seed)
+        self._generators, self._words = {}, None
+        self._pending_states, self._pending_words = {}, None
 
     def uniform_like(self, x: torch.Tensor) -> torch.Tensor:
         """``u ~ U(0, 1)`` with the shape, dtype and device of ``x``."""
@@ -154,6 +168,7 @@ class NoiseSource:
         words = self._words.state if self._words is not None else self._pending_words
         return {
             "seed": self.seed,
+            "stream_seed": self.stream_seed,
             "generators": states,
             "words": words,
             "resolution_bits": self.resolution_bits,
@@ -161,6 +176,7 @@ class NoiseSource:
 
     def load_state(self, state: dict) -> None:
         self.seed = int(state["seed"])
+        self.stream_seed = int(state.get("stream_seed", self.seed))  # files written before restart() lack it
         self._generators, self._words = {}, None
         self._pending_states = dict(state.get("generators") or {})
         if state.get("generator") is not None:

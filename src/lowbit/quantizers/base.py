@@ -2,7 +2,9 @@
 
 A quantizer answers one question: *which grid, and how is a value rounded onto it*. It does not know which layer
 or slot it serves (weight, activation, gradient); the layer tells it its ``role`` once, for role-dependent defaults
-such as signedness or initialisation.
+such as signedness or initialisation. In a distributed run the role also decides where a stochastic quantizer's
+noise comes from: the same stream on every rank for ``weight``/``bias``, a per-rank stream restarted at every step
+for ``activation``/``gradient`` (:mod:`lowbit.train.rank_noise`).
 
 Protocol (every quantizer is an ``nn.Module``):
 
@@ -116,6 +118,10 @@ class Quantizer(nn.Module):
     #: the data-dependent parameters were given explicitly (an ``init_step`` or ``step`` in the recipe): they are
     #: kept when a new float model is loaded under this quantizer (:meth:`forget_initialization`)
     init_given: bool = False
+    #: how many processes the global batch is split over (set by the trainer of a distributed run): a quantizer
+    #: whose gradient depends on the batch size (LSQ's activation gradient scale) counts the global batch, so that
+    #: the gradients DDP averages equal one process's
+    batch_shards: int = 1
 
     def __init__(
         self,

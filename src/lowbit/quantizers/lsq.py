@@ -16,6 +16,9 @@ Backward (paper eq. 3), times the gradient scale ``g = 1 / sqrt(N * Q_P)``::
 ``N`` is the number of elements of the quantized tensor: weights ``N_W``; for activations the paper's ``N_F`` is
 ambiguous and lowbit counts the whole activation tensor, batch included (``grad_scale: numel``, as the common
 reimplementations do); ``per_sample`` divides by the batch size instead and ``none`` sets ``g = 1`` (ablation).
+On several processes (``batch_shards`` ranks, each with a chunk of the global batch) ``numel`` counts the global
+batch, ``N = N_chunk · batch_shards``: with the chunk's own count the averaged step gradient would be
+``sqrt(batch_shards)`` times one process's.
 
 Initialisation: ``s = 2 * mean|v| / sqrt(Q_P)`` from the weights, or from the first training batch for activations.
 ``signed: auto`` (the default for activations) decides the sign from that first batch: a layer whose input can be
@@ -161,6 +164,8 @@ class LSQQuantizer(Quantizer):
             return 1.0
         if self.grad_scale == "per_sample" and self.role == "activation" and x.dim() > 1:
             n //= x.shape[0]
+        elif self.role in ("activation", "gradient"):  # the batch is in N: count the global one
+            n *= self.batch_shards
         return 1.0 / math.sqrt(n * self.q_p)
 
     @torch.no_grad()

@@ -246,7 +246,11 @@ class LatentWeights(UpdatePolicy):
 @POLICIES.register("grid", options=SHARED_OPTIONS)
 class GridWeights(UpdatePolicy):
     """R / SR: the weights live on the grid; ``W <- Q(W)`` after each step with the weight quantizer's training-time
-    rounding (nearest: R, stochastic: SR). No float copy of the weights is kept."""
+    rounding (nearest: R, stochastic: SR). No float copy of the weights is kept.
+
+    SR's noise is the weight quantizer's own stream (seeded from the run's seed and the layer's name): in a
+    distributed run every rank draws the same numbers, so the rounded weights stay identical across ranks
+    (:mod:`lowbit.train.rank_noise`)."""
 
     weights_on_grid = True
 

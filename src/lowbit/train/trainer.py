@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from .. import __version__
 from .. import distributed as ranks
@@ -51,16 +52,12 @@ from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_
 from ..summary import model_summary
 from .losses import get_loss
 from .progress import Progress
+from .rank_noise import per_rank_quantizers, restart_rank_noise, seed_rank_globals
 from .resume import RESUMABLE_CHANGES, configuration_differences, scale_learning_rates
 from .schedule import build_scheduler
 from .step import NonFiniteLoss, TrainingStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
-
-
-#: recipes checked to keep every rank's state bit-identical (tests/test_distributed.py); the stochastic ones need a
-#: noise-seeding design first (docs/distributed.md)
-DISTRIBUTED_RECIPES = ("lsq-w4a4", "bc-det")
 
 
 def default_model_for(input_shape: Sequence[int]) -> str:
@@ -286,23 +283,24 @@ class Trainer:
         return cls(config, model=restored, model_spec=checkpoint.model_spec, val_data=val_data, test_data=test_data)
 
     def _check_distributable(self) -> None:
-        """Refuse, in one line each, what a distributed run does not support yet (see docs/distributed.md)."""
-        world, name = ranks.world_size(), self.recipe.name
-        if name not in DISTRIBUTED_RECIPES:
-            raise ConfigError(
-                f"recipe {name!r} is not yet checked for training on several processes (its noise seeding or "
-                f"cross-rank state is not designed yet); checked: {', '.join(DISTRIBUTED_RECIPES)}"
-            )
+        """Refuse, in one line each, what a distributed run does not support yet (see docs/distributed.md). Every
+        shipped recipe is checked (tests/test_distributed.py)."""
+        world = ranks.world_size()
         batch = self.train_spec["batch_size"]
         if batch % world:
             raise ConfigError(
                 f"the batch size {batch} is the global batch and must divide among the {world} processes; "
                 f"give --batch-size a multiple of {world}"
             )
-        if isinstance(self.splits, UserSplits):
-            raise ConfigError("training on your own data on several processes is not supported yet; use one process")
-        if self.config.resume:
-            raise ConfigError("--resume of a distributed run is not supported yet; resume it on one process")
+        train = self.splits.train if isinstance(self.splits, UserSplits) else None
+        if train is not None and (train.loader is not None or isinstance(train.dataset, IterableDataset)):
+            # a loader orders its batches itself (by default from torch's global generator, which is per rank in a
+            # distributed run): the ranks could cut different global batches
+            raise ConfigError(
+                "training on your own DataLoader or IterableDataset on several processes is not supported: its order "
+                "is its own and could differ between the processes; pass the map-style Dataset (train_data=dataset), "
+                "which lowbit batches in one seeded order on every process, or train on one process"
+            )
         if self.config.compile:
             raise ConfigError("--compile with several processes is not supported yet; drop --compile")
 
@@ -404,6 +402,9 @@ class Trainer:
         if self.distributed:  # this rank's chunk of every global batch
             loader = ranks.shard_batches(loader, ranks.rank(), ranks.world_size())
         self.step.set_epoch(epoch)
+        rank_noise = per_rank_quantizers(self.model) if self.distributed else []
+        if self.distributed:  # dropout and the like: per rank, a pure function of (seed, phase, epoch, rank)
+            seed_rank_globals(self.config.seed, self.phase, epoch, ranks.rank())
         total_loss = correct = seen = 0
         reg_total = 0.0
         started = time.perf_counter()
@@ -412,6 +413,8 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             if self.distributed and self._ranks_model is None:
                 self._wrap_for_ranks(x)
+            if rank_noise:  # per-rank data, per-rank noise: a pure function of (seed, step, rank)
+                restart_rank_noise(rank_noise, self.phase, epoch, step, ranks.rank())
             try:
                 out = self.step(x, y)
             except NonFiniteLoss as error:
@@ -442,14 +445,19 @@ class Trainer:
 
     def _wrap_for_ranks(self, x: torch.Tensor) -> None:
         """Before the first step of a phase on several processes: initialise the lazily initialised quantizers (LSQ
-        steps, min-max ranges, Uhlich d/q_max) from this rank's first batch, copy rank 0's parameters and buffers to
-        every rank, and let the training step run through DistributedDataParallel (gradients averaged over ranks).
+        steps, min-max ranges, Uhlich d/q_max) from the whole first global batch, copy rank 0's parameters and
+        buffers to every rank, and let the training step run through DistributedDataParallel (gradients averaged over
+        ranks).
 
         DDP copies rank 0's state when it is built, but a quantizer that initialises itself in the first forward would
-        do so from each rank's own batch after that copy; so that forward runs here first, in train mode without
-        gradients, with every buffer outside the quantizers (BatchNorm statistics) put back afterwards."""
+        do so from each rank's own chunk after that copy; so every rank gathers the global batch (the ranks' chunks
+        of it, ``x`` here, in rank order) and runs it here first, in train mode without gradients, with every buffer
+        outside the quantizers (BatchNorm statistics) and every noise stream put back afterwards: the quantizers start
+        from the values one process would give them on the same batch. The broadcast afterwards is a safeguard."""
         if any(not bool(q.initialized) for q in quantizers_in(self.model)):
-            _initialize_quantizers(self.model, x)
+            _initialize_quantizers(self.model, ranks.gather_batch(x))
+        for quantizer in quantizers_in(self.model):  # batch-size-dependent gradients count the global batch
+            quantizer.batch_shards = ranks.world_size()
         ranks.broadcast_state(self.model)
         device_ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
         self._ranks_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
@@ -564,6 +572,32 @@ class Trainer:
 
     @contextlib.contextmanager
     def _claim_run_directory(self) -> Iterator[Optional[Checkpoint]]:
+        """:meth:`_claim_own_directory` on rank 0; in a distributed run every other rank then receives rank 0's
+        checkpoint to resume from (it does not read the run directory itself, which need not be on its machine), or
+        stops with rank 0's error when rank 0 could not claim the directory."""
+        if not self.distributed:
+            with self._claim_own_directory() as resume:
+                yield resume
+            return
+        with contextlib.ExitStack() as stack:
+            failure: Optional[Exception] = None
+            resume = None
+            try:
+                resume = stack.enter_context(self._claim_own_directory())
+            except Exception as error:  # shared first, so the other ranks stop too instead of waiting
+                failure = error
+            outcome = ranks.share_from_main(("failed", str(failure)) if failure is not None else ("ok", resume))
+            if failure is not None:
+                raise failure
+            if outcome[0] == "failed":
+                raise CheckpointError(f"rank 0 could not start the run: {outcome[1]}")
+            if not ranks.is_main() and outcome[1] is not None:
+                resume = outcome[1]
+                self._resume_changes = self._check_resumable(resume)
+            yield resume
+
+    @contextlib.contextmanager
+    def _claim_own_directory(self) -> Iterator[Optional[Checkpoint]]:
         """Lock the run directory for this process; yield the checkpoint to resume from (``None``: a new run).
 
         A new run never writes over an earlier one: it is refused, or with ``overwrite`` the old run is moved into
@@ -696,7 +730,8 @@ class Trainer:
                 restore_rng(resume.rng)
                 self.history, self.best = list(resume.history), dict(resume.best)
                 self._best_state = resume.view("best").model_state if resume.has_best else None
-                self.files.write_log(self.history)  # drops a line of an epoch that was never committed
+                if self.files is not None:  # rank 0 of a distributed run
+                    self.files.write_log(self.history)  # drops a line of an epoch that was never committed
                 start_epoch = resume.epoch + 1
                 self.log(f"resumed from {resume.path} after {phase} epoch {start_epoch}")
                 resume = None
@@ -802,10 +837,14 @@ class Trainer:
 
 
 def _initialize_quantizers(model: nn.Module, x: torch.Tensor) -> None:
-    """One forward of ``x`` in train mode without gradients, for the quantizers' lazy initialisation only: every
-    buffer outside the quantizers (BatchNorm statistics) and every module's mode are restored."""
-    owned = {id(b) for q in quantizers_in(model) for b in q.buffers()}
+    """One forward of ``x`` in train mode without gradients, for the lazy initialisation of the quantizers not
+    initialised yet only: every other buffer (BatchNorm statistics, the running ranges of quantizers initialised
+    already, e.g. on a resumed run), every noise stream (a stochastic weight quantizer draws in this forward too) and
+    every module's mode are restored."""
+    quantizers = quantizers_in(model)
+    owned = {id(b) for q in quantizers if not q._is_initialized for b in q.buffers()}
     saved = {id(b): (b, b.clone()) for b in model.buffers() if id(b) not in owned}
+    noise = [(q.noise, q.noise.state()) for q in quantizers if q.noise is not None]
     modes = {module: module.training for module in model.modules()}
     try:
         model.train()
@@ -815,6 +854,8 @@ def _initialize_quantizers(model: nn.Module, x: torch.Tensor) -> None:
         with torch.no_grad():
             for buffer, value in saved.values():
                 buffer.copy_(value)
+        for source, state in noise:
+            source.load_state(state)
         for module, training in modes.items():
             module.train(training)
 
