@@ -52,9 +52,9 @@ from .conversion_report import DATA_FLOW, DEFINITION_ORDER, RECORDED, Conversion
 from .errors import ConfigError
 from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
-from .nn.sync_bn import unsynchronized_type
 from .nn.recurrent import unsupported_reason
 from .nn.slots import SLOTS
+from .nn.sync_bn import unsynchronized_type
 from .quantizers import Quantizer, build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .rounding import derive_seed
