@@ -24,7 +24,8 @@ average of the per-rank losses' means is the global batch's mean loss, so the re
 Why not ``torch.nn.SyncBatchNorm``: it refuses CPU tensors (gloo), and one implementation for gloo and NCCL is the
 one the tests here check. The synchronized classes subclass the plain ones and add only a forward; outside a process
 group of more than one rank, and in eval mode, they are the plain layers. State dict keys are unchanged, so a
-checkpoint loads into an ordinary model.
+checkpoint loads into an ordinary model. The global count ``N`` is read on the host (``C(N)`` and the divisions take
+a Python number): on CUDA one device synchronisation per layer and step.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def _require_samples(n_local: int, who: str) -> None:
         )
 
 
+def _count(n: int, like: torch.Tensor) -> torch.Tensor:
+    # float64: exact for any count (float32 rounds above 2^24 values per channel); read back on the host for C(N)
+    return torch.tensor([float(n)], dtype=torch.float64, device=like.device)
+
+
 class _ProcessGroupReduction:
     """The cross-rank reductions of synchronized BN over the default process group (a ``RankReduction``)."""
 
@@ -79,7 +85,7 @@ class _ProcessGroupReduction:
     def moments(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
         """Global ``N``, mean and ``M2`` from this rank's (float64 for the combination)."""
         channels = mean.numel()
-        local = torch.cat([mean.new_tensor([float(n)]), mean, m2]).to(torch.float64)
+        local = torch.cat([_count(n, mean), mean.double(), m2.double()])
         rows = self._gather(local)
         counts, means, m2s = rows[:, :1], rows[:, 1 : 1 + channels], rows[:, 1 + channels :]
         total = counts.sum()
@@ -91,7 +97,7 @@ class _ProcessGroupReduction:
         self, n: int, mean: torch.Tensor, high: torch.Tensor, low: torch.Tensor
     ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         channels = mean.numel()
-        local = torch.cat([mean.new_tensor([float(n)]), mean, high, low]).to(torch.float64)
+        local = torch.cat([_count(n, mean), mean.double(), high.double(), low.double()])
         rows = self._gather(local)
         counts = rows[:, :1]
         means, highs, lows = rows[:, 1:].split(channels, dim=1)
@@ -101,16 +107,10 @@ class _ProcessGroupReduction:
         global_high, high_rank = highs.max(dim=0)
         global_low, low_rank = lows.min(dim=0)
         me = dist.get_rank()
-        owns_high, owns_low = (high_rank == me).to(mean.dtype), (low_rank == me).to(mean.dtype)
-        as_local = mean.dtype
-        return (
-            int(total.item()),
-            global_mean.to(as_local),
-            global_high.to(as_local),
-            global_low.to(as_local),
-            owns_high,
-            owns_low,
-        )
+        dtype = mean.dtype
+        owns_high, owns_low = (high_rank == me).to(dtype), (low_rank == me).to(dtype)
+        global_high, global_low = global_high.to(dtype), global_low.to(dtype)
+        return int(total.item()), global_mean.to(dtype), global_high, global_low, owns_high, owns_low
 
     def sum(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         packed = torch.cat([t.reshape(-1) for t in tensors])
