@@ -54,6 +54,7 @@ from .nn.layers import QUANTIZED_LAYERS, QuantizedLayer
 from .nn.range_bn import RANGE_BATCHNORMS
 from .nn.recurrent import unsupported_reason
 from .nn.slots import SLOTS
+from .nn.sync_bn import unsynchronized_type
 from .quantizers import Quantizer, build_quantizer
 from .recipes import Recipe, effective_slot, load_recipe
 from .rounding import derive_seed
@@ -466,7 +467,8 @@ def _convert_batchnorms(model: nn.Module, recipe: Recipe, seed: int) -> None:
         return
     names = _module_names(model)
     for name, module in list(model.named_modules()):
-        if type(module) not in RANGE_BATCHNORMS:
+        kind = unsynchronized_type(module)  # a BatchNorm synchronized during float pre-training on several ranks
+        if kind not in RANGE_BATCHNORMS:
             continue
         grad = batchnorm.get("grad")
         grad_quantizer = (
@@ -474,7 +476,7 @@ def _convert_batchnorms(model: nn.Module, recipe: Recipe, seed: int) -> None:
         )
         if grad_quantizer is not None:
             grad_quantizer.module_name = f"{name}.grad_quantizer"
-        range_bn = RANGE_BATCHNORMS[type(module)].from_batchnorm(
+        range_bn = RANGE_BATCHNORMS[kind].from_batchnorm(
             module, estimator=batchnorm.get("estimator", "paper"), grad_quantizer=grad_quantizer
         )
         range_bn.module_name = name

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ __all__ = [
     "gaussian_expected_range",
     "ESTIMATORS",
     "RANGE_BATCHNORMS",
+    "RankReduction",
 ]
 
 #: float BatchNorm class -> its Range BN replacement (``from_batchnorm``), for ``quantize.batchnorm.type: range``;
@@ -89,6 +90,21 @@ def scale_per_std(estimator: str, n: int = REFERENCE_N) -> float:
     return range_scale_constant(n) * gaussian_expected_range(max(n, 2))
 
 
+class RankReduction(Protocol):
+    """How :class:`_RangeNorm` combines its per-channel statistics over the ranks of a process group."""
+
+    def range_statistics(
+        self, n: int, mean: torch.Tensor, high: torch.Tensor, low: torch.Tensor
+    ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From this rank's ``n``, mean, max and min: the global ``n``, mean, max and min, and per channel whether
+        this rank holds the global max / min (1.0 or 0.0; exactly one rank per channel)."""
+        ...
+
+    def sum(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each tensor summed over the ranks."""
+        ...
+
+
 class _RangeNorm(torch.autograd.Function):
     """Training-mode Range BN (paper estimator) with its closed-form backward.
 
@@ -100,6 +116,11 @@ class _RangeNorm(torch.autograd.Function):
     The range's gradient goes to one maximum and one minimum per channel (a subgradient where values tie). One
     Function instead of autograd through mean/amax/amin/sub/div saves several full passes and copies of the
     activation per step. The incoming gradient is quantized first when a ``grad_quantizer`` is given.
+
+    ``across`` (a :class:`RankReduction`, synchronized Range BN in ``nn/sync_bn.py``) makes the batch the global batch
+    of every rank: ``n``, ``mu``, max and min are combined over the ranks in forward, ``Σ g`` and ``Σ g (x - mu)``
+    are summed over the ranks for ``dL/dx``, and the range term goes only to the rank holding the global extreme.
+    ``dL/dgamma`` and ``dL/dbeta`` stay this rank's sums (DistributedDataParallel averages them).
     """
 
     @staticmethod
@@ -110,6 +131,7 @@ class _RangeNorm(torch.autograd.Function):
         bias: Optional[torch.Tensor],
         eps: float,
         grad_quantizer: Optional[Quantizer],
+        across: Optional[RankReduction] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n_batch, channels = x.shape[:2]
         ctx.dtype = x.dtype
@@ -121,6 +143,9 @@ class _RangeNorm(torch.autograd.Function):
         high_nc, low_nc = flat.amax(dim=2), flat.amin(dim=2)
         high, high_n = high_nc.max(dim=0)
         low, low_n = low_nc.min(dim=0)
+        owns_high = owns_low = None  # without ranks this process holds every extreme
+        if across is not None:
+            n, mean, high, low, owns_high, owns_low = across.range_statistics(n, mean, high, low)
         c_n = range_scale_constant(n)
         scale = (high - low) * c_n
         sigma = scale + eps
@@ -130,8 +155,8 @@ class _RangeNorm(torch.autograd.Function):
         # result) cannot be modified in place by the next layer (ReLU(inplace=True) after BN, as in torchvision)
         per_channel = (1, channels) + (1,) * (x.dim() - 2)
         y = torch.addcmul(shift.reshape(per_channel), widen(x), a.reshape(per_channel)).to(x.dtype)
-        ctx.save_for_backward(flat, mean, a, sigma, weight, high_n, low_n)
-        ctx.c_n, ctx.n, ctx.shape, ctx.quantizer = c_n, n, x.shape, grad_quantizer
+        ctx.save_for_backward(flat, mean, a, sigma, weight, high_n, low_n, owns_high, owns_low)
+        ctx.c_n, ctx.n, ctx.shape, ctx.quantizer, ctx.across = c_n, n, x.shape, grad_quantizer, across
         ctx.mark_non_differentiable(mean, scale)
         return y, mean, scale
 
@@ -139,7 +164,7 @@ class _RangeNorm(torch.autograd.Function):
     def backward(
         ctx: Any, grad: torch.Tensor, _grad_mean: torch.Tensor, _grad_scale: torch.Tensor
     ) -> tuple[Optional[torch.Tensor], ...]:
-        flat, mean, a, sigma, weight, high_n, low_n = ctx.saved_tensors
+        flat, mean, a, sigma, weight, high_n, low_n, owns_high, owns_low = ctx.saved_tensors
         if ctx.quantizer is not None:
             with torch.no_grad():
                 grad = ctx.quantizer(grad)
@@ -148,20 +173,25 @@ class _RangeNorm(torch.autograd.Function):
         sum_g_centered = (g * flat).sum(dim=(0, 2)) - mean * sum_g  # Σ g (x - mu)
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.addcmul((-a * sum_g / ctx.n)[None, :, None], g, a[None, :, None])
+            total_g, total_g_centered = sum_g, sum_g_centered
+            if ctx.across is not None:  # the sums over the global batch; the parameters' gradients stay this rank's
+                total_g, total_g_centered = ctx.across.sum(sum_g, sum_g_centered)
+            grad_x = torch.addcmul((-a * total_g / ctx.n)[None, :, None], g, a[None, :, None])
             gamma = weight if weight is not None else torch.ones_like(sigma)
-            k = -ctx.c_n * gamma * sum_g_centered / sigma.square()
+            k = -ctx.c_n * gamma * total_g_centered / sigma.square()
+            k_high = k if owns_high is None else k * owns_high  # zero on channels whose extreme another rank holds
+            k_low = k if owns_low is None else k * owns_low
             channel = torch.arange(flat.shape[1], device=flat.device)
             high_l = flat[high_n, channel].argmax(dim=1)  # (C, L) slice: the sample holding each channel's max
             low_l = flat[low_n, channel].argmin(dim=1)
-            grad_x.index_put_((high_n, channel, high_l), k, accumulate=True)
-            grad_x.index_put_((low_n, channel, low_l), -k, accumulate=True)
+            grad_x.index_put_((high_n, channel, high_l), k_high, accumulate=True)
+            grad_x.index_put_((low_n, channel, low_l), -k_low, accumulate=True)
             grad_x = grad_x.reshape(ctx.shape).to(ctx.dtype)
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = sum_g_centered / sigma
         if ctx.needs_input_grad[2]:
             grad_bias = sum_g
-        return grad_x, grad_weight, grad_bias, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None
 
 
 class _RangeBatchNorm(nn.Module):

@@ -108,6 +108,12 @@ def _train_schema() -> dict:
             },
             "regularizers": {"type": "array", "items": regularizers.REGULARIZERS.spec_schema(), "default": []},
             "grad_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+            "sync_batchnorm": {
+                "type": "boolean",
+                "default": False,
+                "description": "on several processes: BatchNorm and Range BN statistics over the global batch of "
+                "every rank (docs/distributed.md)",
+            },
             "val_every": {"type": "integer", "minimum": 1, "default": 1},
         },
         "default": {},

@@ -47,6 +47,7 @@ from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models import build_model, model_options
 from ..models.reference import is_reference
+from ..nn.sync_bn import synchronize_batchnorms
 from ..recipes import Recipe, load_recipe
 from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_checkpoint, restore_rng
 from ..summary import model_summary
@@ -224,6 +225,8 @@ class Trainer:
         )
         if self.distributed:
             self._check_distributable()
+        elif self.train_spec.get("sync_batchnorm"):
+            self.log("note: train.sync_batchnorm has no effect on one process (its batch is the whole batch)")
         if model is None:
             name, options, dropped = _model_choice(self.recipe, config, self.splits.input_shape)
             if dropped:
@@ -459,6 +462,8 @@ class Trainer:
         for quantizer in quantizers_in(self.model):  # batch-size-dependent gradients count the global batch
             quantizer.batch_shards = ranks.world_size()
         ranks.broadcast_state(self.model)
+        if self.train_spec.get("sync_batchnorm") and (synced := synchronize_batchnorms(self.model)):
+            self.log(f"train.sync_batchnorm: {len(synced)} BatchNorm layers normalise over the global batch")
         device_ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
         self._ranks_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.step.model = self._ranks_model
