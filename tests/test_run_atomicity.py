@@ -1,6 +1,8 @@
 """A run killed at any write boundary leaves consistent files and resumes to the same weights; a resumed run keeps
 its configuration (only --epochs and --lr may change, visibly)."""
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +12,7 @@ import lowbit.runs
 from lowbit.errors import CheckpointError
 from lowbit.runs import RunFiles, load_checkpoint
 from lowbit.train import TrainConfig, Trainer, run
+from lowbit.train.resume import configuration_differences
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +139,17 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     ):
         with pytest.raises(CheckpointError, match=f"different configuration.*{fragment}"):
             run(_config(tmp_path, "bc-det", epochs=1, resume=True, **change))
+
+
+def test_a_checkpoint_written_before_a_new_recipe_setting_existed_still_resumes(tmp_path):
+    run(_config(tmp_path, "bc-det", epochs=1))
+    checkpoint = load_checkpoint(tmp_path, "last")
+    older = copy.deepcopy(checkpoint.recipe)
+    del older["train"]["sync_batchnorm"]  # an option added after the run was written, at its default
+    assert configuration_differences(older, checkpoint.recipe)  # the raw comparison would refuse it
+    assert Trainer(_config(tmp_path, "bc-det", epochs=2, resume=True))._check_resumable(
+        dataclasses.replace(checkpoint, recipe=older)
+    ) == {"recipe.train.epochs": (1, 2)}
 
 
 def test_resume_may_extend_the_run_and_change_the_learning_rate(tmp_path):

@@ -44,7 +44,7 @@ from ..data import (
 )
 from ..data.user import UserData
 from ..devices import resolve_device
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, LowbitError, TrainingDiverged
 from ..models import build_model, model_options
 from ..models.reference import is_reference
 from ..nn.sync_bn import synchronize_batchnorms
@@ -59,6 +59,16 @@ from .schedule import build_scheduler
 from .step import NonFiniteLoss, TrainingStep
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "RunResult", "run", "default_model_for"]
+
+
+def _with_current_defaults(saved_recipe: dict) -> dict:
+    """A checkpoint's resolved recipe with the defaults of settings added since it was written filled in (a newer
+    lowbit's option, e.g. ``train.sync_batchnorm``, is absent from an older checkpoint but means its default, what the
+    older version did); as saved when it no longer validates (the comparison then names what differs)."""
+    try:
+        return load_recipe(saved_recipe).to_dict()
+    except LowbitError:
+        return saved_recipe
 
 
 def default_model_for(input_shape: Sequence[int]) -> str:
@@ -664,7 +674,7 @@ class Trainer:
     def _check_resumable(self, saved: Checkpoint) -> dict[str, tuple]:
         """The allowed differences between the saved run and this one; anything else is refused."""
         differences = configuration_differences(
-            self._run_description(saved.recipe, saved.data, saved.model_spec, saved.seed),
+            self._run_description(_with_current_defaults(saved.recipe), saved.data, saved.model_spec, saved.seed),
             self._run_description(self.recipe.to_dict(), self._data_spec(), self.model_spec, self.config.seed),
         )
         refused = {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
