@@ -355,3 +355,41 @@ def test_the_initialising_forward_leaves_statistics_and_noise_as_they_were(recip
             model.train()
             v = model[3](model[2](model[1](x.flatten(1))))
         assert last.step.item() == pytest.approx(2 * v.abs().mean().item() / math.sqrt(last.q_p), rel=1e-5)
+
+
+def _launched_as(monkeypatch, local_rank: int, local_world: int, gpus: int) -> list:
+    for name, value in {"RANK": local_rank, "WORLD_SIZE": local_world, "LOCAL_RANK": local_rank}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def test_under_torchrun_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from lowbit.distributed import device_of_this_rank
+
+    chosen = _launched_as(monkeypatch, local_rank=1, local_world=2, gpus=2)
+    assert device_of_this_rank(torch.device("cuda")) == torch.device("cuda", 1) and chosen == [1]
+    assert device_of_this_rank(torch.device("cpu")) == torch.device("cpu")  # gloo processes share the CPU
+
+
+def test_a_gpu_index_or_too_few_gpus_under_torchrun_is_one_clear_error(monkeypatch):
+    from lowbit.distributed import device_of_this_rank
+    from lowbit.errors import ConfigError
+
+    _launched_as(monkeypatch, local_rank=0, local_world=2, gpus=2)
+    with pytest.raises(ConfigError, match="every process on one GPU.*CUDA_VISIBLE_DEVICES"):
+        device_of_this_rank(torch.device("cuda", 0))
+    _launched_as(monkeypatch, local_rank=2, local_world=3, gpus=2)
+    with pytest.raises(ConfigError, match="LOCAL_RANK 2 has no GPU of its own: 2 CUDA device"):
+        device_of_this_rank(torch.device("cuda"))
+
+
+def test_without_a_launch_the_device_is_left_as_given(monkeypatch):
+    from lowbit.distributed import device_of_this_rank
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert device_of_this_rank(torch.device("cuda", 1)) == torch.device("cuda", 1)

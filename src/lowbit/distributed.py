@@ -29,6 +29,7 @@ from .errors import ConfigError, LowbitError
 __all__ = [
     "DistributedError",
     "launched",
+    "device_of_this_rank",
     "setup",
     "teardown",
     "active",
@@ -66,6 +67,32 @@ def _timeout() -> datetime.timedelta:
     if seconds <= 0:
         raise ConfigError(f"LOWBIT_DIST_TIMEOUT must be positive, got {raw!r}")
     return datetime.timedelta(seconds=seconds)
+
+
+def device_of_this_rank(device: torch.device) -> torch.device:
+    """The device this process trains on: under ``torchrun``, ``cuda`` (or ``auto`` on a GPU machine) becomes the GPU
+    of the process's ``LOCAL_RANK`` (one process per GPU, as NCCL requires), made the current CUDA device; otherwise
+    ``device`` itself. A GPU index given under a launch of several local processes is refused: every process would
+    take that one GPU."""
+    if device.type != "cuda" or not launched():
+        return device
+    local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.index is not None:
+        if local_world > 1:
+            raise ConfigError(
+                f"--device {device} with {local_world} processes on this machine would put every process on one GPU; "
+                f"give --device cuda (each process takes the GPU of its LOCAL_RANK) and choose the GPUs with "
+                f"CUDA_VISIBLE_DEVICES"
+            )
+        return device
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        raise ConfigError(
+            f"process LOCAL_RANK {local_rank} has no GPU of its own: {visible} CUDA device(s) visible; start at most "
+            f"{visible} processes per machine (--nproc-per-node) or train on the CPU (--device cpu)"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def setup(device: torch.device) -> bool:

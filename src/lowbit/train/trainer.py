@@ -206,7 +206,7 @@ class Trainer:
         self.config = config
         self.recipe = resolve_recipe(config)
         self.train_spec = self.recipe.train
-        self.device = resolve_device(config.device)
+        self.device = ranks.device_of_this_rank(resolve_device(config.device))  # a GPU per process
         self.distributed = ranks.setup(self.device) and ranks.world_size() > 1
         quiet = config.quiet or not ranks.is_main()  # only rank 0 prints
         self.log = log or ((lambda _msg: None) if config.quiet else (lambda msg: print(msg, flush=True)))
