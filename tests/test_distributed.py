@@ -231,6 +231,8 @@ def test_cli_nproc_trains_and_refuses_odd_batches_and_compile(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ok" / "metrics.json").exists()
     assert done.stdout.count("recipe bc-stoch on digits") == 1  # only rank 0 prints
+    amp = run("--recipe", "banner-w8a8g8", "--amp", "bf16", "--epochs", "1", "--pretrain-epochs", "0", "--quiet")
+    assert amp.returncode == 0 and "test accuracy" in amp.stdout, amp.stderr[-3000:]  # bf16 autocast under DDP
     odd = run("--recipe", "bc-det", "--batch-size", "63", "--out", str(tmp_path / "odd"))
     assert odd.returncode != 0 and "must divide among the 2 processes" in odd.stderr
     compiled = run("--recipe", "bc-det", "--compile", "--out", str(tmp_path / "compiled"))
