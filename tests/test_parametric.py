@@ -167,6 +167,16 @@ def test_pow2_weights_have_no_zero_level_and_one_sign_bit():
     ]
 
 
+def test_a_collapsed_pow2_range_is_charged_the_minimum_bit_width():
+    # official code: max(ceil(log2(log2(q_max/q_min) + 1) + 1), bitwidth_min); q_min = q_max leaves one magnitude
+    # level, whose sign alone needs 1 bit, but the layer is charged b_box's minimum (2 bits for weights)
+    q = make("P3", q_min=1.0, q_max=1.0)
+    assert q.b_box[0] == 2 and q.bits == 2
+    assert sorted(set(q(torch.linspace(-2, 2, 41, dtype=torch.float64)).tolist())) == [-1.0, 1.0]
+    above = make("P3", q_min=2**-7, q_max=1.0)  # 8 exponents: 3 bits + sign, untouched by the floor
+    assert above.bits == 4
+
+
 def test_pow2_activations_keep_the_zero_level_in_their_extra_bit():
     q = make("P3", role="activation", signed=False, q_min=2**-3, q_max=1.0)
     assert q.with_zero and q.bits == 3  # 2 exponent bits + the zero code

@@ -504,7 +504,10 @@ class ParametricPow2Quantizer(_ParametricBase):
         if self.learns_bits():
             return self.learned_bit_width()
         q_min, q_max = self.range_bounds()
-        return ceil_ste(torch.log2(torch.log2(q_max / q_min) + 1)) + int(self._signed) + int(self.with_zero)
+        width = ceil_ste(torch.log2(torch.log2(q_max / q_min) + 1)) + int(self._signed) + int(self.with_zero)
+        # the official code's max(..., bitwidth_min): a collapsed range (q_min = q_max) is charged b_box's minimum,
+        # not the single sign bit that its one magnitude level needs
+        return torch.clamp_min(width, self.b_box[0])
 
     def reset_parameters_from(self, x: torch.Tensor) -> None:
         x = widen(x)
