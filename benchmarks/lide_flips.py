@@ -7,6 +7,10 @@ recipes had before, where R never flips a weight (a net of fixed random weights 
 
     PYTHONPATH=src python benchmarks/lide_flips.py --epochs 3
     PYTHONPATH=src python benchmarks/lide_flips.py --epochs 3 --unit-grid
+    PYTHONPATH=src python benchmarks/lide_flips.py --data fashion-mnist --train-subset 5000 --epochs 2 --lr 0.006
+
+Flips are counted per layer: an R update crosses a level of the grid {-H, +H} (H = sqrt(1.5 / (fan_in + fan_out)),
+LR scale 1/H) only where ``lr / H >= H`` at ADAM's largest normalised step, i.e. ``lr >= 1.5 / (fan_in + fan_out)``.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ def main() -> None:
     parser.add_argument("--recipes", default="r-adam,sr-adam,bc-adam")
     parser.add_argument("--unit-grid", action="store_true", help="H = 1 and no Glorot LR scale (the old recipes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="ADAM's LR (default: the recipe's)")
     args = parser.parse_args()
 
-    flips = {"n": 0}
+    flips: dict[int, int] = {}
     last: dict[int, torch.Tensor] = {}
     update = GridWeights.update_weights
 
@@ -36,17 +43,20 @@ def main() -> None:
         update(policy)
         for i, (weight, _) in enumerate(policy._weighted):
             if i in last:
-                flips["n"] += int((last[i] != weight).sum())
+                flips[i] = flips.get(i, 0) + int((last[i] != weight).sum())
             last[i] = weight.detach().clone()
 
     GridWeights.update_weights = counting
     changes = {"quantize.weight.scale": 1.0, "train.policy.lr_scale": "none"} if args.unit_grid else {}
     for recipe in args.recipes.split(","):
-        flips["n"] = 0
+        flips.clear()
         last.clear()
         config = TrainConfig(
             recipe=recipe,
-            data="digits",
+            data=args.data,
+            train_subset=args.train_subset,
+            test_subset=2000 if args.train_subset else None,
+            lr=args.lr,
             model="mlp",
             model_options=dict(MLP),
             epochs=args.epochs,
@@ -56,7 +66,8 @@ def main() -> None:
         )
         result = run(config)
         grid = "unit grid" if args.unit_grid else "recipe grid"
-        moved = f"{flips['n']} weight flips" if "bc" not in recipe else "(float copy)"
+        per_layer = ", ".join(str(flips.get(i, 0)) for i in range(len(last)))
+        moved = f"{sum(flips.values())} weight flips (per layer: {per_layer})" if "bc" not in recipe else "(float copy)"
         print(f"{recipe:10s} {grid}: test accuracy {result['test_accuracy']:.3f}, {moved}", flush=True)
 
 

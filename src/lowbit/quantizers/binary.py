@@ -9,8 +9,8 @@ Scale: a number, or ``glorot``: BinaryConnect's ``H = "Glorot"``, one H per weig
 ``H_l = sqrt(1.5 / (fan_in + fan_out))`` (dense: fan_in = inputs, fan_out = units; conv: ``k_h k_w C_in`` and
 ``k_h k_w C_out``), set from the weight's shape when the layer is built and saved with the quantizer's state. With the
 Glorot LR scale ``1 / H_l`` of the update policy, an ADAM step of size ``lr`` moves a weight by
-``lr (fan_in + fan_out) / 1.5`` grid units: large enough for deterministic rounding (R) to cross a level, which it
-never does on a {-1, +1} grid at ADAM's usual learning rates.
+``lr (fan_in + fan_out) / 1.5`` units of ``H_l``: deterministic rounding (R) crosses a level where that reaches 1 (a
+weight at ``-H`` must travel ``H``), which it never does on a {-1, +1} grid at ADAM's usual learning rates.
 
 Backward: the identity straight-through estimator, ``dC/dW := dC/dWb``, with no ``|W| <= 1`` mask (the mask belongs
 to the later BinaryNet paper). Evaluation: ``eval_mode: deterministic`` uses sign(W) (BC-det), ``eval_mode: float``

@@ -37,8 +37,10 @@ CLAIM = (
 )
 SETUP = (
     "Binary weights ±H_l on BinaryConnect's per-layer Glorot grid H_l = sqrt(1.5/(fan_in+fan_out)) with its "
-    "Glorot LR scale 1/H_l, shared by BC, R and SR (an ADAM step is then 0.5-1 grid units at the start, so R can "
-    "cross a level), MLP input-256-256-10 with BatchNorm after every layer, cross-entropy, ADAM LR 3e-3 with a "
+    "Glorot LR scale 1/H_l, shared by BC, R and SR (an ADAM step moves a weight lr(fan_in+fan_out)/1.5 units of "
+    "H_l: 2.08, 1.02 and 0.53 at the start for the three layers, so R can cross a level in the first two and its "
+    "256→10 output layer keeps its initial signs; docs/methods.md), MLP input-256-256-10 with BatchNorm after "
+    "every layer, cross-entropy, ADAM LR 3e-3 with a "
     "cosine schedule, batch 32 (Big SR: 512), the same number of epochs for all (recipes `bc-adam`, `sr-adam`, "
     "`big-sr-adam`, `r-adam`). R and SR keep no float copy: the weights are rounded back onto ±H_l after every "
     "ADAM step. Test error after the last epoch."
