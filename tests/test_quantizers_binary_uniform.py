@@ -1,10 +1,14 @@
 """BinaryConnect binarization and Li & De's fixed grid: forward rules, probabilities, STE, encoding."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lowbit
+from lowbit.convert import quantizers_of
 from lowbit.quantizers import BinaryQuantizer, UniformQuantizer, build_quantizer
 
 
@@ -126,12 +130,22 @@ def test_uniform_step_from_first_tensor_and_encoding():
 
 
 # ------------------------------------------------------------------------------------- noise resolution per role
-@pytest.mark.parametrize("role, expected", [("weight", 24), ("bias", 24), ("activation", 16), ("gradient", 16)])
-def test_stochastic_rounding_noise_defaults_to_24_bits_for_stored_values_and_16_for_the_rest(role, expected):
+@pytest.mark.parametrize("role", ["weight", "bias", "activation", "gradient"])
+def test_stochastic_rounding_noise_defaults_to_24_bits_and_16_is_an_explicit_choice(role, recwarn):
     spec = {"type": "uniform", "bits": 4, "rounding": "stochastic", "signed": True}
-    assert build_quantizer(spec, role=role).noise.resolution_bits == expected
-    assert build_quantizer({**spec, "noise_bits": 16}, role=role).noise.resolution_bits == 16
+    assert build_quantizer(spec, role=role).noise.resolution_bits == 24
     assert build_quantizer({**spec, "noise_bits": 24}, role=role).noise.resolution_bits == 24
+    assert not recwarn.list
+    assert build_quantizer({**spec, "noise_bits": 16}, role=role).noise.resolution_bits == 16
+    stored = role in ("weight", "bias")  # 16-bit noise on a stored value loses flips below 2^-17: warned
+    warned = [str(w.message).startswith(f"noise_bits: 16 on a {role}") for w in recwarn.list]
+    assert warned == ([True] if stored else [])
+
+
+def test_banner_asks_for_the_fast_noise_on_its_gradients_only():
+    model = lowbit.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)), "banner-w8a8g8")
+    bits = {q.role: q.noise.resolution_bits for q in quantizers_of(model) if q.noise is not None}
+    assert bits == {"gradient": 16}
 
 
 def test_binary_weights_flip_with_a_probability_below_2_to_the_minus_17():
@@ -140,7 +154,9 @@ def test_binary_weights_flip_with_a_probability_below_2_to_the_minus_17():
     w = torch.full((4_000_000,), -1.0 + 1e-5)
     counts = {}
     for bits in (24, 16):
-        q = build_quantizer({"type": "binary", "rounding": "stochastic", "noise_bits": bits}, role="weight", seed=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 16 bits on a weight is warned about: the point of this test
+            q = build_quantizer({"type": "binary", "rounding": "stochastic", "noise_bits": bits}, role="weight", seed=3)
         counts[bits] = int((q.train()(w) > 0).sum())
     assert abs(counts[24] - 20) < 4 * 20**0.5 and counts[16] == 0
 

@@ -77,8 +77,8 @@ class NoiseSource:
     """Seeded, checkpointable uniform noise for one stochastic quantizer.
 
     ``resolution_bits=24`` (the default) is float32's resolution: ``torch.rand`` with a lazily created
-    ``torch.Generator``. ``resolution_bits=16`` is the fast source, which quantizers use for activations and gradients
-    (``quantizers.base.DEFAULT_NOISE_BITS``). On the CPU it draws 64-bit words from NumPy's
+    ``torch.Generator``. ``resolution_bits=16`` is the fast source, which a recipe asks for explicitly
+    (``noise_bits: 16``; Banner's gradients). On the CPU it draws 64-bit words from NumPy's
     ``PCG64DXSM`` and cuts each into four 16-bit uniforms ``(k + 1/2) / 2^16``: torch's CPU generator is a
     single-threaded Mersenne Twister at a few ns per number, which made drawing the noise the largest cost of
     stochastic rounding on big tensors (Banner's 8-bit gradients), while PCG64DXSM costs about 2 ns per 64-bit word,

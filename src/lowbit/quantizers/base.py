@@ -76,15 +76,19 @@ ROUNDING_OPTION = {
     "enum": ["nearest", "stochastic"],
     "description": "round to nearest, or stochastic unbiased rounding (training only)",
 }
-#: the noise resolution of stochastic rounding when a recipe leaves ``noise_bits`` unset: float32's 24 bits where
-#: rounding decides a stored value (weights, biases: a flip probability |update|/Δ can be far below 2^-17, which 16-bit
-#: uniforms round to 0), the fast 16-bit source for activations and gradients (redrawn every step, resolution ample)
-DEFAULT_NOISE_BITS = {"weight": 24, "bias": 24, "activation": 16, "gradient": 16}
+#: the noise resolution of stochastic rounding when a recipe leaves ``noise_bits`` unset: float32's 24 bits for every
+#: role. The fast 16-bit source (CPU only) is an explicit choice, for tensors whose noise is redrawn every step
+#: (Banner's gradients ask for it); on a stored weight it would freeze every flip whose probability |update|/Δ is
+#: below 2^-17, which a decayed schedule reaches
+DEFAULT_NOISE_BITS = 24
+#: roles whose stochastic rounding decides a stored value: 16-bit noise there is warned about
+STORED_ROLES = ("weight", "bias")
 NOISE_BITS_OPTION = {
     "enum": [16, 24],
-    "description": "stochastic rounding's uniform noise: 24 bits (float32's resolution; default for weights and "
-    "biases) or the fast 16-bit source (default for activations and gradients), which rounds up with a probability "
-    "within 2^-17 of the exact one and never when that probability is below 2^-17",
+    "description": "stochastic rounding's uniform noise: 24 bits (float32's resolution, the default) or the fast "
+    "16-bit CPU source, which rounds up with a probability within 2^-17 of the exact one and never when that "
+    "probability is below 2^-17 (on a GPU, for half-precision tensors and under torch.compile the noise is "
+    "torch's own, 24 bits, whatever this says)",
 }
 EVAL_MODE_OPTION = {
     "enum": list(EVAL_MODES),
@@ -148,7 +152,15 @@ class Quantizer(nn.Module):
                 UserWarning,
                 stacklevel=3,
             )
-        bits = DEFAULT_NOISE_BITS[role] if noise_bits is None else noise_bits
+        if noise_bits == 16 and stochastic and role in STORED_ROLES:
+            warnings.warn(
+                f"noise_bits: 16 on a {role} quantizer: stochastic rounding of a stored {role} then never rounds up "
+                f"where the probability is below 2^-17 (small late updates are lost); use 24, the default, unless "
+                f"the speed of the 16-bit source matters more",
+                UserWarning,
+                stacklevel=3,
+            )
+        bits = DEFAULT_NOISE_BITS if noise_bits is None else noise_bits
         self.noise = NoiseSource(seed, resolution_bits=bits) if stochastic else None
         # Data-dependent initialisation (LSQ step, Uhlich ranges) happens once; the flag is a buffer so a loaded
         # checkpoint is not re-initialised, and mirrored in a Python bool so the hot path does not read a tensor.
