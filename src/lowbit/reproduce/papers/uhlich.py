@@ -82,12 +82,19 @@ MB_SCALE = "MobileNetV2-28 (width 8) on a 10k-image Fashion-MNIST pool, 4-epoch 
 DIFFERS = {
     "budget": f"{SCALE}; budget = the net at {BUDGET_BITS}-bit weights (paper's CIFAR configs: 2-bit)",
     "heterogeneous": SCALE,
-    "ordering": f"{SCALE}; learned cells read at the best validation epoch within budget, as the official code",
-    "bit_width_worse": f"{SCALE}; same LR for all parametrizations; a run that missed its budget is not ranked",
+    "ordering": f"{SCALE}; learned cells read at the best validation epoch within budget, as the official code; "
+    "equal weight memory, but activation memory is not matched (U3's activation budget bounds only the largest "
+    "activation layer, constraint 8c)",
+    "bit_width_worse": f"{SCALE}; same LR for all parametrizations; a run that missed its budget is not ranked; U1/U2 "
+    "are charged round(b) as the official code charges them, although U2's power-of-two step can leave a grid whose "
+    "codes need one bit more",
     "analysis": "x ~ N(0, 1) with q_max = 3σ held fixed, so d shrinks as b grows; the paper's growth of the "
     "U1/U2 b-partials like 2^b holds at a fixed d and is not tested here (at a fixed q_max they shrink)",
     "mb_budget": f"{MB_SCALE}; budget = the net at {BUDGET_BITS}-bit weights",
-    "mb_ordering": f"{MB_SCALE}; a U3 run that missed its budget is reported as missed, not ranked",
+    "mb_ordering": f"{MB_SCALE}; equal weight memory (the budget); activation memory is not matched: U3's "
+    "activation budget bounds only the largest activation layer (constraint 8c), so its smaller layers may take "
+    "more activation bits than the homogeneous nets' 4; a U3 run that missed its budget is reported as missed, not "
+    "ranked",
 }
 RULES = {
     "budget": "weight KB ≤ budget at the reported checkpoint, in every seed",
@@ -154,8 +161,8 @@ def _fixed(bits: int) -> dict:
 
 def _homogeneous() -> dict:
     """U2 with b frozen learns q_max at a fixed bit width; d = q_max / (2^(b-1) - 1) is left unsnapped, because
-    snapping it to a power of two can make q_max / d exceed 2^(b-1) - 1 and the inferred width b + 1 (measured: a
-    "3-bit" net at 4 bits in its large layer, 100 KB instead of 76 KB)."""
+    snapping it to a power of two can leave more levels than b bits index (the grid then needs b + 1 bits for its
+    codes, while the net is charged round(b), as the official code does)."""
     return {
         "name": f"mp-homogeneous-w{BUDGET_BITS}",
         "train.regularizers": [],
@@ -417,10 +424,20 @@ def gradient_checks(grads: Optional[dict]) -> list:
         f"mean |∂Q/∂d| of U1: {u1_d[0]:.3f} → {u1_d[-1]:.3f} (×{u1_d[-1] / u1_d[0]:.2f}); at fixed q_max the "
         f"other U1/U2 means change {others}",
     ]
-    passed = [bounded, grows, u1_d[-1] >= 1.5 * u1_d[0]]
+    holds = [bounded, grows, u1_d[-1] >= 1.5 * u1_d[0]]
+    # properties of the formulas the quantizers implement, evaluated on samples: they confirm the implementation
+    # has the paper's analytical property but are no experiment that could disagree with the paper, so they are
+    # shown with their outcome and left out of the verdict
     return [
-        Check(PREDICTIONS[k], RULES[k].format(b0=b0, b1=b1), o, ok, differs=DIFFERS["analysis"])
-        for k, o, ok in zip(keys, observed, passed)
+        Check(
+            PREDICTIONS[k],
+            RULES[k].format(b0=b0, b1=b1),
+            o,
+            None,
+            differs=DIFFERS["analysis"],
+            status=f"{'holds' if ok else 'does not hold'} (a property of the formulas; not counted in the verdict)",
+        )
+        for k, o, ok in zip(keys, observed, holds)
     ]
 
 
