@@ -104,6 +104,9 @@ def fingerprint(trainer: Trainer, result: Optional[object] = None) -> dict:
         "shared_noise": [_digest(q.noise.state()) for q in shared],
         "per_rank_noise": [_digest(q.noise.state()) for q in per_rank],
         "flags": [q._is_initialized for q in quantizers_of(model)],
+        # what the caller gets back is a one-process model: quantizers count their own batch, BatchNorm is plain
+        "one_process_model": all(q.batch_shards == 1 for q in quantizers_of(model))
+        and not any(type(m).__name__.startswith("Synchronized") for m in model.modules()),
         "history": [{k: v for k, v in r.items() if k not in TIMINGS} for r in trainer.history],
         "best": trainer.best,
         "wrote": trainer.out is not None,

@@ -52,15 +52,19 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("size,world", [(64, 2), (65, 2), (70, 4), (3, 2), (33, 2)])
-def test_shards_are_disjoint_and_cover_every_sample(size, world):
+@pytest.mark.parametrize(
+    "size,world,batch", [(64, 2, 16), (65, 2, 16), (70, 4, 16), (3, 2, 16), (33, 2, 16), (64, 2, 4)]
+)
+def test_shards_are_disjoint_and_cover_every_sample(size, world, batch):
     x = torch.arange(size)
-    batches = [(x[i : i + 16], x[i : i + 16]) for i in range(0, size, 16)]
+    batches = [(x[i : i + batch], x[i : i + batch]) for i in range(0, size, batch)]
     shards = [list(shard_batches(batches, r, world)) for r in range(world)]
     assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
     seen = torch.cat([b[0] for s in shards for b in s])
     assert sorted(seen.tolist()) == list(range(size))
     assert all(len(b[0]) >= 1 for s in shards for b in s)  # no rank gets an empty batch
+    # only a small last batch is merged: every other step is one global batch
+    assert len(shards[0]) == len(batches) - (len(batches) > 1 and len(batches[-1][1]) < 2 * world)
 
 
 def test_nproc_is_removed_from_the_relaunched_command():
@@ -82,6 +86,7 @@ def test_two_gloo_ranks_end_bit_identical_and_only_rank_0_writes(recipe, tmp_pat
     assert ranks[0]["state"] == ranks[1]["state"]  # parameters, buffers, quantizer state: bit-identical
     assert ranks[0]["flags"] == ranks[1]["flags"] and all(ranks[0]["flags"])
     assert ranks[0]["history"] == ranks[1]["history"]
+    assert all(r["one_process_model"] for r in ranks)
     assert [r["wrote"] for r in ranks] == [True, False]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "checkpoint.safetensors",
@@ -395,3 +400,66 @@ def test_without_a_launch_the_device_is_left_as_given(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert device_of_this_rank(torch.device("cuda", 1)) == torch.device("cuda", 1)
+
+
+FAILS_ON_RANK_1 = """
+import os, sys
+import torch
+from lowbit import distributed, train
+from lowbit.errors import ConfigError
+
+
+def training(config):  # rank 1 fails on its own while rank 0 waits in a collective (as in a DDP step)
+    distributed.setup(torch.device("cpu"))
+    if distributed.rank() == 1:
+        raise ConfigError("a failure of rank 1 alone (simulated)")
+    distributed.sum_across([1.0], torch.device("cpu"))
+
+
+train.run = training
+from lowbit.cli import main
+
+sys.exit(main(["train", "--recipe", "bc-det", "--train-subset", "64", "--test-subset", "32", "--no-progress"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_alone_ends_the_run_without_waiting_for_the_timeout(tmp_path):
+    import time
+
+    script = tmp_path / "fails_on_rank_1.py"
+    script.write_text(FAILS_ON_RANK_1)
+    env = {**_env(), "LOWBIT_DIST_TIMEOUT": "90"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    elapsed = time.perf_counter() - started
+    assert done.returncode != 0
+    assert "error: a failure of rank 1 alone (simulated)" in done.stderr
+    # without distributed.abandon, rank 1 waits at the teardown barrier for the whole timeout (90 s) and torchrun,
+    # which stops the others only once a worker has exited, waits with it
+    assert elapsed < 60, f"took {elapsed:.0f} s: the failed rank waited for the others"
+
+
+def test_a_failed_rank_skips_the_teardown_barrier_and_leaves_through_stop(monkeypatch):
+    from lowbit import cli, distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "_abandoned", False)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.abandon()
+    distributed.teardown()
+    assert calls == [] and distributed.abandoned()
+
+    def stop(code):
+        calls.append(("stop", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(distributed, "stop", stop)
+    with pytest.raises(SystemExit):
+        cli._leave(2)
+    assert calls == [("stop", 2)]

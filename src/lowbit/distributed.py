@@ -18,7 +18,7 @@ import datetime
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,8 @@ __all__ = [
     "device_of_this_rank",
     "setup",
     "teardown",
+    "abandon",
+    "abandoned",
     "active",
     "rank",
     "world_size",
@@ -84,6 +86,7 @@ def device_of_this_rank(device: torch.device) -> torch.device:
                 f"give --device cuda (each process takes the GPU of its LOCAL_RANK) and choose the GPUs with "
                 f"CUDA_VISIBLE_DEVICES"
             )
+        torch.cuda.set_device(device)  # NCCL and the CUDA generators use the current device
         return device
     visible = torch.cuda.device_count()
     if local_rank >= visible:
@@ -117,10 +120,27 @@ def stop(code: int) -> NoReturn:
     os._exit(code)
 
 
+_abandoned = False
+
+
+def abandon() -> None:
+    """This rank failed (an error of its own, e.g. a diverged loss on its chunk) while the others may be inside a
+    collective: it must not wait for them at a barrier (they would answer only after the timeout), so the group is
+    left as it is and the process should end with :func:`stop` once its error is printed; the launcher then stops
+    the other workers."""
+    global _abandoned
+    _abandoned = active() and world_size() > 1
+
+
+def abandoned() -> bool:
+    """Whether :func:`abandon` was called in a distributed run (the process should leave through :func:`stop`)."""
+    return _abandoned
+
+
 def teardown() -> None:
     """Leave the process group (after the last collective), once every rank got here: a rank destroying its gloo
     group while another still uses it can abort the process at exit."""
-    if dist.is_initialized():
+    if dist.is_initialized() and not _abandoned:
         with contextlib.suppress(RuntimeError):
             dist.barrier()
         dist.destroy_process_group()
@@ -205,18 +225,19 @@ def shard_batches(
     """This rank's part of every global batch: rank ``r`` of ``W`` takes the ``r``-th of ``W`` contiguous chunks
     (``tensor_split``), so across the ranks every sample of the epoch is seen exactly once.
 
-    A last global batch with fewer than ``2·W`` samples would leave some rank with zero or one sample (no gradient,
-    or a BatchNorm that cannot normalise one sample); it is merged into the batch before it."""
-    previous: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    for x, y in batches:
-        if previous is not None and len(y) < 2 * world:
-            previous = (torch.cat([previous[0], x]), torch.cat([previous[1], y]))
-            continue
-        if previous is not None:
-            yield previous[0].tensor_split(world)[rank], previous[1].tensor_split(world)[rank]
-        previous = (x, y)
-    if previous is not None:
-        yield previous[0].tensor_split(world)[rank], previous[1].tensor_split(world)[rank]
+    A *last* global batch with fewer than ``2·W`` samples would leave some rank with zero or one sample (no gradient,
+    or a BatchNorm that cannot normalise one sample); it is merged into the batch before it. Only the last one: a
+    batch size below ``2·W`` is refused by the trainer, not merged away."""
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last two batches seen: the final one may be merged
+    for batch in batches:
+        held.append(batch)
+        if len(held) == 3:
+            x, y = held.pop(0)
+            yield x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+    if len(held) == 2 and len(held[1][1]) < 2 * world:
+        held = [(torch.cat([held[0][0], held[1][0]]), torch.cat([held[0][1], held[1][1]]))]
+    for x, y in held:
+        yield x.tensor_split(world)[rank], y.tensor_split(world)[rank]
 
 
 def _is_collective_failure(error: BaseException) -> bool:

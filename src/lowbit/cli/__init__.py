@@ -43,6 +43,16 @@ def _print_error(prefix: str, message: str) -> None:
         print(f"lowbit:   {line.strip()}", file=sys.stderr)
 
 
+def _leave(code: int) -> int:
+    """``code``, or, for a rank of a distributed run that failed on its own, the end of the process now (the other
+    ranks may be inside a collective: an ordinary exit would wait on the process group)."""
+    from ..distributed import abandoned, stop
+
+    if abandoned():
+        stop(code)
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,14 +66,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.run(args)
     except TrainingDiverged as error:
         _print_error("training stopped: ", str(error))
-        return error.exit_code
+        return _leave(error.exit_code)
     except LowbitError as error:
         _print_error("error: ", str(error) or type(error).__name__)
         from ..distributed import DistributedError, stop
 
         if isinstance(error, DistributedError):
             stop(error.exit_code)  # (an ordinary exit can abort in gloo's threads once a peer died)
-        return error.exit_code
+        return _leave(error.exit_code)
     except BrokenPipeError:  # output piped into head, less, ...: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -162,8 +162,10 @@ def run(args: argparse.Namespace) -> int:
         with distributed.collective_errors():
             result = train(config)
         main_process = distributed.is_main()
-    finally:
-        distributed.teardown()
+    except BaseException:
+        distributed.abandon()  # no barrier: the other ranks may be waiting in a collective that never comes
+        raise
+    distributed.teardown()
     if not main_process:  # only rank 0 reports
         return 0
     if args.quiet:

@@ -10,6 +10,7 @@ run, never after restoring a checkpoint (the trainer does so).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,12 +119,17 @@ class TrainingStep:
         """Staged regularizers (Bin Regularization's start epoch) switch on here."""
         self.active = [r for r in self.regularizers if r.active(epoch)]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+    def forward_context(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        """The context the training forward runs in: bfloat16 autocast under ``--amp bf16``, else nothing (also for
+        a forward outside the step that must see what the step's forward sees, e.g. a quantizer's initialisation)."""
         if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        with self.forward_context(x):
             logits = self.model(x)
-        else:
-            with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
-                logits = self.model(x)
+        if self.autocast_dtype is not None:
             logits = logits.float()  # the loss, its gradient's start and the reported logits in float32
         loss = self.loss_fn(logits, y)
         objective = loss

@@ -47,7 +47,7 @@ from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, LowbitError, TrainingDiverged
 from ..models import build_model, model_options
 from ..models.reference import is_reference
-from ..nn.sync_bn import synchronize_batchnorms
+from ..nn.sync_bn import synchronize_batchnorms, unsynchronize_batchnorms
 from ..recipes import Recipe, load_recipe
 from ..runs import Checkpoint, DataSpec, ModelSpec, RunFiles, capture_rng, load_checkpoint, restore_rng
 from ..summary import model_summary
@@ -300,10 +300,11 @@ class Trainer:
         shipped recipe is checked (tests/test_distributed.py)."""
         world = ranks.world_size()
         batch = self.train_spec["batch_size"]
-        if batch % world:
+        if batch % world or batch < 2 * world:
             raise ConfigError(
-                f"the batch size {batch} is the global batch and must divide among the {world} processes; "
-                f"give --batch-size a multiple of {world}"
+                f"the batch size {batch} is the global batch and must divide among the {world} processes with at "
+                f"least 2 samples each (BatchNorm cannot normalise one); give --batch-size a multiple of {world} of "
+                f"at least {2 * world}"
             )
         train = self.splits.train if isinstance(self.splits, UserSplits) else None
         if train is not None and (train.loader is not None or isinstance(train.dataset, IterableDataset)):
@@ -468,7 +469,9 @@ class Trainer:
         outside the quantizers (BatchNorm statistics) and every noise stream put back afterwards: the quantizers start
         from the values one process would give them on the same batch. The broadcast afterwards is a safeguard."""
         if any(not bool(q.initialized) for q in quantizers_in(self.model)):
-            _initialize_quantizers(self.model, ranks.gather_batch(x))
+            batch = ranks.gather_batch(x)  # W chunks: the memory of one global batch's forward, without gradients
+            with self.step.forward_context(batch):  # under --amp bf16 as the first step would initialise them
+                _initialize_quantizers(self.model, batch)
         for quantizer in quantizers_in(self.model):  # batch-size-dependent gradients count the global batch
             quantizer.batch_shards = ranks.world_size()
         ranks.broadcast_state(self.model)
@@ -486,6 +489,9 @@ class Trainer:
         kept = (
             (f"the last good checkpoint {self.files.checkpoint} is kept (resume with --resume after fixing the cause)")
             if self.files and self.files.checkpoint.exists()
+            else f"on rank {ranks.rank()}; rank 0 keeps the run's last good checkpoint, if an epoch finished (resume "
+            f"with --resume after fixing the cause)"
+            if not ranks.is_main()
             else "no checkpoint had been written yet"
         )
         return (
@@ -756,7 +762,16 @@ class Trainer:
                 self._run_epoch(epoch)
             if epochs == 0 and phase == "train":
                 self._evaluate_only()
+        if self.distributed:
+            self._leave_ranks()
         return self._finish(time.perf_counter() - started)
+
+    def _leave_ranks(self) -> None:
+        """After the last epoch of a distributed run: the model a caller gets back is an ordinary one-process model
+        (quantizers count their own batch again, BatchNorm layers are plain), whatever it is used for next."""
+        for quantizer in quantizers_in(self.model):
+            quantizer.batch_shards = 1
+        unsynchronize_batchnorms(self.model)
 
     def _run_epoch(self, epoch: int) -> None:
         record = {"phase": self.phase, "epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
