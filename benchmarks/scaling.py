@@ -9,7 +9,8 @@ default ``OMP_NUM_THREADS=1``), the same recipe, seed, global batch and data. Fr
 
 * **samples/s**: training samples per second of training time (the epochs' ``train_time_s``, without evaluation),
   over all ranks;
-* **time to accuracy**: training seconds until the validation accuracy first reaches ``--target`` (and the epoch);
+* **time to accuracy**: training seconds until the validation accuracy first reaches each of ``--targets`` (and the
+  epoch);
 * **wall time** of the whole command (start-up, data loading, evaluation and checkpoints included).
 
 Communication per step is computed, not measured: DistributedDataParallel all-reduces the gradient of every
@@ -60,22 +61,28 @@ def train(recipe: str, nproc: int, args: argparse.Namespace, out: Path) -> dict:
     return {"epochs": [e for e in epochs if e.get("phase") == "train"], "wall_s": wall}
 
 
-def summarise(run: dict, target: float) -> dict:
+def time_to(epochs: list, target: float) -> Optional[dict]:
+    """Training seconds (and the epoch) until the validation accuracy first reached ``target``; None if never."""
+    elapsed = 0.0
+    for e in epochs:
+        elapsed += e["train_time_s"]
+        if e["val_acc"] >= target:
+            return {"epoch": e["epoch"], "train_s": elapsed}
+    return None
+
+
+def summarise(run: dict, targets: list[float]) -> dict:
     epochs = run["epochs"]
     train_s = sum(e["train_time_s"] for e in epochs)
     seen = sum(e["samples_per_s"] * e["train_time_s"] for e in epochs)
-    elapsed, reached = 0.0, None
-    for e in epochs:
-        elapsed += e["train_time_s"]
-        if reached is None and e["val_acc"] >= target:
-            reached = {"epoch": e["epoch"], "train_s": elapsed}
     return {
         "samples_per_s": seen / train_s,
         "train_s": train_s,
         "wall_s": run["wall_s"],
         "final_val_acc": epochs[-1]["val_acc"],
         "final_test_acc": epochs[-1]["test_acc"],
-        "time_to_target": reached,
+        "time_to_target": {str(t): time_to(epochs, t) for t in targets},
+        "curve": [{"epoch": e["epoch"], "train_time_s": e["train_time_s"], "val_acc": e["val_acc"]} for e in epochs],
     }
 
 
@@ -102,24 +109,24 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--train-subset", type=int, default=20000)
     parser.add_argument("--test-subset", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=0.80, help="validation accuracy for time to accuracy")
+    parser.add_argument(
+        "--targets", default="0.85,0.88,0.90", help="comma-separated validation accuracies for time to accuracy"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args(argv)
 
+    targets = [float(t) for t in args.targets.split(",") if t]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for recipe in [r for r in args.recipes.split(",") if r]:
             comm = communication(recipe, args, world=2)
             for nproc in (1, 2):
                 run = train(recipe, nproc, args, Path(scratch) / f"{recipe}-{nproc}")
-                row = {"recipe": recipe, "processes": nproc, **summarise(run, args.target), **comm}
+                row = {"recipe": recipe, "processes": nproc, **summarise(run, targets), **comm}
                 rows.append(row)
-                reached = row["time_to_target"]
-                to_target = f"{reached['train_s']:.1f} s" if reached else "not reached"
                 print(
                     f"{recipe:<16} {nproc} proc  {row['samples_per_s']:8.0f} samples/s  "
-                    f"to {100 * args.target:.0f}%: {to_target}  "
-                    f"val {100 * row['final_val_acc']:.2f}%  wall {row['wall_s']:.1f} s",
+                    f"{_targets_text(row, targets)}  val {100 * row['final_val_acc']:.2f}%  wall {row['wall_s']:.1f} s",
                     flush=True,
                 )
     given = sys.argv[1:] if argv is None else argv
@@ -128,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "data": args.data,
         "epochs": args.epochs,
         "train_subset": args.train_subset,
-        "target": args.target,
+        "targets": targets,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -143,25 +150,34 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return result
 
 
+def _targets_text(row: dict, targets: list[float]) -> str:
+    parts = []
+    for target in targets:
+        reached = row["time_to_target"][str(target)]
+        parts.append(f"{reached['train_s']:.1f} s ({reached['epoch']})" if reached else "not reached")
+    return " / ".join(parts)
+
+
 def markdown(result: dict) -> str:
+    targets = result["targets"]
+    shown = " / ".join(f"{100 * t:g} %" for t in targets)
     lines = [
         "# Training on 1 and 2 processes",
         "",
         f"{result['data']}, {result['train_subset']} training samples, {result['epochs']} epochs, no float "
         f"pre-training, the recipe's global batch; {result['cpu_count']} cores ({result['machine']}), torch "
         f"{result['torch']}. One process uses {result['threads_one_process']} threads, each of 2 processes one "
-        f"(gloo). Samples/s: over training time only; time to accuracy: training seconds until the validation "
-        f"accuracy first reached {100 * result['target']:.0f} %. Communication per step is computed from the model "
+        f"(gloo). Samples/s: over training time only; time to accuracy: training seconds (and the epoch) until the "
+        f"validation accuracy first reached {shown}. Communication per step is computed from the model "
         f"(benchmarks/scaling.py's docstring): DDP's gradient all-reduce and buffer broadcast. Generated by "
         f"`{result['command']}`.",
         "",
-        "| recipe | processes | samples/s | time to target (epoch) | final val acc | wall s | gradient KB/step | "
+        f"| recipe | processes | samples/s | time to {shown} | final val acc | wall s | gradient KB/step | "
         "buffers KB/step | sent per rank KB/step |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["rows"]:
-        reached = row["time_to_target"]
-        to_target = f"{reached['train_s']:.1f} s ({reached['epoch']})" if reached else "not reached"
+        to_target = _targets_text(row, targets)
         distributed = row["processes"] > 1
         comm = (
             f"{row['gradient_bytes'] / 1024:.1f} | {row['buffer_bytes'] / 1024:.1f} | "
