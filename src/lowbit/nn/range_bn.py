@@ -105,6 +105,20 @@ class RankReduction(Protocol):
         ...
 
 
+def normalize_per_channel(
+    x: torch.Tensor, mean: torch.Tensor, a: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``y = a (x - mean) + beta`` per channel (dimension 1), ``a`` the per-channel factor (gamma over the scale),
+    computed in float32 and returned in ``x``'s dtype: BatchNorm's and Range BN's output, plain or synchronized.
+
+    ``y`` is computed in ``x``'s own shape: an output that is a view of a tensor made here (``.reshape`` of a
+    flattened result) cannot be modified in place by the next layer (``ReLU(inplace=True)`` after BN, as in
+    torchvision)."""
+    shift = -mean * a if bias is None else bias - mean * a
+    per_channel = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.reshape(per_channel), widen(x), a.reshape(per_channel)).to(x.dtype)
+
+
 class _RangeNorm(torch.autograd.Function):
     """Training-mode Range BN (paper estimator) with its closed-form backward.
 
@@ -150,11 +164,7 @@ class _RangeNorm(torch.autograd.Function):
         scale = (high - low) * c_n
         sigma = scale + eps
         a = weight / sigma if weight is not None else 1.0 / sigma
-        shift = -mean * a if bias is None else bias - mean * a
-        # y is computed in x's own shape: an output that is a view of a tensor made here (``.reshape`` of the flat
-        # result) cannot be modified in place by the next layer (ReLU(inplace=True) after BN, as in torchvision)
-        per_channel = (1, channels) + (1,) * (x.dim() - 2)
-        y = torch.addcmul(shift.reshape(per_channel), widen(x), a.reshape(per_channel)).to(x.dtype)
+        y = normalize_per_channel(x, mean, a, bias)
         ctx.save_for_backward(flat, mean, a, sigma, weight, high_n, low_n, owns_high, owns_low)
         ctx.c_n, ctx.n, ctx.shape, ctx.quantizer, ctx.across = c_n, n, x.shape, grad_quantizer, across
         ctx.mark_non_differentiable(mean, scale)

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quantizers.numerics import widen
-from .range_bn import RangeBatchNorm1d, RangeBatchNorm2d, _RangeBatchNorm, _RangeNorm
+from .range_bn import RangeBatchNorm1d, RangeBatchNorm2d, _RangeBatchNorm, _RangeNorm, normalize_per_channel
 
 __all__ = [
     "SynchronizedBatchNorm1d",
@@ -137,9 +137,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             raise ValueError(f"Expected more than 1 value per channel when training, got {n} over every rank")
         invstd = torch.rsqrt(m2 / n + eps)
         a = invstd if weight is None else weight * invstd
-        shift = -mean * a if bias is None else bias - mean * a
-        per_channel = (1, channels) + (1,) * (x.dim() - 2)
-        y = torch.addcmul(shift.reshape(per_channel), widen(x), a.reshape(per_channel)).to(x.dtype)
+        y = normalize_per_channel(x, mean, a, bias)
         ctx.save_for_backward(flat, mean, invstd, a)
         ctx.n, ctx.shape, ctx.dtype, ctx.affine, ctx.across = n, x.shape, x.dtype, weight is not None, across
         unbiased = m2 / (n - 1)
