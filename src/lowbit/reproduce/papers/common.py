@@ -55,19 +55,7 @@ def shared_float(mode: Mode, budget: Budget) -> Cell:
     Both tables must give it the same budget (data, pre-training epochs): the plan refuses two different cells with
     one id, so a mismatch fails loudly instead of silently running the float model twice.
     """
-    return Cell(
-        id="shared/float-cnn",
-        label=SHARED_FLOAT_LABEL,
-        recipe="fp32",
-        role="float",
-        model="small-cnn",
-        model_options=dict(CNN),
-        data=mode.data,
-        epochs=budget.pretrain_epochs,
-        train_subset=budget.train_subset,
-        test_subset=budget.test_subset,
-        kind="float",
-    )
+    return _float_start("shared/float-cnn", SHARED_FLOAT_LABEL, "float", "small-cnn", CNN, mode, budget)
 
 
 def mobilenet_budget(mode: Mode) -> Budget:
@@ -79,14 +67,20 @@ def mobilenet_budget(mode: Mode) -> Budget:
 def shared_float_mobilenet(mode: Mode) -> Cell:
     """The float ``mobilenetv2-28`` that the LSQ(+BR) and Uhlich MobileNetV2 cells fine-tune from (one run per seed,
     shared by both tables like :func:`shared_float`)."""
+    label = "MobileNetV2-28 float (pre-trained, the fine-tuning start)"
     budget = mobilenet_budget(mode)
+    return _float_start("shared/float-mobilenetv2", label, "mb-float", MOBILENET_MODEL, MOBILENET, mode, budget)
+
+
+def _float_start(cell_id: str, label: str, role: str, model: str, options: dict, mode: Mode, budget: Budget) -> Cell:
+    """A float model trained for the budget's pre-training epochs (recipe ``fp32``), the start of fine-tuning cells."""
     return Cell(
-        id="shared/float-mobilenetv2",
-        label="MobileNetV2-28 float (pre-trained, the fine-tuning start)",
+        id=cell_id,
+        label=label,
         recipe="fp32",
-        role="mb-float",
-        model=MOBILENET_MODEL,
-        model_options=dict(MOBILENET),
+        role=role,
+        model=model,
+        model_options=dict(options),
         data=mode.data,
         epochs=budget.pretrain_epochs,
         train_subset=budget.train_subset,
